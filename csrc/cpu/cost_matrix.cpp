@@ -1,0 +1,165 @@
+// Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU: blocked GEMM over packed panels, inverse norms and
+// masks fused into the epilogue, fp16/bf16 converted while packing, fp32 accumulation (fp64 for fp64).
+#include <ATen/Dispatch.h>
+#include <ATen/OpMathType.h>
+#include <ATen/Parallel.h>
+#include <torch/library.h>
+
+#include <cmath>
+#include <vector>
+
+#include "checks.h"
+#include "cpu/gemm.h"
+
+namespace grace_fast::cpu {
+namespace {
+
+constexpr int64_t MC = 96;   // rows of C per packed A block (16 register tiles)
+constexpr int64_t NC = 256;  // columns of C per forward work item
+constexpr int64_t MB = 48;   // gradient rows per backward work item
+
+// out[r] = 1 / ||x_r|| for the rows of x [rows, d], 0 for a zero or padded row.
+template <typename T, typename Acc>
+void inverse_norms(const T* x, int64_t rows, int64_t d, const bool* mask, Acc* out) {
+  for (int64_t r = 0; r < rows; ++r) {
+    const T* row = x + r * d;
+    Acc part[8] = {};
+    int64_t k = 0;
+    for (; k + 8 <= d; k += 8) {
+      for (int q = 0; q < 8; ++q) part[q] += static_cast<Acc>(row[k + q]) * static_cast<Acc>(row[k + q]);
+    }
+    Acc s = 0;
+    for (; k < d; ++k) s += static_cast<Acc>(row[k]) * static_cast<Acc>(row[k]);
+    for (Acc p : part) s += p;
+    out[r] = (mask && !mask[r]) || s == 0 ? Acc(0) : 1 / std::sqrt(s);
+  }
+}
+
+template <typename T, typename Acc>
+void forward_kernel(const T* U, const T* V, const bool* mask_u, const bool* mask_v, Acc* C, Acc* ru, Acc* rv,
+                    int64_t B, int64_t N, int64_t M, int64_t D) {
+  const int64_t col_blocks = (M + NC - 1) / NC;
+  at::parallel_for(0, B * col_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> a_pack(MC * KC), b_pack(NC * KC), ru_loc(N), rv_loc(NC), valid_v(NC);
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / col_blocks, j0 = (item % col_blocks) * NC;
+      const int nc = static_cast<int>(std::min(NC, M - j0));
+      const T* Ub = U + b * N * D;
+      const T* Vb = V + (b * M + j0) * D;
+      const bool* mu = mask_u ? mask_u + b * N : nullptr;
+      const bool* mv = mask_v ? mask_v + b * M + j0 : nullptr;
+      Acc* Cb = C + b * N * M + j0;
+      inverse_norms(Ub, N, D, mu, ru_loc.data());
+      inverse_norms(Vb, nc, D, mv, rv_loc.data());
+      for (int q = 0; q < nc; ++q) valid_v[q] = mv && !mv[q] ? 0 : 1;
+      const Mat<T> A{Ub, D, 1}, Bt{Vb, 1, D};  // C = A Bt with Bt(k, j) = V[j, k]
+      for (int64_t k0 = 0; k0 < D; k0 += KC) {
+        const int kc = static_cast<int>(std::min<int64_t>(KC, D - k0));
+        pack_b(Bt, k0, kc, 0, nc, static_cast<const Acc*>(nullptr), b_pack.data());
+        for (int64_t i0 = 0; i0 < N; i0 += MC) {
+          const int mc = static_cast<int>(std::min(MC, N - i0));
+          pack_a(A, i0, mc, k0, kc, a_pack.data());
+          gemm_packed(mc, nc, kc, a_pack.data(), b_pack.data(), Cb + i0 * M, M, k0 > 0);
+        }
+      }
+      for (int64_t i = 0; i < N; ++i) {
+        Acc* row = Cb + i * M;
+        if (mu && !mu[i]) {
+          std::fill(row, row + nc, Acc(0));
+          continue;
+        }
+        const Acc r = ru_loc[i];
+        for (int q = 0; q < nc; ++q) row[q] = valid_v[q] - row[q] * r * rv_loc[q];
+      }
+      if (j0 == 0) std::copy(ru_loc.begin(), ru_loc.end(), ru + b * N);
+      std::copy(rv_loc.begin(), rv_loc.begin() + nc, rv + b * M + j0);
+    }
+  });
+}
+
+// For each batch b and row i of X [R, D]: acc_i = sum_k G(i, k) s_k Y_k over the K rows of Y [K, D], with
+// G(i, k) = g[b * g_batch + i * gs_i + k * gs_k] and scales s [K]; then dX_i = -r_i acc_i + r_i^3 <acc_i, X_i> X_i.
+template <typename T, typename Acc>
+void backward_rows(const Acc* G, int64_t g_batch, int64_t gs_i, int64_t gs_k, const T* X, const Acc* r, const T* Y,
+                   const Acc* s, T* dX, int64_t B, int64_t R, int64_t K, int64_t D) {
+  const int64_t row_blocks = (R + MB - 1) / MB;
+  at::parallel_for(0, B * row_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<Acc> a_pack(MB * KC), b_pack(KC * ((D + NR - 1) / NR) * NR), acc(MB * D, Acc(0));
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / row_blocks, i0 = (item % row_blocks) * MB;
+      const int mb = static_cast<int>(std::min(MB, R - i0));
+      const Mat<Acc> A{G + b * g_batch, gs_i, gs_k};
+      const Mat<T> Yb{Y + b * K * D, D, 1};
+      for (int64_t k0 = 0; k0 < K; k0 += KC) {
+        const int kc = static_cast<int>(std::min<int64_t>(KC, K - k0));
+        pack_a(A, i0, mb, k0, kc, a_pack.data());
+        pack_b(Yb, k0, kc, 0, static_cast<int>(D), s + b * K, b_pack.data());
+        gemm_packed(mb, static_cast<int>(D), kc, a_pack.data(), b_pack.data(), acc.data(), D, k0 > 0);
+      }
+      for (int i = 0; i < mb; ++i) {
+        const int64_t row = b * R + i0 + i;
+        const T* x = X + row * D;
+        const Acc* a = acc.data() + static_cast<int64_t>(i) * D;
+        const Acc ri = r[row];
+        Acc dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += a[d] * static_cast<Acc>(x[d]);
+        const Acc c1 = -ri, c3 = ri * ri * ri * dot;
+        T* out = dX + row * D;
+        for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(c1 * a[d] + c3 * static_cast<Acc>(x[d]));
+      }
+    }
+  });
+}
+
+std::tuple<at::Tensor, at::Tensor, at::Tensor> cost_matrix_forward(const at::Tensor& U_, const at::Tensor& V_,
+                                                                   const c10::optional<at::Tensor>& mask_u_,
+                                                                   const c10::optional<at::Tensor>& mask_v_) {
+  check_cost_inputs(U_, V_, mask_u_, mask_v_);
+  const at::Tensor U = U_.contiguous(), V = V_.contiguous();
+  const at::Tensor mask_u = mask_u_ ? mask_u_->contiguous() : at::Tensor();
+  const at::Tensor mask_v = mask_v_ ? mask_v_->contiguous() : at::Tensor();
+  const int64_t B = U.size(0), N = U.size(1), M = V.size(1), D = U.size(2);
+  const auto acc = U.options().dtype(U.scalar_type() == at::kDouble ? at::kDouble : at::kFloat);
+  at::Tensor C = at::empty({B, N, M}, acc), ru = at::empty({B, N}, acc), rv = at::empty({B, M}, acc);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, U.scalar_type(), "cost_matrix_forward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    forward_kernel<scalar_t, acc_t>(U.data_ptr<scalar_t>(), V.data_ptr<scalar_t>(),
+                                    mask_u.defined() ? mask_u.data_ptr<bool>() : nullptr,
+                                    mask_v.defined() ? mask_v.data_ptr<bool>() : nullptr, C.data_ptr<acc_t>(),
+                                    ru.data_ptr<acc_t>(), rv.data_ptr<acc_t>(), B, N, M, D);
+  });
+  return {C, ru, rv};
+}
+
+std::tuple<at::Tensor, at::Tensor> cost_matrix_backward(const at::Tensor& grad_C, const at::Tensor& U_,
+                                                        const at::Tensor& V_, const at::Tensor& ru_,
+                                                        const at::Tensor& rv_) {
+  check_cost_inputs(U_, V_, c10::nullopt, c10::nullopt);
+  const at::Tensor U = U_.contiguous(), V = V_.contiguous();
+  const int64_t B = U.size(0), N = U.size(1), M = V.size(1), D = U.size(2);
+  TORCH_CHECK(grad_C.sizes() == at::IntArrayRef({B, N, M}), "cost_matrix_backward: grad_C must be [B, N, M] = [",
+              B, ", ", N, ", ", M, "], got ", grad_C.sizes());
+  at::Tensor dU = at::empty_like(U), dV = at::empty_like(V);
+  AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, U.scalar_type(), "cost_matrix_backward", [&] {
+    using acc_t = at::opmath_type<scalar_t>;
+    const auto acc = c10::CppTypeToScalarType<acc_t>::value;
+    const at::Tensor G = grad_C.to(acc).contiguous();
+    const at::Tensor ru = ru_.to(acc).contiguous(), rv = rv_.to(acc).contiguous();
+    const acc_t* g = G.data_ptr<acc_t>();
+    // dU from G [N, M] against V; dV from G^T [M, N] against U.
+    backward_rows<scalar_t, acc_t>(g, N * M, M, 1, U.data_ptr<scalar_t>(), ru.data_ptr<acc_t>(),
+                                   V.data_ptr<scalar_t>(), rv.data_ptr<acc_t>(), dU.data_ptr<scalar_t>(), B, N, M, D);
+    backward_rows<scalar_t, acc_t>(g, N * M, 1, M, V.data_ptr<scalar_t>(), rv.data_ptr<acc_t>(),
+                                   U.data_ptr<scalar_t>(), ru.data_ptr<acc_t>(), dV.data_ptr<scalar_t>(), B, M, N, D);
+  });
+  return {dU, dV};
+}
+
+}  // namespace
+
+TORCH_LIBRARY_IMPL(grace_fast, CPU, m) {
+  m.impl("cost_matrix_forward", &cost_matrix_forward);
+  m.impl("cost_matrix_backward", &cost_matrix_backward);
+}
+
+}  // namespace grace_fast::cpu

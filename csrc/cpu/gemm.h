@@ -1,0 +1,68 @@
+// A blocked GEMM for the CPU kernels: C[mc, nc] (+)= A[mc, k] B[k, nc] over packed panels in the
+// accumulation type Acc (float, or double for float64 inputs). Operands of any dtype and any strides are
+// converted while they are packed, so callers read fp16/bf16 tensors directly and transposes cost nothing. The inner kernel is compiled for AVX2+FMA
+// and for the baseline ISA and picked at load time (GCC target_clones).
+#pragma once
+#include <ATen/ATen.h>
+
+#include <algorithm>
+#include <cstdint>
+
+namespace grace_fast::cpu {
+
+constexpr int MR = 6;    // rows of the register tile
+constexpr int NR = 16;   // columns of the register tile (two 8-float vectors)
+constexpr int KC = 256;  // depth of one packed block (A panel 6 KiB, B panel 16 KiB: L1)
+
+// Element (r, c) of a strided matrix at data[r * rs + c * cs].
+template <typename T>
+struct Mat {
+  const T* data;
+  int64_t rs, cs;
+};
+
+// Packs a [rows, kc] slice of X (element (r, k) at x[r * rs + k * ks]) into one panel of width W:
+// out[k][r] = X(r, k) * kscale[k] (kscale may be null), zero for r >= rows. Reads along the unit stride.
+template <int W, typename T, typename Acc>
+inline void pack_panel(const T* x, int64_t rs, int64_t ks, int rows, int kc, const Acc* kscale, Acc* out) {
+  if (ks == 1) {
+    std::fill(out, out + static_cast<int64_t>(kc) * W, Acc(0));
+    for (int r = 0; r < rows; ++r) {
+      const T* row = x + r * rs;
+      for (int k = 0; k < kc; ++k) out[k * W + r] = static_cast<Acc>(row[k]) * (kscale ? kscale[k] : Acc(1));
+    }
+    return;
+  }
+  for (int k = 0; k < kc; ++k, out += W) {
+    const T* col = x + k * ks;
+    const Acc s = kscale ? kscale[k] : Acc(1);
+    int r = 0;
+    for (; r < rows; ++r) out[r] = static_cast<Acc>(col[r * rs]) * s;
+    for (; r < W; ++r) out[r] = Acc(0);
+  }
+}
+
+// Packs rows [i0, i0 + mc) x depth [k0, k0 + kc) of A into MR-row panels: out[p][k][r].
+template <typename T, typename Acc>
+void pack_a(Mat<T> A, int64_t i0, int mc, int64_t k0, int kc, Acc* out) {
+  for (int p = 0; p < mc; p += MR, out += static_cast<int64_t>(kc) * MR) {
+    pack_panel<MR>(A.data + (i0 + p) * A.rs + k0 * A.cs, A.rs, A.cs, std::min(MR, mc - p), kc,
+                   static_cast<const Acc*>(nullptr), out);
+  }
+}
+
+// Packs depth [k0, k0 + kc) x columns [j0, j0 + nc) of B into NR-column panels: out[p][k][c], each depth
+// row scaled by kscale[k0 + k] when kscale is given.
+template <typename T, typename Acc>
+void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale, Acc* out) {
+  for (int p = 0; p < nc; p += NR, out += static_cast<int64_t>(kc) * NR) {
+    pack_panel<NR>(B.data + k0 * B.rs + (j0 + p) * B.cs, B.cs, B.rs, std::min(NR, nc - p), kc,
+                   kscale ? kscale + k0 : nullptr, out);
+  }
+}
+
+// C[mc, nc] (row stride ldc) = (accumulate ? C : 0) + packed A [mc, kc] x packed B [kc, nc].
+void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
+void gemm_packed(int mc, int nc, int kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate);
+
+}  // namespace grace_fast::cpu

@@ -1,0 +1,15 @@
+// Schemas of the grace_fast ops implemented in C++/CUDA; kernels register per device in csrc/cpu, csrc/cuda.
+#include <torch/extension.h>
+
+TORCH_LIBRARY(grace_fast, m) {
+  // U [B, N, D], V [B, M, D] (one dtype), masks bool [B, N] / [B, M] -> C [B, N, M], ru [B, N], rv [B, M]
+  // in float32 (float64 for float64 inputs).
+  // ru, rv are the inverse norms, 0 for padded and zero vectors; backward needs only them.
+  m.def("cost_matrix_forward(Tensor U, Tensor V, Tensor? mask_u, Tensor? mask_v) -> (Tensor, Tensor, Tensor)");
+  // grad_C [B, N, M] -> dU [B, N, D], dV [B, M, D] in the dtypes of U and V.
+  m.def("cost_matrix_backward(Tensor grad_C, Tensor U, Tensor V, Tensor ru, Tensor rv) -> (Tensor, Tensor)");
+}
+
+PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.doc() = "grace_fast C++/CUDA kernels, registered as torch.ops.grace_fast.*";
+}

@@ -1,0 +1,72 @@
+"""cost_matrix: the cosine cost between text tokens and visual tokens (GRACE.md section 4)."""
+
+import torch
+
+from grace_fast._backends import extension_loaded, resolve
+from grace_fast.ops._checks import check_devices, check_float, check_mask, check_same
+from grace_fast.ops.reference.cost_matrix import cost_matrix_reference
+
+BACKENDS = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "torch")}
+
+
+def cost_matrix(
+    U: torch.Tensor,
+    V: torch.Tensor,
+    mask_u: torch.Tensor | None = None,
+    mask_v: torch.Tensor | None = None,
+    *,
+    backend: str = "auto",
+) -> torch.Tensor:
+    """C[b, i, j] = 1 - cos(U[b, i], V[b, j]); 0 (and no gradient) on padded rows and columns.
+
+    U: [B, N, D], V: [B, M, D] float32, float16 or bfloat16 (float64 for gradcheck);
+    mask_u: [B, N] bool, mask_v: [B, M] bool (True = valid token; None = all valid).
+    Returns C: [B, N, M] float32 (float64 for float64 inputs). A zero vector has cosine 0, so C = 1.
+    backend: "auto" (fastest available), "torch" (the reference), "cpu" or "cuda" (grace_fast._C).
+
+    >>> U, V = torch.randn(2, 77, 512), torch.randn(2, 784, 512)
+    >>> cost_matrix(U, V).shape
+    torch.Size([2, 77, 784])
+    """
+    check_float("U", U, 3, "[B, N, D]")
+    check_float("V", V, 3, "[B, M, D]")
+    check_devices(U=U, V=V)
+    check_same("batch size B", U=U.shape[0], V=V.shape[0])
+    check_same("feature size D", U=U.shape[2], V=V.shape[2])
+    if U.shape[2] == 0:
+        raise ValueError(f"feature size D must be at least 1, got U {tuple(U.shape)}")
+    check_mask("mask_u", mask_u, U.shape[:2], "[B, N]", U.device)
+    check_mask("mask_v", mask_v, V.shape[:2], "[B, M]", V.device)
+    backend = resolve("cost_matrix", backend, U.device, BACKENDS)
+    if backend == "torch":
+        return cost_matrix_reference(U, V, mask_u, mask_v)
+    dtype = torch.promote_types(U.dtype, V.dtype)
+    C, _, _ = torch.ops.grace_fast.cost_matrix_forward(U.to(dtype), V.to(dtype), mask_u, mask_v)
+    return C
+
+
+if extension_loaded():
+
+    @torch.library.register_fake("grace_fast::cost_matrix_forward")
+    def _forward_fake(U, V, mask_u, mask_v):
+        acc = torch.float64 if U.dtype == torch.float64 else torch.float32
+        B, N, _ = U.shape
+        M = V.shape[1]
+        return U.new_empty(B, N, M, dtype=acc), U.new_empty(B, N, dtype=acc), V.new_empty(B, M, dtype=acc)
+
+    @torch.library.register_fake("grace_fast::cost_matrix_backward")
+    def _backward_fake(grad_C, U, V, ru, rv):
+        return torch.empty_like(U), torch.empty_like(V)
+
+    def _setup_context(ctx, inputs, output):
+        U, V, _, _ = inputs
+        _, ru, rv = output
+        ctx.mark_non_differentiable(ru, rv)
+        ctx.save_for_backward(U, V, ru, rv)
+
+    def _backward(ctx, grad_C, _grad_ru, _grad_rv):
+        U, V, ru, rv = ctx.saved_tensors
+        dU, dV = torch.ops.grace_fast.cost_matrix_backward(grad_C, U, V, ru, rv)
+        return dU, dV, None, None
+
+    torch.library.register_autograd("grace_fast::cost_matrix_forward", _backward, setup_context=_setup_context)

@@ -1,0 +1,32 @@
+"""Shared fixtures: the backends this machine runs, and fresh buffers that fail loudly if left unwritten."""
+
+import pytest
+import torch
+
+import grace_fast
+
+
+@pytest.fixture(autouse=True)
+def _nan_filled_empty():
+    """torch.empty (and at::empty in the extension) returns NaN-filled memory during tests."""
+    previous = torch.are_deterministic_algorithms_enabled(), torch.utils.deterministic.fill_uninitialized_memory
+    torch.use_deterministic_algorithms(True, warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = True
+    yield
+    torch.use_deterministic_algorithms(previous[0], warn_only=True)
+    torch.utils.deterministic.fill_uninitialized_memory = previous[1]
+
+
+@pytest.fixture(autouse=True)
+def _seed():
+    torch.manual_seed(0)
+
+
+def available(names: tuple[str, ...]) -> list:
+    """pytest params for the named backends, skipped where this machine lacks them."""
+    have = grace_fast.backends()
+    return [pytest.param(n, marks=pytest.mark.skipif(not have[n], reason=f"{n} backend not available")) for n in names]
+
+
+def device_of(backend: str) -> str:
+    return "cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu"
