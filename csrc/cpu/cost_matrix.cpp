@@ -15,7 +15,7 @@ namespace grace_fast::cpu {
 namespace {
 
 constexpr int64_t MC = 96;   // rows of C per packed A block (16 register tiles)
-constexpr int64_t NC = 256;  // columns of C per forward work item
+constexpr int64_t NC = 128;  // columns of C per forward work item (small enough to balance B = 1)
 constexpr int64_t MB = 48;   // gradient rows per backward work item
 
 // out[r] = 1 / ||x_r|| for the rows of x [rows, d], 0 for a zero or padded row.

@@ -50,7 +50,7 @@ def _check_forward_backward(backend, U, V, mask_u, mask_v):
     out = _forward_backward(lambda *a: cost_matrix(*a, backend=backend), U, V, mask_u, mask_v, grad)
     ref = _forward_backward(cost_matrix_reference, U, V, mask_u, mask_v, grad)
     ref64 = _forward_backward(cost_matrix_reference, U.double(), V.double(), mask_u, mask_v, grad)
-    for name, o, r, r64 in zip(("C", "dU", "dV"), out, ref, ref64):
+    for name, o, r, r64 in zip(("C", "dU", "dV"), out, ref, ref64, strict=True):
         assert o.dtype == r.dtype and o.shape == r.shape, name
         if U.dtype == torch.float64:
             torch.testing.assert_close(o, r, atol=1e-12, rtol=1e-10, msg=name)

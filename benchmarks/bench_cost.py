@@ -1,0 +1,106 @@
+"""Benchmark of grace_fast.ops.cost_matrix: each fast backend against the torch reference.
+
+python -m benchmarks.bench_cost            # canonical GRACE shapes, fp32 and bf16, writes results/cost.json
+pytest benchmarks/bench_cost.py --benchmark-only
+"""
+
+import argparse
+
+import pytest
+import torch
+
+import grace_fast
+from benchmarks.utils import add_ratios, measure, peak_memory_mb, print_table, write_results
+from grace_fast.ops import cost_matrix
+
+SHAPES = {  # GRACE.md canonical shapes: (B, N, M, D)
+    "paper-rho0.5": (32, 77, 784, 512),
+    "paper-all-tokens": (32, 77, 1568, 512),
+    "long-clip-64f": (8, 77, 3136, 512),
+    "low-latency": (1, 77, 784, 512),
+}
+DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
+
+
+def providers(device: str) -> list[str]:
+    fast = "cuda" if device == "cuda" else "cpu"
+    return ["torch"] + ([fast] if grace_fast.backends()[fast] else [])
+
+
+def make_case(shape, dtype, device, masked):
+    B, N, M, D = shape
+    U = torch.randn(B, N, D, device=device, dtype=dtype)
+    V = torch.randn(B, M, D, device=device, dtype=dtype)
+    mask_u = (torch.arange(N, device=device) < N - 10).expand(B, N) if masked else None  # padded text
+    mask_v = (torch.rand(B, M, device=device) < 0.9) if masked else None
+    return U, V, mask_u, mask_v
+
+
+def run_fn(provider, mode, U, V, mask_u, mask_v):
+    if mode == "forward":
+        return lambda: cost_matrix(U, V, mask_u, mask_v, backend=provider)
+    Ug, Vg = U.detach().requires_grad_(), V.detach().requires_grad_()
+
+    def full():
+        C = cost_matrix(Ug, Vg, mask_u, mask_v, backend=provider)
+        torch.autograd.grad(C, (Ug, Vg), torch.ones_like(C))
+
+    return full
+
+
+def run(shapes=SHAPES, dtypes=DTYPES, device="cpu") -> list[dict]:
+    rows = []
+    for shape_name, shape in shapes.items():
+        for dtype_name, dtype in dtypes.items():
+            for masked in (False, True):
+                case = make_case(shape, dtype, device, masked)
+                for mode in ("forward", "full"):
+                    for provider in providers(device):
+                        fn = run_fn(provider, mode, *case)
+                        row = {
+                            "op": "cost_matrix",
+                            "provider": provider,
+                            "mode": mode,
+                            "shape": shape_name,
+                            "B,N,M,D": ",".join(map(str, shape)),
+                            "dtype": dtype_name,
+                            "masked": masked,
+                        }
+                        row.update(measure(fn, device=device))
+                        row["peak_mb"] = peak_memory_mb(fn, device=device)
+                        rows.append(row)
+    return add_ratios(rows, ["torch"], ("mode", "shape", "dtype", "masked"))
+
+
+COLUMNS = [
+    "provider",
+    "mode",
+    "shape",
+    "dtype",
+    "masked",
+    "median_ms",
+    "p20_ms",
+    "p80_ms",
+    "peak_mb",
+    "speedup_vs_torch",
+]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    rows = run({k: SHAPES[k] for k in args.shapes}, device=args.device)
+    print_table(rows, COLUMNS)
+    print(f"written to {write_results('cost', rows)}")
+
+
+@pytest.mark.parametrize("provider", providers("cpu"))
+@pytest.mark.parametrize("mode", ["forward", "full"])
+def test_cost_matrix(benchmark, provider, mode):
+    benchmark(run_fn(provider, mode, *make_case(SHAPES["paper-rho0.5"], torch.float32, "cpu", masked=True)))
+
+
+if __name__ == "__main__":
+    main()

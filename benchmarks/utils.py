@@ -1,0 +1,126 @@
+"""Timing, peak memory, machine description and result files shared by every benchmark.
+
+Rows are dicts, one per (op, provider, mode, shape, dtype, machine); `add_ratios` adds a speed-up column
+against each baseline provider measured in the same process.
+"""
+
+import json
+import os
+import platform
+import statistics
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch.profiler import ProfilerActivity, profile
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def _sync(device: str) -> None:
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def measure(
+    fn: Callable[[], object],
+    *,
+    device: str = "cpu",
+    warmup: int = 2,
+    reps: int = 7,
+    min_seconds: float = 0.5,
+    max_reps: int = 50,
+) -> dict:
+    """Median and 20/80% quantiles of fn's wall time in ms, after warm-up; at least `reps` runs and
+    more (up to max_reps) until min_seconds have been spent."""
+    for _ in range(warmup):
+        fn()
+    _sync(device)
+    times, start = [], time.perf_counter()
+    while len(times) < reps or (time.perf_counter() - start < min_seconds and len(times) < max_reps):
+        t0 = time.perf_counter()
+        fn()
+        _sync(device)
+        times.append((time.perf_counter() - t0) * 1e3)
+    q = statistics.quantiles(times, n=10, method="inclusive")
+    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7], "reps": len(times)}
+
+
+def peak_memory_mb(fn: Callable[[], object], *, device: str = "cpu") -> float:
+    """Peak of the memory fn allocates through torch (tensors it frees count until freed), in MiB."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+        fn()
+        torch.cuda.synchronize()
+        return (torch.cuda.max_memory_allocated() - base) / 2**20
+    with profile(activities=[ProfilerActivity.CPU], profile_memory=True) as prof:
+        fn()
+    events = sorted(
+        (e for e in prof.profiler.kineto_results.events() if e.name() == "[memory]"), key=lambda e: e.start_ns()
+    )
+    current = peak = 0
+    for event in events:
+        current += event.nbytes()
+        peak = max(peak, current)
+    return peak / 2**20
+
+
+def machine() -> dict:
+    """What the numbers were measured on."""
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    info = {
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+    }
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except ImportError:
+        info["triton"] = None
+    return info
+
+
+def add_ratios(rows: list[dict], baselines: list[str], keys: tuple[str, ...]) -> list[dict]:
+    """Adds `speedup_vs_<baseline>` = baseline median / row median to rows sharing the values of `keys`."""
+    medians = {(r["provider"], *(r[k] for k in keys)): r["median_ms"] for r in rows}
+    for row in rows:
+        for base in baselines:
+            ref = medians.get((base, *(row[k] for k in keys)))
+            row[f"speedup_vs_{base}"] = None if ref is None else round(ref / row["median_ms"], 3)
+    return rows
+
+
+def write_results(name: str, rows: list[dict], out_dir: Path = RESULTS) -> Path:
+    """Writes {"machine": ..., "rows": [...]} to <out_dir>/<name>.json atomically."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    path = out_dir / f"{name}.json"
+    tmp = path.with_suffix(".json.tmp")
+    tmp.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
+    os.replace(tmp, path)
+    return path
+
+
+def print_table(rows: list[dict], columns: list[str]) -> None:
+    """Prints rows as an aligned text table of the given columns (floats to 3 significant digits)."""
+
+    def cell(v):
+        if isinstance(v, float):
+            return f"{v:.3g}"
+        return "-" if v is None else str(v)
+
+    table = [columns] + [[cell(r.get(c)) for c in columns] for r in rows]
+    widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
+    for line in table:
+        print("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)))
