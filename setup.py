@@ -29,7 +29,7 @@ def _extensions():
         cuda_flag is None and torch.version.cuda is not None and cpp_extension.CUDA_HOME is not None
     )
     sources = sorted(glob.glob("csrc/*.cpp") + glob.glob("csrc/cpu/*.cpp"))
-    extra = {"cxx": ["-O3", "-fopenmp", "-fno-math-errno"]}
+    extra = {"cxx": ["-O3", "-fopenmp", "-fno-math-errno", "-Wno-psabi"]}
     kind = cpp_extension.CppExtension
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))

@@ -8,6 +8,9 @@ TORCH_LIBRARY(grace_fast, m) {
   m.def("cost_matrix_forward(Tensor U, Tensor V, Tensor? mask_u, Tensor? mask_v) -> (Tensor, Tensor, Tensor)");
   // grad_C [B, N, M] -> dU [B, N, D], dV [B, M, D] in the dtypes of U and V.
   m.def("cost_matrix_backward(Tensor grad_C, Tensor U, Tensor V, Tensor ru, Tensor rv) -> (Tensor, Tensor)");
+  // C [B, N, M] float32/64, a [B, N], b [B, M] (zeros = padding) -> plan, f, g (shifted to <a, f> = <b, g>),
+  // n_iter int64 [B], err [B]: the semantics of grace_fast.ops.reference.sinkhorn_reference.
+  m.def("sinkhorn_forward(Tensor C, Tensor a, Tensor b, float eps, int max_iter, float tol) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

@@ -1,5 +1,6 @@
 """Readable pure-torch references of the ops: the spec, and the fallback when the extension is not built."""
 
 from grace_fast.ops.reference.cost_matrix import cost_matrix_reference
+from grace_fast.ops.reference.sinkhorn import sinkhorn_reference
 
-__all__ = ["cost_matrix_reference"]
+__all__ = ["cost_matrix_reference", "sinkhorn_reference"]

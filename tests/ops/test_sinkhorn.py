@@ -1,0 +1,301 @@
+"""grace_fast.ops.sinkhorn against its torch reference, against POT, and its implicit gradients."""
+
+import numpy as np
+import ot
+import ot.batch
+import pytest
+import torch
+
+from grace_fast.ops import sinkhorn
+from grace_fast.ops.reference import sinkhorn_reference
+from tests.conftest import available, device_of
+from tests.utils import assert_error_bounded
+
+FAST = available(("cpu",))
+ALL = [pytest.param("torch"), *FAST]
+CANONICAL = {  # GRACE.md: (B, N, M)
+    "paper-rho0.5": (32, 77, 784),
+    "paper-all-tokens": (32, 77, 1568),
+    "long-clip-64f": (8, 77, 3136),
+    "low-latency": (1, 77, 784),
+}
+
+
+def _problem(B, N, M, dtype=torch.float32, scale=1.0, pad=False, device="cpu"):
+    C = torch.rand(B, N, M, dtype=torch.float64) * scale
+    a = torch.rand(B, N, dtype=torch.float64) + 0.1
+    b = torch.rand(B, M, dtype=torch.float64) + 0.1
+    if pad:
+        a[0, N // 2 :] = 0 if N > 1 else a[0, 0]
+        b[-1, : M // 3] = 0
+    a, b = a / a.sum(1, keepdim=True), b / b.sum(1, keepdim=True)
+    return C.to(device, dtype), a.to(device, dtype), b.to(device, dtype)
+
+
+def _shift_free(x, w):
+    """x on the support of w with its w-weighted mean removed: potentials are defined up to a constant."""
+    valid = w > 0
+    x = torch.where(valid, x, 0)
+    return torch.where(valid, x - (x * w).sum(-1, keepdim=True) / w.sum(-1, keepdim=True), 0)
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("pad", [False, True], ids=["dense", "padded"])
+@pytest.mark.parametrize(
+    "B, N, M, eps, scale",
+    [
+        (3, 5, 8, 0.1, 1),
+        (2, 1, 1, 0.05, 1),
+        (2, 3, 77, 0.05, 2),
+        (2, 77, 3, 10.0, 1),
+        (2, 77, 1000, 0.05, 2),
+        (2, 1000, 3, 0.05, 2),
+        (2, 3, 1000, 1e-3, 1e3),
+    ],
+    ids=["small", "1x1", "3x77", "77x3-eps10", "77x1000", "1000x3", "3x1000-eps1e-3-cost1e3"],
+)
+@pytest.mark.parametrize("max_iter, tol", [(50, 0.0), (500, 1e-4)], ids=["fixed50", "tol1e-4"])
+def test_matches_reference(backend, pad, B, N, M, eps, scale, max_iter, tol):
+    """Every output is as close to the float64 reference as the float32 reference is; n_iter is the reference's
+    wherever the float32 and float64 references agree on it (at cost 1e3 / eps 1e-3 float32 rounding decides)."""
+    device = device_of(backend)
+    C, a, b = _problem(B, N, M, scale=scale, pad=pad, device=device)
+    out = sinkhorn(C, a, b, eps=eps, max_iter=max_iter, tol=tol, backend=backend)
+    ref = sinkhorn_reference(C, a, b, eps, max_iter, tol)
+    ref64 = sinkhorn_reference(C.double(), a.double(), b.double(), eps, max_iter, tol)
+    agree = ref[5] == ref64[5]
+    assert torch.equal(out.n_iter[agree].cpu(), ref[5][agree].cpu())
+    for name, o, r, r64 in zip(("plan", "cost", "f", "g", "value"), out, ref, ref64, strict=False):
+        assert torch.isfinite(o).all(), name
+        assert_error_bounded(o, r, r64, factor=4.0, floor=1e-6 * max(1.0, r64.abs().max().item()))
+    assert (out.plan[~((a > 0)[:, :, None] & (b > 0)[:, None, :])] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("shape", CANONICAL.values(), ids=CANONICAL.keys())
+def test_canonical_shapes_match_pot_batch(backend, shape):
+    if backend != "cpu" and shape[0] * shape[2] > 32 * 784:
+        pytest.skip("the unfused torch reference is slow at this size; the cpu backend covers it")
+    C, a, b = _problem(*shape, scale=2.0, device=device_of(backend))
+    out = sinkhorn(C, a, b, eps=0.05, max_iter=500, tol=1e-6, backend=backend)
+    pot = ot.batch.solve_batch(
+        C.double(), reg=0.05, a=a.double(), b=b.double(), max_iter=2000, tol=1e-9, method="log_sinkhorn", grad="detach"
+    )
+    torch.testing.assert_close(out.plan.double(), pot.plan, atol=2e-6 / shape[2], rtol=1e-3)
+    torch.testing.assert_close(out.cost.double(), pot.value_linear, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.value.double(), pot.value - 0.05, atol=1e-5, rtol=1e-5)  # POT: sum P log P
+    f_pot, g_pot = (0.05 * p for p in pot.potentials)
+    torch.testing.assert_close(
+        _shift_free(out.f.double(), a.double()), _shift_free(f_pot, a.double()), atol=1e-4, rtol=0
+    )
+    torch.testing.assert_close(
+        _shift_free(out.g.double(), b.double()), _shift_free(g_pot, b.double()), atol=1e-4, rtol=0
+    )
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("eps", [1e-3, 0.05, 1.0, 10.0])
+def test_matches_pot_per_problem_in_float64(backend, eps):
+    """Non-uniform and padded marginals (costs up to 1e3 at eps 1e-3 are in test_matches_reference: POT's
+    sinkhorn_log itself overflows there)."""
+    C, a, b = _problem(3, 7, 11, dtype=torch.float64, scale=2.0, pad=True)
+    out = sinkhorn(C, a, b, eps=eps, max_iter=20000, tol=1e-11, backend=backend)
+    for k in range(3):
+        va, vb = a[k] > 0, b[k] > 0
+        P, log = ot.sinkhorn(
+            a[k][va].numpy(),
+            b[k][vb].numpy(),
+            C[k][va][:, vb].numpy(),
+            reg=eps,
+            method="sinkhorn_log",
+            numItermax=100000,
+            stopThr=1e-13,
+            log=True,
+        )
+        np.testing.assert_allclose(out.plan[k][va][:, vb].numpy(), P, atol=1e-9, rtol=1e-6)
+        f_pot = torch.zeros(7, dtype=torch.float64)
+        f_pot[va] = torch.from_numpy(log["log_u"]) * eps
+        np.testing.assert_allclose(_shift_free(out.f[k], a[k]).numpy(), _shift_free(f_pot, a[k]).numpy(), atol=1e-7)
+    assert torch.isfinite(out.plan).all() and torch.isfinite(out.f).all() and torch.isfinite(out.g).all()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_each_element_stops_on_its_own(backend):
+    C, a, b = _problem(3, 6, 9, device=device_of(backend))
+    C[1] = C[1] * 20  # a sharper problem converges more slowly
+    out = sinkhorn(C, a, b, eps=0.05, max_iter=1000, tol=1e-5, backend=backend)
+    assert out.n_iter[1] > out.n_iter[0] and (out.n_iter < 1000).all() and (out.err < 2e-5).all()
+    for k in range(3):  # each element is what a run on that element alone gives
+        alone = sinkhorn(C[k : k + 1], a[k : k + 1], b[k : k + 1], eps=0.05, max_iter=1000, tol=1e-5, backend=backend)
+        assert alone.n_iter[0] == out.n_iter[k]
+        torch.testing.assert_close(alone.plan[0], out.plan[k], atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_tol_zero_runs_max_iter(backend):
+    C, a, b = _problem(2, 4, 5, device=device_of(backend))
+    out = sinkhorn(C, a, b, eps=1.0, max_iter=37, tol=0.0, backend=backend)
+    assert out.n_iter.tolist() == [37, 37]
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_masks_mean_uniform_over_valid_entries(backend):
+    device = device_of(backend)
+    C = torch.rand(2, 5, 6, device=device)
+    mask_a = torch.tensor([[1, 1, 0, 1, 0], [1, 1, 1, 1, 1]], dtype=torch.bool, device=device)
+    mask_b = torch.tensor([[1, 1, 1, 1, 1, 1], [0, 1, 1, 0, 1, 1]], dtype=torch.bool, device=device)
+    out = sinkhorn(C, mask_a=mask_a, mask_b=mask_b, backend=backend)
+    a = mask_a.float() / mask_a.sum(1, keepdim=True)
+    b = mask_b.float() / mask_b.sum(1, keepdim=True)
+    expected = sinkhorn(C, a, b, backend=backend)
+    torch.testing.assert_close(out.plan, expected.plan, atol=0, rtol=0)
+    torch.testing.assert_close(out.plan.sum(2), a, atol=1e-6, rtol=0)
+    assert (out.f[~mask_a] == 0).all() and (out.g[~mask_b] == 0).all()
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_unbatched_input_gives_unbatched_result(backend):
+    C = torch.rand(4, 6, device=device_of(backend))
+    out = sinkhorn(C, backend=backend)
+    batched = sinkhorn(C[None], backend=backend)
+    assert out.plan.shape == (4, 6) and out.f.shape == (4,) and out.cost.shape == () and out.n_iter.shape == ()
+    torch.testing.assert_close(out.plan, batched.plan[0], atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
+def test_half_precision_costs_are_computed_in_float32(backend, dtype):
+    C, a, b = _problem(2, 7, 9, device=device_of(backend))
+    out = sinkhorn(C.to(dtype), a, b, backend=backend)
+    assert out.plan.dtype == torch.float32
+    expected = sinkhorn_reference(C.to(dtype).float(), a, b)
+    torch.testing.assert_close(out.plan, expected[0], atol=1e-6, rtol=1e-4)
+
+
+def _loss_grads(fn, C, a, b, upstream):
+    C, a, b = (x.detach().requires_grad_() for x in (C, a, b))
+    out = fn(C, a, b)
+    loss = sum((o * u).sum() for o, u in zip(out[:5], upstream, strict=True))
+    return torch.autograd.grad(loss, (C, a, b))
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("output", ["plan", "cost", "f", "g", "value", "all"])
+@pytest.mark.parametrize("pad", [False, True], ids=["dense", "padded"])
+def test_implicit_gradient_matches_unrolled_reference(backend, output, pad):
+    """At convergence the implicit backward equals autograd through the unrolled reference (float64)."""
+    C, a, b = _problem(2, 5, 8, dtype=torch.float64, pad=pad, device=device_of(backend))
+    names = ("plan", "cost", "f", "g", "value")
+    upstream = [
+        torch.randn(s.shape, dtype=torch.float64) if output in (n, "all") else torch.zeros(s.shape, dtype=torch.float64)
+        for n, s in zip(names, (C, C[:, 0, 0], a, b, C[:, 0, 0]), strict=True)
+    ]
+    kw = {"eps": 0.1, "max_iter": 5000, "tol": 1e-13}
+    got = _loss_grads(lambda C, a, b: sinkhorn(C, a, b, backend=backend, **kw), C, a, b, upstream)
+    want = _loss_grads(lambda C, a, b: sinkhorn_reference(C, a, b, **kw), C, a, b, upstream)
+    torch.testing.assert_close(got[0], want[0], atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(_shift_free(got[1], a), _shift_free(want[1], a), atol=1e-9, rtol=1e-7)
+    torch.testing.assert_close(_shift_free(got[2], b), _shift_free(want[2], b), atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_value_gradient_is_the_plan(backend):
+    C, a, b = _problem(2, 6, 7, device=device_of(backend))
+    C.requires_grad_()
+    out = sinkhorn(C, a, b, eps=0.05, backend=backend)
+    (grad,) = torch.autograd.grad(out.value.sum(), C)
+    torch.testing.assert_close(grad, out.plan, atol=1e-7, rtol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_gradcheck_float64(backend):
+    C, a, b = _problem(2, 3, 4, dtype=torch.float64, pad=True, device=device_of(backend))
+
+    def outputs(C, a, b):
+        r = sinkhorn(C, a, b, eps=0.5, max_iter=10000, tol=1e-14, backend=backend)
+        return r.plan, r.cost, _shift_free(r.f, a.detach()), r.value
+
+    C.requires_grad_()
+    assert torch.autograd.gradcheck(lambda C: outputs(C, a, b), (C,), atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_backward_memory_does_not_grow_with_iterations(backend):
+    """The backward saves the same tensors whatever max_iter is (implicit, not unrolled)."""
+
+    def saved_bytes(max_iter):
+        C, a, b = _problem(2, 16, 24, device=device_of(backend))
+        C.requires_grad_()
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = sinkhorn(C, a, b, eps=0.05, max_iter=max_iter, tol=0.0, backend=backend)
+        torch.autograd.grad(out.cost.sum(), C)
+        return total
+
+    assert saved_bytes(50) == saved_bytes(500)
+
+
+@pytest.mark.parametrize("backend", FAST)
+def test_opcheck(backend):
+    C, a, b = _problem(2, 4, 6)
+    C.requires_grad_()
+    torch.library.opcheck(torch.ops.grace_fast.sinkhorn.default, (C, a, b, 0.1, 200, 1e-6, backend))
+
+
+def test_torch_compile_fullgraph():
+    C, a, b = _problem(2, 4, 6)
+    C.requires_grad_()
+
+    def loss(C):
+        return sinkhorn(C, a, b, eps=0.1).cost.sum()
+
+    torch._dynamo.reset()
+    compiled = torch.compile(loss, fullgraph=True, backend="aot_eager")
+    torch.testing.assert_close(compiled(C), loss(C))
+    torch.testing.assert_close(torch.autograd.grad(compiled(C), C)[0], torch.autograd.grad(loss(C), C)[0])
+
+
+C0 = torch.rand(2, 3, 4)
+A0, B0 = torch.full((2, 3), 1 / 3), torch.full((2, 4), 1 / 4)
+
+
+@pytest.mark.parametrize(
+    "args, kwargs, error, match",
+    [
+        ((C0[0, 0],), {}, ValueError, r"C must be \[B, N, M\] or \[N, M\], got shape \(4,\)"),
+        ((C0.long(),), {}, TypeError, r"C must be floating point"),
+        ((C0,), {"eps": 0.0}, ValueError, r"eps must be > 0, got 0.0"),
+        ((C0,), {"max_iter": 0}, ValueError, r"max_iter must be an integer >= 1, got 0"),
+        ((C0,), {"tol": -1.0}, ValueError, r"tol must be >= 0, got -1.0"),
+        ((C0.clone().fill_(float("nan")),), {}, ValueError, r"C must be finite, found 24 NaN/Inf entries"),
+        ((C0, A0[:, :2]), {}, ValueError, r"a must be \[B, N\] = \(2, 3\), got shape \(2, 2\)"),
+        ((C0, A0 * 2), {}, ValueError, r"each row of a must sum to 1 .* row 0 sums to 2"),
+        ((C0, A0, -B0), {}, ValueError, r"b must be finite and non-negative"),
+        ((C0, A0), {"mask_a": torch.ones(2, 3, dtype=torch.bool)}, ValueError, r"give either a or mask_a"),
+        ((C0,), {"mask_b": torch.zeros(2, 4, dtype=torch.bool)}, ValueError, r"mask_b has no valid entry in batch"),
+        ((C0,), {"backend": "cuda"}, ValueError, r"backend must be one of"),
+    ],
+    ids=[
+        "rank",
+        "dtype",
+        "eps",
+        "max_iter",
+        "tol",
+        "nan",
+        "a-shape",
+        "a-sum",
+        "b-negative",
+        "a-and-mask",
+        "empty-mask",
+        "backend",
+    ],
+)
+def test_bad_input_is_named(args, kwargs, error, match):
+    with pytest.raises(error, match=match):
+        sinkhorn(*args, **kwargs)
