@@ -9,7 +9,7 @@ Environment:
 import glob
 import os
 
-from setuptools import setup
+from setuptools import find_packages, setup
 
 
 def _extensions():
@@ -52,12 +52,25 @@ setup(
     name="grace_fast",
     version="0.1.0",
     description="Fast ops and model stack for GRACE dynamic facial expression recognition",
-    packages=["grace_fast", "grace_fast.ops", "grace_fast.ops.reference", "grace_fast.kernels"],
+    packages=[*find_packages(include=["grace_fast", "grace_fast.*"]), "grace_fast.kernels"],
     package_dir={"grace_fast.kernels": "kernels"},
     python_requires=">=3.10",
-    install_requires=["torch>=2.13", "numpy"],
+    install_requires=[
+        "torch>=2.13",
+        "numpy",
+        "transformers>=5,<6",
+        "safetensors",
+        "openai>=1",
+        "decord>=0.6",
+        "av",
+        "tqdm",
+        "matplotlib",
+        "pyyaml",
+    ],
+    package_data={"grace_fast.text": ["*.json"]},
+    entry_points={"console_scripts": ["grace-fast = grace_fast.cli:main"]},
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pot==0.9.7", "ruff"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pot==0.9.7", "ruff", "triton>=3.4"],
     },
     ext_modules=ext_modules,
     cmdclass=cmdclass,

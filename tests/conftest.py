@@ -1,9 +1,15 @@
 """Shared fixtures: the backends this machine runs, and fresh buffers that fail loudly if left unwritten."""
 
+import os
+
 import pytest
 import torch
 
-import grace_fast
+if not torch.cuda.is_available():  # run the Triton kernels in the interpreter; must precede any triton import
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
+
+import grace_fast  # noqa: E402
 
 
 @pytest.fixture(autouse=True)

@@ -8,7 +8,7 @@ from grace_fast._backends import resolve
 from grace_fast.ops._checks import check_float, check_mask
 from grace_fast.ops.reference.sinkhorn import sinkhorn_reference
 
-BACKENDS = {"cpu": ("cpu", "torch"), "cuda": ("torch",)}
+BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MARGINAL_TOL = 1e-5
 
 
@@ -121,6 +121,10 @@ def _forward(C, a, b, eps, max_iter, tol, backend):
         with torch.no_grad():
             plan, _, f, g, _, n_iter, err = sinkhorn_reference(C, a, b, eps, max_iter, tol)
         return plan, f, g, n_iter, err
+    if backend == "triton":
+        from grace_fast.kernels.sinkhorn import sinkhorn_triton
+
+        return sinkhorn_triton(C, a, b, eps, max_iter, tol)
     return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol)
 
 

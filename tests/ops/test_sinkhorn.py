@@ -8,10 +8,10 @@ import torch
 
 from grace_fast.ops import sinkhorn
 from grace_fast.ops.reference import sinkhorn_reference
-from tests.conftest import available, device_of
+from tests.conftest import INTERPRETED, available, device_of
 from tests.utils import assert_error_bounded
 
-FAST = available(("cpu",))
+FAST = available(("cpu", "triton"))
 ALL = [pytest.param("torch"), *FAST]
 CANONICAL = {  # GRACE.md: (B, N, M)
     "paper-rho0.5": (32, 77, 784),
@@ -76,6 +76,8 @@ def test_matches_reference(backend, pad, B, N, M, eps, scale, max_iter, tol):
 def test_canonical_shapes_match_pot_batch(backend, shape):
     if backend != "cpu" and shape[0] * shape[2] > 32 * 784:
         pytest.skip("the unfused torch reference is slow at this size; the cpu backend covers it")
+    if backend == "triton" and INTERPRETED and shape[0] > 8:
+        pytest.skip("the interpreter runs one program at a time; B = 1 and 8 cover the kernel's tiles")
     C, a, b = _problem(*shape, scale=2.0, device=device_of(backend))
     out = sinkhorn(C, a, b, eps=0.05, max_iter=500, tol=1e-6, backend=backend)
     pot = ot.batch.solve_batch(
@@ -98,6 +100,8 @@ def test_canonical_shapes_match_pot_batch(backend, shape):
 def test_matches_pot_per_problem_in_float64(backend, eps):
     """Non-uniform and padded marginals (costs up to 1e3 at eps 1e-3 are in test_matches_reference: POT's
     sinkhorn_log itself overflows there)."""
+    if backend == "triton" and INTERPRETED and eps < 0.01:
+        pytest.skip("thousands of interpreted iterations; test_matches_reference covers eps 1e-3 on the kernel")
     C, a, b = _problem(3, 7, 11, dtype=torch.float64, scale=2.0, pad=True)
     out = sinkhorn(C, a, b, eps=eps, max_iter=20000, tol=1e-11, backend=backend)
     for k in range(3):
@@ -122,7 +126,7 @@ def test_matches_pot_per_problem_in_float64(backend, eps):
 @pytest.mark.parametrize("backend", ALL)
 def test_each_element_stops_on_its_own(backend):
     C, a, b = _problem(3, 6, 9, device=device_of(backend))
-    C[1] = C[1] * 20  # a sharper problem converges more slowly
+    C[1] = C[1] * 3  # a sharper problem converges more slowly (209 iterations against 23)
     out = sinkhorn(C, a, b, eps=0.05, max_iter=1000, tol=1e-5, backend=backend)
     assert out.n_iter[1] > out.n_iter[0] and (out.n_iter < 1000).all() and (out.err < 2e-5).all()
     for k in range(3):  # each element is what a run on that element alone gives

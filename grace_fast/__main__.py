@@ -1,0 +1,5 @@
+import sys
+
+from grace_fast.cli import main
+
+sys.exit(main())

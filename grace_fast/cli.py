@@ -1,0 +1,29 @@
+"""The `grace-fast` command line: one sub-command per job, each defined in the module that does the job.
+
+A sub-command module provides `add_arguments(parser)` and `run(args) -> int`; only the chosen one is imported.
+"""
+
+import argparse
+import importlib
+import sys
+
+# name -> (module, one-line help)
+COMMANDS: dict[str, tuple[str, str]] = {}
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    parser = argparse.ArgumentParser(prog="grace-fast", description="GRACE dynamic facial expression recognition.")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name, (module, help_text) in COMMANDS.items():
+        command = sub.add_parser(name, help=help_text, description=help_text)
+        if argv and argv[0] == name:
+            job = importlib.import_module(module)
+            job.add_arguments(command)
+            command.set_defaults(run=job.run)
+    args = parser.parse_args(argv)
+    return args.run(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
