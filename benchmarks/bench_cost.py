@@ -4,13 +4,11 @@ python -m benchmarks.bench_cost            # canonical GRACE shapes, fp32 and bf
 pytest benchmarks/bench_cost.py --benchmark-only
 """
 
-import argparse
-
 import pytest
 import torch
 
 import grace_fast
-from benchmarks.utils import add_ratios, measure, peak_memory_mb, print_table, write_results
+from benchmarks.utils import add_ratios, benchmark_main, measure, peak_memory_mb
 from grace_fast.ops import cost_matrix
 
 SHAPES = {  # GRACE.md canonical shapes: (B, N, M, D)
@@ -86,16 +84,6 @@ COLUMNS = [
 ]
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--shapes", nargs="+", choices=list(SHAPES), default=list(SHAPES))
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
-    args = parser.parse_args()
-    rows = run({k: SHAPES[k] for k in args.shapes}, device=args.device)
-    print_table(rows, COLUMNS)
-    print(f"written to {write_results('cost', rows)}")
-
-
 @pytest.mark.parametrize("provider", providers("cpu"))
 @pytest.mark.parametrize("mode", ["forward", "full"])
 def test_cost_matrix(benchmark, provider, mode):
@@ -103,4 +91,4 @@ def test_cost_matrix(benchmark, provider, mode):
 
 
 if __name__ == "__main__":
-    main()
+    benchmark_main("cost", __doc__, SHAPES, run, COLUMNS)

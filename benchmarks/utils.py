@@ -4,6 +4,7 @@ Rows are dicts, one per (op, provider, mode, shape, dtype, machine); `add_ratios
 against each baseline provider measured in the same process.
 """
 
+import argparse
 import json
 import os
 import platform
@@ -124,3 +125,14 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
     widths = [max(len(line[i]) for line in table) for i in range(len(columns))]
     for line in table:
         print("  ".join(v.rjust(w) for v, w in zip(line, widths, strict=True)))
+
+
+def benchmark_main(name: str, doc: str, shapes: dict, run: Callable[..., list[dict]], columns: list[str]) -> None:
+    """The command line of a bench_<op>.py: choose shapes and device, print the table, write results/<name>.json."""
+    parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--shapes", nargs="+", choices=list(shapes), default=list(shapes))
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    args = parser.parse_args()
+    rows = run({k: shapes[k] for k in args.shapes}, device=args.device)
+    print_table(rows, columns)
+    print(f"written to {write_results(name if args.device == 'cpu' else f'{name}-cuda', rows)}")

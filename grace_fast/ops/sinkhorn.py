@@ -133,7 +133,9 @@ def _sinkhorn_op(
     C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int, tol: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     plan, f, g, n_iter, err = _forward(C, a, b, eps, max_iter, tol, backend)
-    cost = (plan * C).sum(dim=(1, 2))
+    B, N, M = C.shape
+    # <P, C> row by row (short dot products keep float32 accurate) without materialising P * C
+    cost = torch.bmm(plan.reshape(B * N, 1, M), C.reshape(B * N, M, 1)).view(B, N).sum(1)
     # value = <P, C> + eps sum P (log P - 1) with log P = (f_i + g_j - C_ij) / eps on the support
     value = (f * plan.sum(2)).sum(1) + (g * plan.sum(1)).sum(1) - eps * plan.sum(dim=(1, 2))
     return plan, cost, f, g, value, n_iter, err
@@ -174,7 +176,9 @@ def _solve_dual(P: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> tuple[torc
     rows, cols = P.sum(2), P.sum(1)
     valid_r = rows > 0
     inv_cols = torch.where(cols > 0, 1 / torch.where(cols > 0, cols, 1), 0)
-    S = torch.diag_embed(torch.where(valid_r, rows, 1)) - (P * inv_cols[:, None, :]) @ P.transpose(1, 2)
+    # P diag(1 / cols) P^T one batch element at a time: the scaled copy of P stays 1/B of its size
+    scaled_gram = torch.stack([(Pk * ck) @ Pk.T for Pk, ck in zip(P, inv_cols, strict=True)])
+    S = torch.diag_embed(torch.where(valid_r, rows, 1)) - scaled_gram
     ones = valid_r.to(P.dtype)
     S = S + ones[:, :, None] * ones[:, None, :]
     rhs = p - (P @ (q * inv_cols)[:, :, None])[..., 0]
@@ -187,7 +191,7 @@ def _backward(ctx, grad_plan, grad_cost, grad_f, grad_g, grad_value, _grad_n_ite
     """Adjoint of the fixed point F(f, g) = (P 1 - a, P^T 1 - b) = 0, P = exp((f + g - C) / eps)."""
     C, a, b, P, f, g = ctx.saved_tensors
     eps = ctx.eps
-    W = (grad_plan + grad_cost[:, None, None] * C) * P  # [B, N, M]: dL/dP * P
+    W = torch.addcmul(grad_plan, C, grad_cost[:, None, None]).mul_(P)  # [B, N, M]: dL/dP * P
     h_f = W.sum(2) / eps + torch.where(a > 0, grad_f, 0)  # padded potentials are constant 0
     h_g = W.sum(1) / eps + torch.where(b > 0, grad_g, 0)
     # the outputs are shifted to <a, f> = <b, g>: project h onto the loads that this gauge sees
@@ -195,7 +199,10 @@ def _backward(ctx, grad_plan, grad_cost, grad_f, grad_g, grad_value, _grad_n_ite
     h_f = h_f - delta / 2 * a
     h_g = h_g + delta / 2 * b
     lam_f, lam_g = _solve_dual(P, eps * h_f, eps * h_g)
-    grad_C = (P * (lam_f[:, :, None] + lam_g[:, None, :]) - W) / eps + (grad_cost + grad_value)[:, None, None] * P
+    # grad_C = (P * (lam_f + lam_g) - W) / eps + (grad_cost + grad_value) P, written into W: no other [B, N, M]
+    grad_C = W.mul_(-1 / eps)
+    grad_C.addcmul_(P, lam_f[:, :, None] / eps + (grad_cost + grad_value)[:, None, None])
+    grad_C.addcmul_(P, lam_g[:, None, :] / eps)
     grad_a = lam_f + (grad_value[:, None] - delta / 2) * f
     grad_b = lam_g + (grad_value[:, None] + delta / 2) * g
     return grad_C, grad_a, grad_b, None, None, None, None

@@ -1,11 +1,14 @@
 """grace_fast.ops.sinkhorn against its torch reference, against POT, and its implicit gradients."""
 
+import functools
+
 import numpy as np
 import ot
 import ot.batch
 import pytest
 import torch
 
+from benchmarks.utils import peak_memory_mb
 from grace_fast.ops import sinkhorn
 from grace_fast.ops.reference import sinkhorn_reference
 from tests.conftest import INTERPRETED, available, device_of
@@ -243,6 +246,23 @@ def test_backward_memory_does_not_grow_with_iterations(backend):
         return total
 
     assert saved_bytes(50) == saved_bytes(500)
+
+
+@pytest.mark.parametrize("backend", available(("cpu",)))
+def test_forward_backward_peak_memory_is_at_most_four_costs(backend):
+    """Everything the op allocates in forward plus backward (plan and grad_C included) peaks below 4 x sizeof(C),
+    at 50 and at 500 iterations alike."""
+    C, a, b = _problem(4, 77, 784)
+    C.requires_grad_()
+    upstream = torch.randn_like(C)
+
+    def full(max_iter):
+        out = sinkhorn(C, a, b, eps=0.05, max_iter=max_iter, tol=0.0, backend=backend)
+        torch.autograd.grad((out.plan, out.cost, out.f), C, (upstream, torch.ones(4), torch.ones(4, 77)))
+
+    size_c = C.numel() * C.element_size() / 2**20
+    peaks = [peak_memory_mb(functools.partial(full, max_iter)) / size_c for max_iter in (50, 500)]
+    assert max(peaks) <= 4.0 and abs(peaks[0] - peaks[1]) < 0.05, peaks
 
 
 @pytest.mark.parametrize("backend", FAST)
