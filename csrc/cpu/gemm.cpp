@@ -1,5 +1,7 @@
 #include "cpu/gemm.h"
 
+#include "cpu/clones.h"
+
 namespace grace_fast::cpu {
 namespace {
 
@@ -47,12 +49,6 @@ __attribute__((always_inline)) inline void gemm_body(int mc, int nc, int kc, con
 }
 
 }  // namespace
-
-#if defined(__x86_64__)
-#define GRACE_FAST_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define GRACE_FAST_CLONES
-#endif
 
 GRACE_FAST_CLONES
 void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {

@@ -1,5 +1,7 @@
 #include "cpu/vec.h"
 
+#include "cpu/clones.h"
+
 #include <cmath>
 #include <cstring>
 #include <limits>
@@ -40,12 +42,6 @@ __attribute__((always_inline)) inline v8f vexp(v8f x) {
 float scalar_exp(float x) { return x < -87.3f ? 0.f : std::exp(x); }
 
 }  // namespace
-
-#if defined(__x86_64__)
-#define GRACE_FAST_CLONES __attribute__((target_clones("arch=x86-64-v3", "default")))
-#else
-#define GRACE_FAST_CLONES
-#endif
 
 GRACE_FAST_CLONES float dot(const float* x, const float* y, int64_t n) {
   v8f acc0{}, acc1{};
