@@ -1,0 +1,118 @@
+"""grace_fast.data.video: mp4 writing, uniform frame sampling through decord, clip listing, errors naming files."""
+
+import os
+
+import av
+import numpy as np
+import pytest
+import torch
+
+from grace_fast.data.video import VideoReadError, list_videos, read_frames, uniform_indices, write_mp4
+
+
+def _numbered_frames(n: int, height: int = 32, width: int = 80) -> np.ndarray:
+    """Frame i is flat grey at level 20 + 10 i, so a decoded frame tells its index (H.264 keeps flat areas)."""
+    levels = (20 + 10 * np.arange(n)).astype(np.uint8)
+    return np.broadcast_to(levels[:, None, None, None], (n, height, width, 3)).copy()
+
+
+def _decoded_index(frames: np.ndarray) -> np.ndarray:
+    return np.rint((frames.reshape(len(frames), -1).mean(1) - 20) / 10).astype(np.int64)
+
+
+@pytest.mark.parametrize(
+    "length, num_frames, expected",
+    [(20, 8, [1, 3, 6, 8, 11, 13, 16, 18]), (8, 8, list(range(8))), (3, 8, [0, 0, 0, 1, 1, 2, 2, 2]), (1, 2, [0, 0])],
+    ids=["longer", "equal", "shorter-repeats", "single-frame"],
+)
+def test_uniform_indices_are_segment_centres(length, num_frames, expected):
+    assert uniform_indices(length, num_frames).tolist() == expected
+
+
+def test_read_frames_returns_the_uniformly_sampled_frames_of_a_written_mp4(tmp_path):
+    path = tmp_path / "clip.mp4"
+    write_mp4(path, _numbered_frames(20), fps=12.5)
+    frames = read_frames(path, 8)
+    assert frames.shape == (8, 32, 80, 3) and frames.dtype == np.uint8
+    assert _decoded_index(frames).tolist() == uniform_indices(20, 8).tolist()
+    with av.open(str(path)) as container:
+        stream = container.streams.video[0]
+        assert (stream.codec_context.name, stream.average_rate, stream.frames) == ("h264", 12.5, 20)
+
+
+def test_write_mp4_accepts_a_torch_tensor_and_leaves_no_temporary_file(tmp_path):
+    write_mp4(tmp_path / "clip.mp4", torch.from_numpy(_numbered_frames(4)), fps=25)
+    assert os.listdir(tmp_path) == ["clip.mp4"]
+    assert _decoded_index(read_frames(tmp_path / "clip.mp4", 4)).tolist() == [0, 1, 2, 3]
+
+
+def test_read_frames_with_a_custom_sampler(tmp_path):
+    write_mp4(tmp_path / "clip.mp4", _numbered_frames(10), fps=25)
+    frames = read_frames(tmp_path / "clip.mp4", 3, sampler=lambda length, n: np.array([length - 1, 0, 4]))
+    assert _decoded_index(frames).tolist() == [9, 0, 4]
+
+
+@pytest.mark.parametrize(
+    "frames, error, match",
+    [
+        (np.zeros((4, 31, 32, 3), np.uint8), ValueError, "even"),
+        (np.zeros((4, 32, 32), np.uint8), ValueError, r"\[T, H, W, 3\]"),
+        (np.zeros((0, 32, 32, 3), np.uint8), ValueError, "T >= 1"),
+        (np.zeros((4, 32, 32, 3), np.float32), TypeError, "uint8"),
+    ],
+    ids=["odd-height", "no-channels", "no-frames", "float"],
+)
+def test_write_mp4_rejects_bad_frames_and_writes_nothing(tmp_path, frames, error, match):
+    with pytest.raises(error, match=match):
+        write_mp4(tmp_path / "clip.mp4", frames, fps=25)
+    assert os.listdir(tmp_path) == []
+
+
+def test_read_frames_names_a_missing_file(tmp_path):
+    with pytest.raises(VideoReadError, match="not found: .*missing.mp4"):
+        read_frames(tmp_path / "missing.mp4", 8)
+
+
+@pytest.mark.parametrize("content", [b"not a video" * 50, b""], ids=["garbage", "empty"])
+def test_read_frames_names_a_corrupt_file(tmp_path, content):
+    (tmp_path / "bad.mp4").write_bytes(content)
+    with pytest.raises(VideoReadError, match="cannot decode video .*bad.mp4"):
+        read_frames(tmp_path / "bad.mp4", 8)
+
+
+def test_read_frames_names_a_truncated_file(tmp_path):
+    write_mp4(tmp_path / "clip.mp4", _numbered_frames(20), fps=25)
+    data = (tmp_path / "clip.mp4").read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
+    with pytest.raises(VideoReadError, match="cut.mp4"):
+        read_frames(tmp_path / "cut.mp4", 8)
+
+
+def test_list_videos_of_a_folder_uses_relative_paths_as_ids(tmp_path):
+    for name in ("b/2.mp4", "a/1.avi", "a/notes.txt", "3.MP4"):
+        (tmp_path / name).parent.mkdir(exist_ok=True)
+        (tmp_path / name).write_bytes(b"x")
+    assert list_videos(tmp_path) == [
+        ("3", str(tmp_path / "3.MP4")),
+        ("a/1", str(tmp_path / "a/1.avi")),
+        ("b/2", str(tmp_path / "b/2.mp4")),
+    ]
+
+
+def test_list_videos_of_a_list_file_resolves_relative_paths(tmp_path):
+    (tmp_path / "list.txt").write_text(f"clips/x.mp4\n\n{tmp_path}/other/y.mp4\n")
+    assert list_videos(tmp_path / "list.txt") == [
+        ("x", str(tmp_path / "clips/x.mp4")),
+        ("y", str(tmp_path / "other/y.mp4")),
+    ]
+
+
+def test_list_videos_rejects_duplicate_ids_and_missing_sources(tmp_path):
+    (tmp_path / "list.txt").write_text("a/x.mp4\nb/x.mp4\n")
+    with pytest.raises(ValueError, match="more than once.*'x'"):
+        list_videos(tmp_path / "list.txt")
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        list_videos(tmp_path / "nowhere")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no video files"):
+        list_videos(tmp_path / "empty")
