@@ -1,77 +1,90 @@
-// Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU: blocked GEMM over packed panels, inverse norms and
-// masks fused into the epilogue, fp16/bf16 converted while packing, fp32 accumulation (fp64 for fp64).
+// Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU. Forward: register tiles of dot products over rows where
+// they lie, inverse norms and masks in the epilogue; backward: blocked GEMM over packed panels. fp16/bf16 are
+// converted to float once (forward) or while packing (backward); fp32 accumulation (fp64 for fp64).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
 #include "cpu/gemm.h"
+#include "cpu/vec.h"
 
 namespace grace_fast::cpu {
 namespace {
 
-constexpr int64_t MC = 96;   // rows of C per packed A block (16 register tiles)
-constexpr int64_t NC = 128;  // columns of C per forward work item (small enough to balance B = 1)
+constexpr int64_t NC = 48;   // columns of C per forward work item (small enough to balance B = 1)
 constexpr int64_t MB = 48;   // gradient rows per backward work item
 
 // out[r] = 1 / ||x_r|| for the rows of x [rows, d], 0 for a zero or padded row.
-template <typename T, typename Acc>
-void inverse_norms(const T* x, int64_t rows, int64_t d, const bool* mask, Acc* out) {
+template <typename Acc>
+void inverse_norms(const Acc* x, int64_t rows, int64_t d, const bool* mask, Acc* out) {
   for (int64_t r = 0; r < rows; ++r) {
-    const T* row = x + r * d;
-    Acc part[8] = {};
-    int64_t k = 0;
-    for (; k + 8 <= d; k += 8) {
-      for (int q = 0; q < 8; ++q) part[q] += static_cast<Acc>(row[k + q]) * static_cast<Acc>(row[k + q]);
-    }
-    Acc s = 0;
-    for (; k < d; ++k) s += static_cast<Acc>(row[k]) * static_cast<Acc>(row[k]);
-    for (Acc p : part) s += p;
+    const Acc s = dot(x + r * d, x + r * d, d);
     out[r] = (mask && !mask[r]) || s == 0 ? Acc(0) : 1 / std::sqrt(s);
   }
 }
 
+// x [n] as Acc: x itself, or converted into buf (one vectorised pass, so that norms and packing read floats).
 template <typename T, typename Acc>
-void forward_kernel(const T* U, const T* V, const bool* mask_u, const bool* mask_v, Acc* C, Acc* ru, Acc* rv,
+const Acc* as_acc(const T* x, int64_t n, std::vector<Acc>& buf) {
+  if constexpr (std::is_same_v<T, Acc>) {
+    return x;
+  } else {
+    buf.resize(n);
+    to_float(x, buf.data(), n);
+    return buf.data();
+  }
+}
+
+template <typename T, typename Acc>
+void forward_kernel(const T* U_, const T* V_, const bool* mask_u, const bool* mask_v, Acc* C, Acc* ru, Acc* rv,
                     int64_t B, int64_t N, int64_t M, int64_t D) {
+  // U and its inverse norms once per batch element: every column block of that element reuses them
+  std::vector<Acc> u_buf;
+  const Acc* U;
+  if constexpr (std::is_same_v<T, Acc>) {
+    U = U_;
+  } else {
+    u_buf.resize(B * N * D);
+    at::parallel_for(0, B * N, 64, [&](int64_t begin, int64_t end) {
+      to_float(U_ + begin * D, u_buf.data() + begin * D, (end - begin) * D);
+    });
+    U = u_buf.data();
+  }
+  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t b = begin; b < end; ++b) {
+      inverse_norms(U + b * N * D, N, D, mask_u ? mask_u + b * N : nullptr, ru + b * N);
+    }
+  });
   const int64_t col_blocks = (M + NC - 1) / NC;
   at::parallel_for(0, B * col_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> a_pack(MC * KC), b_pack(NC * KC), ru_loc(N), rv_loc(NC), valid_v(NC);
+    std::vector<Acc> v_buf, rv_loc(NC), valid_v(NC);
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / col_blocks, j0 = (item % col_blocks) * NC;
       const int nc = static_cast<int>(std::min(NC, M - j0));
-      const T* Ub = U + b * N * D;
-      const T* Vb = V + (b * M + j0) * D;
+      const Acc* Ub = U + b * N * D;
+      const Acc* Vb = as_acc(V_ + (b * M + j0) * D, nc * D, v_buf);
       const bool* mu = mask_u ? mask_u + b * N : nullptr;
       const bool* mv = mask_v ? mask_v + b * M + j0 : nullptr;
       Acc* Cb = C + b * N * M + j0;
-      inverse_norms(Ub, N, D, mu, ru_loc.data());
       inverse_norms(Vb, nc, D, mv, rv_loc.data());
       for (int q = 0; q < nc; ++q) valid_v[q] = mv && !mv[q] ? 0 : 1;
-      const Mat<T> A{Ub, D, 1}, Bt{Vb, 1, D};  // C = A Bt with Bt(k, j) = V[j, k]
-      for (int64_t k0 = 0; k0 < D; k0 += KC) {
-        const int kc = static_cast<int>(std::min<int64_t>(KC, D - k0));
-        pack_b(Bt, k0, kc, 0, nc, static_cast<const Acc*>(nullptr), b_pack.data());
-        for (int64_t i0 = 0; i0 < N; i0 += MC) {
-          const int mc = static_cast<int>(std::min(MC, N - i0));
-          pack_a(A, i0, mc, k0, kc, a_pack.data());
-          gemm_packed(mc, nc, kc, a_pack.data(), b_pack.data(), Cb + i0 * M, M, k0 > 0);
-        }
-      }
+      gemm_nt(Ub, static_cast<int>(N), Vb, nc, D, Cb, M);
+      const Acc* ru_b = ru + b * N;
       for (int64_t i = 0; i < N; ++i) {
         Acc* row = Cb + i * M;
         if (mu && !mu[i]) {
           std::fill(row, row + nc, Acc(0));
           continue;
         }
-        const Acc r = ru_loc[i];
+        const Acc r = ru_b[i];
         for (int q = 0; q < nc; ++q) row[q] = valid_v[q] - row[q] * r * rv_loc[q];
       }
-      if (j0 == 0) std::copy(ru_loc.begin(), ru_loc.end(), ru + b * N);
       std::copy(rv_loc.begin(), rv_loc.begin() + nc, rv + b * M + j0);
     }
   });

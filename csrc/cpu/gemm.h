@@ -61,6 +61,11 @@ void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale,
   }
 }
 
+// C[m, n] (row stride ldc) = U V^T for U [m, d], V [n, d] with contiguous rows: register tiles of dot products
+// over the full depth, no packing (the cost matrix's forward, where both operands are row-major in d).
+void gemm_nt(const float* u, int m, const float* v, int n, int64_t d, float* c, int64_t ldc);
+void gemm_nt(const double* u, int m, const double* v, int n, int64_t d, double* c, int64_t ldc);
+
 // C[mc, nc] (row stride ldc) = (accumulate ? C : 0) + packed A [mc, kc] x packed B [kc, nc].
 void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
 void gemm_packed(int mc, int nc, int kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate);
