@@ -135,4 +135,11 @@ def benchmark_main(name: str, doc: str, shapes: dict, run: Callable[..., list[di
     args = parser.parse_args()
     rows = run({k: shapes[k] for k in args.shapes}, device=args.device)
     print_table(rows, columns)
-    print(f"written to {write_results(name if args.device == 'cpu' else f'{name}-cuda', rows)}")
+    print(f"written to {write_results(name + result_suffix(args.device), rows)}")
+
+
+def result_suffix(device: str) -> str:
+    """ "" for CPU results, "-<gpu name>" (e.g. "-nvidia-h100-80gb-hbm3") for GPU ones, so both live side by side."""
+    if device == "cpu":
+        return ""
+    return "-" + "".join(c if c.isalnum() else "-" for c in torch.cuda.get_device_name().lower()).strip("-")

@@ -1,0 +1,91 @@
+"""benchmarks/results/REPORT.md from the JSON files of the benchmarks: machine, one table per benchmark (medians
+with their 20-80% spread, ratios against each baseline), the scaling exponents and their plots."""
+
+import json
+import os
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+from benchmarks.bench_scaling import growth_exponents  # noqa: E402
+from benchmarks.utils import RESULTS  # noqa: E402
+
+ORDER = ["cost", "sinkhorn", "motion", "scaling", "model", "inference"]
+TIMING = {"median_ms", "p20_ms", "p80_ms", "reps"}
+
+
+def _cell(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "-" if value is None else str(value)
+
+
+def table(rows: list[dict]) -> str:
+    """A markdown table: the rows' descriptive fields, median (p20-p80) in ms, then every other measurement."""
+    fields = [k for k in rows[0] if k not in TIMING and k != "op"]
+    fields += [k for r in rows for k in r if k not in fields and k not in TIMING and k != "op"]
+    fields = list(dict.fromkeys(fields))
+    lead = [f for f in fields if not f.startswith("speedup_vs_") and not f.startswith("peak") and f != "input_mb"]
+    tail = [f for f in fields if f not in lead]
+    header = [*lead, "median ms (p20-p80)", *tail]
+    lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for r in rows:
+        timing = "-" if "median_ms" not in r else f"{r['median_ms']:.3g} ({r['p20_ms']:.3g}-{r['p80_ms']:.3g})"
+        lines.append(
+            "| " + " | ".join([*(_cell(r.get(f)) for f in lead), timing, *(_cell(r.get(f)) for f in tail)]) + " |"
+        )
+    return "\n".join(lines)
+
+
+def scaling_plots(rows: list[dict], out_dir: Path, suffix: str) -> list[Path]:
+    """Time and peak memory against size, one PNG per series, log-log."""
+    paths = []
+    for series in dict.fromkeys(r["series"] for r in rows):
+        fig, axes = plt.subplots(1, 2, figsize=(9, 3.5))
+        for op in dict.fromkeys(r["op"] for r in rows if r["series"] == series):
+            points = [r for r in rows if r["series"] == series and r["op"] == op]
+            sizes = [p["size"] for p in points]
+            axes[0].plot(sizes, [p["median_ms"] for p in points], "o-", label=op)
+            axes[1].plot(sizes, [p["peak_mb"] for p in points], "o-", label=op)
+        for ax, label in zip(axes, ("forward+backward ms", "peak MiB"), strict=True):
+            ax.set(xscale="log", yscale="log", xlabel=series, ylabel=label)
+            ax.legend()
+        fig.tight_layout()
+        path = out_dir / f"scaling-{series.split()[0].replace(chr(39), '')}{suffix}.png"
+        fig.savefig(path, dpi=100)
+        plt.close(fig)
+        paths.append(path)
+    return paths
+
+
+def write_report(out_dir: Path = RESULTS, suffix: str = "") -> Path:
+    """Writes REPORT<suffix>.md from <name><suffix>.json files in out_dir (suffix "-cuda" for GPU results)."""
+    found = {name: out_dir / f"{name}{suffix}.json" for name in ORDER if (out_dir / f"{name}{suffix}.json").exists()}
+    if not found:
+        raise FileNotFoundError(f"no benchmark results in {out_dir}; run python -m benchmarks --all first")
+    results = {name: json.loads(path.read_text()) for name, path in found.items()}
+    machine = next(iter(results.values()))["machine"]
+    text = ["# grace_fast benchmark report", ""]
+    text += [f"- {key}: {value}" for key, value in machine.items()]
+    text += [
+        "",
+        "Medians of repeated runs in one process, ms, with the 20-80% quantiles; `speedup_vs_X` is X's median",
+        "over the row's; `peak_over_C` is the peak memory the call allocates over sizeof(C).",
+        "",
+    ]
+    for name, result in results.items():
+        text += [f"## {name}", "", table(result["rows"]), ""]
+        if name == "scaling":
+            text += ["Growth exponents (slope of log time / log peak memory against log size):", ""]
+            for (op, series), slope in growth_exponents(result["rows"]).items():
+                text.append(f"- {op}, {series}: time ~ size^{slope['time']:.2f}, memory ~ size^{slope['memory']:.2f}")
+            text.append("")
+            text += [f"![{p.stem}]({p.name})" for p in scaling_plots(result["rows"], out_dir, suffix)] + [""]
+    path = out_dir / f"REPORT{suffix}.md"
+    tmp = path.with_suffix(".md.tmp")
+    tmp.write_text("\n".join(text))
+    os.replace(tmp, path)
+    return path

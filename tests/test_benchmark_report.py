@@ -1,0 +1,52 @@
+"""The benchmark report's arithmetic: growth exponents, tables and the report file built from result JSON."""
+
+import json
+
+import pytest
+
+from benchmarks.bench_scaling import growth_exponents
+from benchmarks.report import table, write_report
+
+
+def _rows(time_power, memory_power):
+    return [
+        {
+            "op": "sinkhorn",
+            "series": "M (frames)",
+            "size": m,
+            "median_ms": 0.5 * m**time_power,
+            "p20_ms": 0.4,
+            "p80_ms": 0.6,
+            "peak_mb": 3.0 * m**memory_power,
+        }
+        for m in (784, 1568, 2352, 3136)
+    ]
+
+
+@pytest.mark.parametrize("time_power, memory_power", [(1.0, 1.0), (2.0, 0.5), (1.3, 0.0)])
+def test_growth_exponent_recovers_a_power_law(time_power, memory_power):
+    slopes = growth_exponents(_rows(time_power, memory_power))[("sinkhorn", "M (frames)")]
+    assert slopes["time"] == pytest.approx(time_power) and slopes["memory"] == pytest.approx(memory_power, abs=1e-9)
+
+
+def test_table_shows_median_with_spread_and_ratios():
+    rows = [{"op": "x", "provider": "cpu", "median_ms": 2.0, "p20_ms": 1.5, "p80_ms": 2.5, "speedup_vs_torch": 3.0}]
+    lines = table(rows).splitlines()
+    assert lines[0] == "| provider | median ms (p20-p80) | speedup_vs_torch |"
+    assert lines[2] == "| cpu | 2 (1.5-2.5) | 3 |"
+
+
+def test_report_collects_every_result_file(tmp_path):
+    machine = {"cpu": "test cpu", "cores": 2}
+    (tmp_path / "scaling.json").write_text(json.dumps({"machine": machine, "rows": _rows(1.0, 1.0)}))
+    cost = [{"op": "cost", "provider": "cpu", "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}]
+    (tmp_path / "cost.json").write_text(json.dumps({"machine": machine, "rows": cost}))
+    text = write_report(tmp_path).read_text()
+    assert "- cpu: test cpu" in text and "## cost" in text and "## scaling" in text
+    assert "sinkhorn, M (frames): time ~ size^1.00, memory ~ size^1.00" in text
+    assert (tmp_path / "scaling-M.png").stat().st_size > 0
+
+
+def test_report_without_results_says_what_to_run(tmp_path):
+    with pytest.raises(FileNotFoundError, match="python -m benchmarks --all"):
+        write_report(tmp_path)
