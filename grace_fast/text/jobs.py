@@ -1,0 +1,78 @@
+"""What the CATE commands share: JSONL files written atomically, file fingerprints for cache keys, the summary.
+
+Every command reads and writes one record per clip as a JSON line ({"clip": ..., ...}); an output file is
+replaced whole at the end of a run, never appended to, so a reader never sees half of it.
+"""
+
+import json
+import os
+import tempfile
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+CACHE_NAME = "cate_cache.sqlite"
+LABELS_NAME = "coarse_labels.jsonl"
+
+
+def read_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
+    """The records of a JSONL file, each with a distinct "clip" field; `what` names the file's role in errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what}: no file at {path}")
+    records, seen = [], set()
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as error:
+            raise ValueError(f"{what}: {path} line {number} is not JSON ({error})") from error
+        if not isinstance(record, dict) or "clip" not in record:
+            raise ValueError(f'{what}: {path} line {number} has no "clip" field')
+        if record["clip"] in seen:
+            raise ValueError(f"{what}: {path} line {number} repeats clip {record['clip']!r}")
+        seen.add(record["clip"])
+        records.append(record)
+    return records
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Write records as JSON lines, atomically (a temporary file in the same folder, then os.replace)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as file:
+            for record in records:
+                file.write(json.dumps(record, ensure_ascii=False) + "\n")
+            file.flush()
+            os.fsync(file.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def fingerprint(path: str | os.PathLike) -> list:
+    """[absolute path, size, mtime_ns] of a file, or of every file in a folder: changes when the content does."""
+    path = Path(path).resolve()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    return [[str(p), p.stat().st_size, p.stat().st_mtime_ns] for p in files]
+
+
+@dataclass
+class Summary:
+    """What a run did: items done now, found in the cache, and failed (clip -> reason; retried next run)."""
+
+    done: int = 0
+    cached: int = 0
+    failed: dict[str, str] = field(default_factory=dict)
+
+    def report(self, command: str, limit: int = 20) -> None:
+        print(f"{command}: {self.done} done, {self.cached} cached, {len(self.failed)} failed")
+        for clip, reason in list(self.failed.items())[:limit]:
+            print(f"  failed {clip}: {reason}")
+        if len(self.failed) > limit:
+            print(f"  ... and {len(self.failed) - limit} more")
