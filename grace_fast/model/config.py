@@ -1,0 +1,171 @@
+"""GraceConfig: every hyper-parameter of the GRACE model (GRACE.md sections 1, 2, 4 and 5), with a JSON round-trip."""
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+MOTION_MODES = ("off", "temporal", "spatial", "both")
+ALIGNMENTS = ("ot", "cross_attention", "cosine", "none")
+VISUAL_MARGINALS = ("uniform", "motion")
+OP_NAMES = ("cost_matrix", "sinkhorn", "motion_weights")
+
+
+@dataclass
+class GraceConfig:
+    """The GRACE model's hyper-parameters; the defaults are the paper's set-up (GRACE.md).
+
+    Backbones: `video` holds VideoMAEConfig fields (default ViT-B/16, tubelet 2) and `text` CLIPTextConfig fields
+    (default CLIP's text tower); `frames` and `image_size` override the video config's `num_frames`/`image_size`.
+    `video_pretrained` / `text_pretrained` name local folders whose weights initialise the backbones when a new
+    model is built (never a hub download); `tokenizer` names the CLIP tokenizer folder (default: text_pretrained).
+    `op_backends` maps an op ("cost_matrix", "sinkhorn", "motion_weights") to its backend (default "auto").
+
+    >>> config = GraceConfig(num_classes=11, alignment="cosine")
+    >>> GraceConfig.from_json(config.to_json()) == config
+    True
+    """
+
+    num_classes: int = 7
+    class_names: list[str] | None = None
+    class_prompts: list[str] | None = None
+    prompt_top_k: int = 2
+    frames: int = 16
+    image_size: int = 224
+    video: dict[str, Any] = field(default_factory=dict)
+    video_pretrained: str | None = None
+    text: dict[str, Any] = field(default_factory=dict)
+    text_pretrained: str | None = None
+    tokenizer: str | None = None
+    max_text_tokens: int = 77
+    gradient_checkpointing: bool = False
+    motion: str = "both"
+    motion_alpha: float | None = None
+    motion_window: int = 3
+    motion_temperature: float = 1.0
+    motion_beta: float = 1.0
+    rho: float = 0.5
+    mass: float | None = None
+    max_tokens: int | None = None
+    alignment: str = "ot"
+    dim: int = 512
+    eps: float = 0.05
+    max_iter: int = 50
+    tol: float = 1e-4
+    visual_marginal: str = "uniform"
+    attention_heads: int = 8
+    dropout: float = 0.1
+    lambdas: tuple[float, float, float] = (1.0, 0.5, 0.5)
+    focal_gamma: float = 2.0
+    temperature_init: float = 0.07
+    op_backends: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self):
+        self.lambdas = tuple(float(x) for x in self.lambdas)
+        _choice("motion", self.motion, MOTION_MODES)
+        _choice("alignment", self.alignment, ALIGNMENTS)
+        _choice("visual_marginal", self.visual_marginal, VISUAL_MARGINALS)
+        for name in ("num_classes", "frames", "image_size", "dim", "max_iter", "max_text_tokens", "prompt_top_k"):
+            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+                raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
+        for name in ("eps", "motion_temperature", "temperature_init"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be > 0, got {getattr(self, name)!r}")
+        if not 0 < self.rho <= 1:
+            raise ValueError(f"rho must be in (0, 1], got {self.rho!r}")
+        if self.mass is not None and not 0 < self.mass <= 1:
+            raise ValueError(f"mass must be None or in (0, 1], got {self.mass!r}")
+        if self.motion_alpha is not None and not 0 <= self.motion_alpha <= 1:
+            raise ValueError(f"motion_alpha must be None or in [0, 1], got {self.motion_alpha!r}")
+        if self.motion_window < 1 or self.motion_window % 2 == 0:
+            raise ValueError(f"motion_window must be an odd integer >= 1, got {self.motion_window!r}")
+        if self.tol < 0 or self.focal_gamma < 0 or not 0 <= self.dropout < 1:
+            raise ValueError(
+                f"need tol >= 0, focal_gamma >= 0, 0 <= dropout < 1; got {self.tol}, {self.focal_gamma}, {self.dropout}"
+            )
+        if len(self.lambdas) != 3 or min(self.lambdas) < 0:
+            raise ValueError(f"lambdas must be 3 non-negative weights (focal, InfoNCE, auxiliary), got {self.lambdas}")
+        if self.dim % self.attention_heads:
+            raise ValueError(f"dim ({self.dim}) must be a multiple of attention_heads ({self.attention_heads})")
+        for name in ("class_names", "class_prompts"):
+            values = getattr(self, name)
+            if values is not None and len(values) != self.num_classes:
+                raise ValueError(f"{name} must have num_classes = {self.num_classes} entries, got {len(values)}")
+        if self.class_prompts is not None and self.prompt_top_k > self.num_classes:
+            raise ValueError(f"prompt_top_k ({self.prompt_top_k}) must be <= num_classes ({self.num_classes})")
+        unknown = sorted(set(self.op_backends) - set(OP_NAMES))
+        if unknown:
+            raise ValueError(f"op_backends has unknown ops {unknown}; known: {list(OP_NAMES)}")
+
+    def backend(self, op: str) -> str:
+        """The backend the model passes to `op` ("auto" unless op_backends names one)."""
+        return self.op_backends.get(op, "auto")
+
+    def to_dict(self) -> dict[str, Any]:
+        out = dataclasses.asdict(self)
+        out["lambdas"] = list(self.lambdas)
+        return out
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> "GraceConfig":
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise ValueError(f"unknown GraceConfig fields {unknown}")
+        return cls(**values)
+
+    def to_json(self) -> str:
+        return json.dumps(self.to_dict(), indent=2, sort_keys=True)
+
+    @classmethod
+    def from_json(cls, text: str) -> "GraceConfig":
+        return cls.from_dict(json.loads(text))
+
+    def save(self, path: str | os.PathLike) -> None:
+        """Write the JSON to path atomically (a temporary file in the same folder, then os.replace)."""
+        write_atomic(Path(path), self.to_json().encode())
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "GraceConfig":
+        path = Path(path)
+        if not path.is_file():
+            raise FileNotFoundError(f"no GRACE config at {path}")
+        try:
+            return cls.from_json(path.read_text())
+        except (json.JSONDecodeError, TypeError, ValueError) as error:
+            raise ValueError(f"invalid GRACE config {path}: {error}") from error
+
+    def replace(self, **changes: Any) -> "GraceConfig":
+        """A copy with the named fields changed (checked like a new config)."""
+        unknown = sorted(set(changes) - {f.name for f in dataclasses.fields(self)})
+        if unknown:
+            raise ValueError(f"unknown GraceConfig fields {unknown}")
+        return dataclasses.replace(self, **changes)
+
+    def diff(self, other: "GraceConfig") -> dict[str, tuple[Any, Any]]:
+        """{field: (self's value, other's value)} for every field that differs."""
+        mine, theirs = self.to_dict(), other.to_dict()
+        return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write data to path through a temporary file in the same folder and os.replace: never half written."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -1,0 +1,113 @@
+"""save_pretrained / from_pretrained: a checkpoint folder of config.json, model.safetensors and the tokenizer files.
+
+Each file is written atomically (a temporary file in the folder, then os.replace), weights last; the weights
+carry the config they were saved with, so a config.json that does not match them is reported field by field.
+"""
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import torch
+
+from grace_fast.model.config import GraceConfig, write_atomic
+from grace_fast.model.text import load_tokenizer
+
+CONFIG_NAME = "config.json"
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_METADATA_KEY = "grace_config"
+
+
+def save_pretrained(model, folder: str | os.PathLike) -> None:
+    """Write model's tokenizer files, config.json and model.safetensors into folder (created if missing)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tokenizer."))
+    try:
+        model.tokenizer.save_pretrained(staging)
+        for file in staging.iterdir():
+            os.replace(file, folder / file.name)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    config_json = model.config.to_json()
+    write_atomic(folder / CONFIG_NAME, config_json.encode())
+    state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt", CONFIG_METADATA_KEY: config_json})
+        os.replace(tmp, folder / WEIGHTS_NAME)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def from_pretrained(folder: str | os.PathLike, **overrides):
+    """Load the GraceModel saved in folder; overrides change config fields before the model is built.
+
+    A weights file that does not fit the requested config raises a ValueError naming the config fields that
+    differ from those the weights were saved with and the mismatching tensors.
+    """
+    from safetensors import safe_open
+    from safetensors.torch import load_file
+
+    from grace_fast.model.model import GraceModel
+
+    folder = Path(folder)
+    for name in (CONFIG_NAME, WEIGHTS_NAME):
+        if not (folder / name).is_file():
+            raise FileNotFoundError(f"{folder} is not a GRACE checkpoint: {name} is missing")
+    config = GraceConfig.load(folder / CONFIG_NAME).replace(tokenizer=str(folder), **overrides)
+    with safe_open(folder / WEIGHTS_NAME, framework="pt") as f:
+        saved_json = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    model = GraceModel(config, tokenizer=load_tokenizer(folder), load_pretrained=False)
+    state = load_file(folder / WEIGHTS_NAME)
+    problems = _state_mismatch(model.state_dict(), state)
+    if problems:
+        raise ValueError(
+            f"{folder / WEIGHTS_NAME} does not fit the requested config.\n"
+            f"{_config_differences(saved_json, model.config)}\n{problems}"
+        )
+    model.load_state_dict(state)
+    return model
+
+
+def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Tensor], show: int = 8) -> str:
+    missing = sorted(set(expected) - set(found))
+    unexpected = sorted(set(found) - set(expected))
+    shapes = [
+        f"{k}: checkpoint {tuple(found[k].shape)}, model {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in found and found[k].shape != v.shape
+    ]
+    lines = []
+    for title, items in (
+        ("missing tensors", missing),
+        ("unexpected tensors", unexpected),
+        ("shape mismatches", shapes),
+    ):
+        if items:
+            more = f" (+{len(items) - show} more)" if len(items) > show else ""
+            lines.append(f"{title}: {', '.join(items[:show])}{more}")
+    return "\n".join(lines)
+
+
+def _config_differences(saved_json: str | None, config: GraceConfig) -> str:
+    if saved_json is None:
+        return "The weights carry no config to compare with."
+    saved = GraceConfig.from_dict(json.loads(saved_json))
+    differences = []
+    for name, (a, b) in saved.diff(config).items():
+        if isinstance(a, dict) and isinstance(b, dict):  # a backbone config: name its fields that differ
+            differences += [
+                f"{name}.{k}: {a.get(k)!r} -> {b.get(k)!r}" for k in sorted(a.keys() | b.keys()) if a.get(k) != b.get(k)
+            ]
+        elif name != "tokenizer":
+            differences.append(f"{name}: {a!r} -> {b!r}")
+    if not differences:
+        return "The config matches the one the weights were saved with."
+    return "Config fields that differ (saved with -> requested): " + "; ".join(differences)
