@@ -1,0 +1,216 @@
+"""CATE step 1 (GRACE.md section 3): an initial caption per clip, from Video-LLaVA run through transformers from a
+local folder, or imported from a file (MAFW ships English captions).
+
+The folder holds what `save_pretrained` writes for VideoLlavaForConditionalGeneration, its tokenizer and its
+VideoLlavaImageProcessor (e.g. a copy of LanguageBind/Video-LLaVA-7B-hf). Frames go through the image processor
+and the prompt's video token is expanded to one token per patch (+ CLS) per frame, which is what
+VideoLlavaProcessor does; VideoLlavaProcessor itself is not used because in transformers 5 its video path needs
+torchvision, which has no CPU build on PyPI to match torch's.
+
+>>> captioner = Captioner("checkpoints/Video-LLaVA-7B-hf", device="cuda")
+>>> captioner.caption([read_frames("clip.mp4", 8)])
+['The man in the video is talking and smiling ...']
+"""
+
+import argparse
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
+
+from grace_fast.data.video import VideoReadError, list_videos, read_frames
+from grace_fast.text.cache import Cache, cache_key
+from grace_fast.text.jobs import CACHE_NAME, Summary, fingerprint, write_jsonl
+
+DEFAULT_PROMPT = (
+    "USER: <video>\nDescribe the person's face in this video: the expression, how it changes, and the movements "
+    "of the brows, eyes, mouth and head. ASSISTANT:"
+)
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+class Captioner:
+    """Video-LLaVA captions for clips given as frames, generated greedily in batches (left padded)."""
+
+    def __init__(
+        self,
+        model_dir: str | os.PathLike,
+        *,
+        prompt: str = DEFAULT_PROMPT,
+        num_frames: int = 8,
+        max_new_tokens: int = 96,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ):
+        model_dir = Path(model_dir)
+        if not (model_dir / "config.json").is_file():
+            raise FileNotFoundError(f"model_dir: no config.json in {model_dir} (a Video-LLaVA save_pretrained folder)")
+        config = AutoConfig.from_pretrained(model_dir)
+        if config.model_type != "video_llava":
+            raise ValueError(f"model_dir: {model_dir} holds a {config.model_type!r} model, not video_llava")
+        if num_frames < 1 or max_new_tokens < 1:
+            raise ValueError(f"num_frames and max_new_tokens must be >= 1, got {num_frames} and {max_new_tokens}")
+        self.tokenizer = AutoTokenizer.from_pretrained(model_dir)
+        self.tokenizer.padding_side = "left"  # generation continues from the last position of every row
+        if self.tokenizer.pad_token is None:
+            self.tokenizer.pad_token = self.tokenizer.eos_token
+        self.video_token = self.tokenizer.convert_ids_to_tokens(config.video_token_index)
+        if prompt.count(self.video_token) != 1:
+            raise ValueError(f"prompt must contain the video token {self.video_token!r} once, got {prompt!r}")
+        self.image_processor = VideoLlavaImageProcessor.from_pretrained(model_dir)
+        self.model = VideoLlavaForConditionalGeneration.from_pretrained(model_dir, dtype=dtype).to(device).eval()
+        vision = config.vision_config
+        self.tokens_per_frame = (vision.image_size // vision.patch_size) ** 2 + 1  # patches + CLS, as the model
+        self.prompt, self.num_frames, self.max_new_tokens = prompt, num_frames, max_new_tokens
+        self._model_fingerprint = fingerprint(model_dir)
+
+    @torch.inference_mode()
+    def caption(self, videos: Sequence[np.ndarray]) -> list[str]:
+        """One caption per video; videos: each [num_frames, H, W, 3] uint8 RGB (e.g. from read_frames)."""
+        for i, video in enumerate(videos):
+            if video.ndim != 4 or video.shape[0] != self.num_frames or video.shape[-1] != 3:
+                raise ValueError(f"videos[{i}] must be [{self.num_frames}, H, W, 3], got shape {video.shape}")
+        expanded = self.prompt.replace(self.video_token, self.video_token * (self.tokens_per_frame * self.num_frames))
+        text = self.tokenizer([expanded] * len(videos), padding=True, return_tensors="pt")
+        frames = [frame for video in videos for frame in video]
+        pixels = self.image_processor(images=frames, return_tensors="pt", return_legacy_image_output=False)
+        pixels = pixels["pixel_values"].reshape(len(videos), self.num_frames, *pixels["pixel_values"].shape[1:])
+        out = self.model.generate(
+            **text.to(self.model.device),
+            pixel_values_videos=pixels.to(self.model.device, self.model.dtype),
+            max_new_tokens=self.max_new_tokens,
+            do_sample=False,
+        )
+        new_tokens = out[:, text["input_ids"].shape[1] :]
+        return [" ".join(t.split()) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
+
+    def key(self, video_path: str) -> str:
+        """The cache key of a clip's caption: the video file, the model folder and the generation settings."""
+        return cache_key(
+            task="caption",
+            video=fingerprint(video_path),
+            model=self._model_fingerprint,
+            prompt=self.prompt,
+            num_frames=self.num_frames,
+            max_new_tokens=self.max_new_tokens,
+        )
+
+
+def caption_clips(
+    clips: Sequence[tuple[str, str]], captioner: Captioner, cache: Cache, *, batch_size: int = 4, progress: bool = True
+) -> tuple[dict[str, str], Summary]:
+    """Caption every (clip id, video path) not yet in the cache, batch by batch, storing each batch at once.
+
+    Returns the captions by clip and the summary; a video that cannot be decoded fails alone.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    captions, summary, todo = {}, Summary(), []
+    for clip, path in clips:
+        key = captioner.key(path) if os.path.isfile(path) else None
+        hit = cache.get(key) if key else None
+        if hit is not None:
+            captions[clip] = hit["caption"]
+            summary.cached += 1
+        else:
+            todo.append((clip, path, key))
+    with tqdm(total=len(clips), initial=summary.cached, desc="caption", unit="clip", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            batch, videos = [], []
+            for clip, path, key in todo[start : start + batch_size]:
+                try:
+                    videos.append(read_frames(path, captioner.num_frames))
+                    batch.append((clip, key))
+                except VideoReadError as error:
+                    summary.failed[clip] = str(error)
+            texts = captioner.caption(videos) if videos else []
+            cache.put_many({key: {"caption": text} for (_, key), text in zip(batch, texts, strict=True)})
+            captions.update({clip: text for (clip, _), text in zip(batch, texts, strict=True)})
+            summary.done += len(batch)
+            bar.update(len(todo[start : start + batch_size]))
+    return captions, summary
+
+
+def import_captions(
+    path: str | os.PathLike, *, id_field: str = "clip", caption_field: str = "caption"
+) -> dict[str, str]:
+    """Captions from a file, by clip: CSV/TSV with a header, JSON ({clip: caption} or a list of records), JSONL."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"captions file not found: {path}")
+    suffix = path.suffix.lower()
+    text = path.read_text(encoding="utf-8-sig")
+    if suffix in (".csv", ".tsv"):
+        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+    elif suffix == ".jsonl":
+        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
+    elif suffix == ".json":
+        data = json.loads(text)
+        rows = [{id_field: k, caption_field: v} for k, v in data.items()] if isinstance(data, dict) else data
+    else:
+        raise ValueError(f"captions file {path}: expected .csv, .tsv, .json or .jsonl, got {suffix!r}")
+    captions = {}
+    for number, row in enumerate(rows, 1):
+        if not isinstance(row, dict) or id_field not in row or caption_field not in row:
+            found = sorted(row) if isinstance(row, dict) else type(row).__name__
+            raise ValueError(
+                f"captions file {path}: record {number} lacks {id_field!r} or {caption_field!r} (found {found}); "
+                "set --id-field / --caption-field"
+            )
+        clip = str(row[id_field]).strip()
+        if clip in captions:
+            raise ValueError(f"captions file {path}: clip {clip!r} occurs twice (record {number})")
+        captions[clip] = " ".join(str(row[caption_field]).split())
+    return captions
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--videos", help="folder of videos, or a text file with one video path per line")
+    source.add_argument("--import", dest="import_file", help="import captions from a CSV/TSV/JSON/JSONL file instead")
+    parser.add_argument("--out", required=True, help="output captions JSONL ({clip, caption} per line)")
+    parser.add_argument("--model", help="local Video-LLaVA folder (with --videos)")
+    parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="generation prompt, with the video token once")
+    parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per clip")
+    parser.add_argument("--batch-size", type=int, default=4)
+    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
+    parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside --out)")
+    parser.add_argument("--id-field", default="clip", help="clip id column/field of an imported file")
+    parser.add_argument("--caption-field", default="caption", help="caption column/field of an imported file")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`grace-fast caption`: exit 0 when every clip has a caption, 1 when some video failed."""
+    if args.import_file:
+        captions = import_captions(args.import_file, id_field=args.id_field, caption_field=args.caption_field)
+        write_jsonl(args.out, [{"clip": clip, "caption": text} for clip, text in sorted(captions.items())])
+        Summary(done=len(captions)).report("caption")
+        return 0
+    if not args.model:
+        raise SystemExit("caption: --model (a local Video-LLaVA folder) is required with --videos")
+    dtype = DTYPES[args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")]
+    clips = list_videos(args.videos)
+    captioner = Captioner(
+        args.model,
+        prompt=args.prompt,
+        num_frames=args.frames,
+        max_new_tokens=args.max_new_tokens,
+        device=args.device,
+        dtype=dtype,
+    )
+    out = Path(args.out)
+    with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
+        captions, summary = caption_clips(clips, captioner, cache, batch_size=args.batch_size)
+    write_jsonl(
+        out, [{"clip": clip, "video": path, "caption": captions[clip]} for clip, path in clips if clip in captions]
+    )
+    summary.report("caption")
+    return 1 if summary.failed else 0
