@@ -1,0 +1,149 @@
+"""CATE step 2 (GRACE.md section 3): the top-k (k = 2) emotions of each clip from a baseline classifier.
+
+The classifier is any callable `logits = classify(frames)`, frames [B, T, 3, H, W] float32 in [0, 1] (the
+classifier normalises them its own way), logits [B, C] in the class order of the data set (Lexicon.classes).
+In GRACE that is the auxiliary head of a trained model; `grace-fast coarse-labels` loads one through
+`--classifier MODULE:FACTORY`, where FACTORY(checkpoint, device) returns the callable.
+
+>>> records, summary = label_clips(list_videos("videos/"), classify, Lexicon.load().classes("dfew"), cache)
+>>> records["00001"]
+{'clip': '00001', 'labels': ['sadness', 'neutral'], 'scores': [0.61, 0.22]}
+"""
+
+import argparse
+import importlib
+import os
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from grace_fast.data.video import VideoReadError, list_videos, read_frames
+from grace_fast.text.cache import Cache, cache_key
+from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, fingerprint, write_jsonl
+from grace_fast.text.lexicon import DEFAULT_PATH, Lexicon
+
+Classifier = Callable[[torch.Tensor], torch.Tensor]
+
+
+def top_k(logits: torch.Tensor, classes: Sequence[str], k: int) -> list[tuple[list[str], list[float]]]:
+    """The k most probable classes of each row of logits [B, C], most probable first, with their softmax."""
+    if logits.dim() != 2 or logits.shape[1] != len(classes):
+        raise ValueError(f"logits must be [B, {len(classes)}] (one per class), got shape {tuple(logits.shape)}")
+    if not 1 <= k <= len(classes):
+        raise ValueError(f"k must be in [1, {len(classes)}], got {k}")
+    probs, index = logits.float().softmax(-1).topk(k, dim=-1)
+    rows = zip(index.tolist(), probs.tolist(), strict=True)
+    return [([classes[i] for i in row], [round(p, 6) for p in ps]) for row, ps in rows]
+
+
+def load_clip(path: str, num_frames: int, size: int) -> torch.Tensor:
+    """num_frames frames sampled uniformly from a video, resized to size x size: [T, 3, size, size] in [0, 1]."""
+    frames = torch.from_numpy(read_frames(path, num_frames)).permute(0, 3, 1, 2).float() / 255
+    return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
+
+
+def label_clips(
+    clips: Sequence[tuple[str, str]],
+    classify: Classifier,
+    classes: Sequence[str],
+    cache: Cache,
+    *,
+    k: int = 2,
+    num_frames: int = 16,
+    size: int = 224,
+    batch_size: int = 8,
+    classifier_id=None,
+    device: str | torch.device = "cpu",
+    progress: bool = True,
+) -> tuple[dict[str, dict], Summary]:
+    """Top-k labels of every (clip id, video path) not yet in the cache, batch by batch.
+
+    classifier_id (JSON-able, e.g. the checkpoint's fingerprint) enters the cache key, so that another
+    classifier's labels are not reused. Returns the records by clip and the summary.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    settings = dict(task="coarse", classifier=classifier_id, classes=list(classes), k=k, frames=num_frames, size=size)
+    records, summary, todo = {}, Summary(), []
+    for clip, path in clips:
+        key = cache_key(video=fingerprint(path), **settings) if os.path.isfile(path) else None
+        hit = cache.get(key) if key else None
+        if hit is not None:
+            records[clip] = {"clip": clip, **hit}
+            summary.cached += 1
+        else:
+            todo.append((clip, path, key))
+    with tqdm(total=len(clips), initial=summary.cached, desc="coarse-labels", unit="clip", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk, batch, frames = todo[start : start + batch_size], [], []
+            for clip, path, key in chunk:
+                try:
+                    frames.append(load_clip(path, num_frames, size))
+                    batch.append((clip, key))
+                except VideoReadError as error:
+                    summary.failed[clip] = str(error)
+            if batch:
+                with torch.inference_mode():
+                    logits = classify(torch.stack(frames).to(device))
+                values = [{"labels": labels, "scores": scores} for labels, scores in top_k(logits.cpu(), classes, k)]
+                cache.put_many({key: value for (_, key), value in zip(batch, values, strict=True)})
+                records.update({clip: {"clip": clip, **value} for (clip, _), value in zip(batch, values, strict=True)})
+                summary.done += len(batch)
+            bar.update(len(chunk))
+    return records, summary
+
+
+def load_classifier(spec: str, checkpoint: str | None, device: str) -> Classifier:
+    """FACTORY(checkpoint, device) for spec "package.module:FACTORY"."""
+    module_name, _, factory_name = spec.partition(":")
+    if not module_name or not factory_name:
+        raise ValueError(f"--classifier must be MODULE:FACTORY, got {spec!r}")
+    factory = getattr(importlib.import_module(module_name), factory_name, None)
+    if factory is None:
+        raise ValueError(f"--classifier: module {module_name} has no {factory_name!r}")
+    return factory(checkpoint, device)
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--videos", required=True, help="folder of videos, or a text file with one video path per line")
+    parser.add_argument("--classifier", required=True, help="MODULE:FACTORY; FACTORY(checkpoint, device) -> classify")
+    parser.add_argument("--checkpoint", help="passed to the factory (its file or folder enters the cache key)")
+    parser.add_argument("--dataset", required=True, help="class order of the logits: dfew, ferv39k or mafw")
+    where = parser.add_mutually_exclusive_group(required=True)
+    where.add_argument("--captions", help=f"captions JSONL; the labels go to {LABELS_NAME} beside it")
+    where.add_argument("--out", help="output labels JSONL")
+    parser.add_argument("--k", type=int, default=2, help="labels per clip")
+    parser.add_argument("--frames", type=int, default=16)
+    parser.add_argument("--size", type=int, default=224, help="frame height and width fed to the classifier")
+    parser.add_argument("--batch-size", type=int, default=8)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside the output)")
+    parser.add_argument("--lexicon", default=str(DEFAULT_PATH), help="lexicon JSON (default: the built-in one)")
+
+
+def run(args: argparse.Namespace) -> int:
+    """`grace-fast coarse-labels`: exit 0 when every clip is labelled, 1 when some video failed."""
+    classes = Lexicon.load(args.lexicon).classes(args.dataset)
+    out = Path(args.out) if args.out else Path(args.captions).with_name(LABELS_NAME)
+    clips = list_videos(args.videos)
+    classify = load_classifier(args.classifier, args.checkpoint, args.device)
+    identity = [args.classifier, fingerprint(args.checkpoint) if args.checkpoint else None]
+    with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
+        records, summary = label_clips(
+            clips,
+            classify,
+            classes,
+            cache,
+            k=args.k,
+            num_frames=args.frames,
+            size=args.size,
+            batch_size=args.batch_size,
+            classifier_id=identity,
+            device=args.device,
+        )
+    write_jsonl(out, [records[clip] for clip, _ in clips if clip in records])
+    summary.report("coarse-labels")
+    return 1 if summary.failed else 0
