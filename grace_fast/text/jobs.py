@@ -6,10 +6,11 @@ replaced whole at the end of a run, never appended to, so a reader never sees ha
 
 import json
 import os
-import tempfile
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from grace_fast.model.config import write_atomic
 
 CACHE_NAME = "cate_cache.sqlite"
 LABELS_NAME = "coarse_labels.jsonl"
@@ -39,20 +40,7 @@ def read_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
 
 def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
     """Write records as JSON lines, atomically (a temporary file in the same folder, then os.replace)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            for record in records:
-                file.write(json.dumps(record, ensure_ascii=False) + "\n")
-            file.flush()
-            os.fsync(file.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    write_atomic(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
 
 
 def fingerprint(path: str | os.PathLike) -> list:
