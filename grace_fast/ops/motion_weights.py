@@ -1,0 +1,63 @@
+"""motion_weights: motion-difference weighting of video tokens (GRACE.md section 1)."""
+
+import math
+
+import torch
+
+from grace_fast._backends import resolve
+from grace_fast.ops._checks import check_float
+from grace_fast.ops.reference.motion_weights import motion_weights_reference
+
+BACKENDS = {"cpu": ("torch",), "cuda": ("torch",)}
+MODES = {"both": 0.5, "temporal": 1.0, "spatial": 0.0}
+
+
+def motion_weights(
+    X: torch.Tensor,
+    *,
+    mode: str = "both",
+    alpha: float | None = None,
+    window: int = 3,
+    temperature: float = 1.0,
+    beta: float = 1.0,
+    backend: str = "auto",
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Weights of the video tokens X by their motion, and X reweighted by them: (X_out, w).
+
+    X: [B, T, H, W, D] float32, float16 or bfloat16 (float64 for gradcheck), T frames of H x W patch tokens.
+    Returns X_out [B, T, H, W, D] in X's dtype and w [B, T, H, W] float32 (float64 for float64 X), mean 1 per clip:
+      Delta_t = X_t - X_{t-1}, Delta_0 = Delta_1; temporal score tau = ||Delta||; spatial score
+      sigma = ||Delta - mean of Delta over the window x window neighbourhood|| (clipped at the border);
+      r = alpha tau / mean(tau) + (1 - alpha) sigma / mean(sigma) (means per clip); w = T H W softmax(r / temperature)
+      over (t, h, w); X_out = X * (1 + beta (w - 1)). T = 1 gives w = 1.
+    mode: "both" (alpha 0.5), "temporal" (alpha 1) or "spatial" (alpha 0); alpha in [0, 1] overrides it.
+    Gradients reach X through X_out and w. backend: "auto" or "torch" (the reference).
+
+    >>> X = torch.randn(2, 8, 14, 14, 768)
+    >>> X_out, w = motion_weights(X)
+    >>> X_out.shape, w.shape, w.mean(dim=(1, 2, 3))
+    (torch.Size([2, 8, 14, 14, 768]), torch.Size([2, 8, 14, 14]), tensor([1.0000, 1.0000]))
+    """
+    check_float("X", X, 5, "[B, T, H, W, D]")
+    if X.numel() == 0:
+        raise ValueError(f"X [B, T, H, W, D] must have no empty dimension, got shape {tuple(X.shape)}")
+    alpha = _alpha(mode, alpha)
+    if isinstance(window, bool) or not isinstance(window, int) or window < 1 or window % 2 == 0:
+        raise ValueError(f"window must be an odd integer >= 1, got {window!r}")
+    if not (isinstance(temperature, (int, float)) and 0 < temperature < math.inf):
+        raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
+    if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
+        raise ValueError(f"beta must be a finite number, got {beta!r}")
+    resolve("motion_weights", backend, X.device, BACKENDS)
+    return motion_weights_reference(X, alpha=alpha, window=window, temperature=float(temperature), beta=float(beta))
+
+
+def _alpha(mode: str, alpha: float | None) -> float:
+    """The mix of temporal and spatial score: alpha if given, else the mode's."""
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {list(MODES)}, got {mode!r}")
+    if alpha is None:
+        return MODES[mode]
+    if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
+        raise ValueError(f"alpha must be None or a number in [0, 1], got {alpha!r}")
+    return float(alpha)
