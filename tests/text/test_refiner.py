@@ -22,7 +22,7 @@ from tests.text.chat_server import ChatServer, reply
 REPO = Path(__file__).resolve().parents[2]
 LEXICON = Lexicon.load()
 LABELS = ("happiness", "surprise")
-FAST_RETRY = dict(timeout=0.3, max_retries=2, backoff=0.001, max_backoff=0.01)
+FAST_RETRY = dict(timeout=1.0, max_retries=2, backoff=0.001, max_backoff=0.01)
 
 
 def _clips(n: int) -> list[ClipText]:
@@ -74,7 +74,7 @@ FAULTS = {  # script for clip c01 -> (requests it gets, error of a final failure
     "malformed-json-then-ok": (["malformed"], 2, None),
     "no-choices-then-ok": (["empty"], 2, None),
     "500-always": (["500"] * 3, 3, "HTTP 500: scripted 500 (after 3 attempts)"),
-    "timeout-always": (["timeout"] * 3, 3, "timed out after 0.3 s (after 3 attempts)"),
+    "timeout-always": (["timeout"] * 3, 3, "timed out after 1.0 s (after 3 attempts)"),
     "malformed-always": (["malformed"] * 3, 3, "malformed response"),
     "400-no-retry": (["400"], 1, "HTTP 400: scripted 400"),
 }
@@ -83,7 +83,7 @@ FAULTS = {  # script for clip c01 -> (requests it gets, error of a final failure
 @pytest.mark.parametrize("script, requests, error", FAULTS.values(), ids=FAULTS.keys())
 def test_faults_are_retried_and_only_successes_are_cached(tmp_path, script, requests, error):
     clips = _clips(3)
-    with ChatServer(timeout_sleep=0.6) as server:
+    with ChatServer(timeout_sleep=1.6) as server:
         server.scripts["caption 1"] = list(script)
         with Cache(tmp_path / "c.sqlite") as cache:
             records, summary = refine_clips(clips, _refiner(server), cache, concurrency=2, progress=False)
