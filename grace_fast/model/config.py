@@ -166,6 +166,12 @@ def write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
+def check_folder(name: str, folder: str | os.PathLike) -> None:
+    """The config field `name` must name an existing local folder (models are never fetched from the hub)."""
+    if not Path(folder).is_dir():
+        raise FileNotFoundError(f"{name}: {folder} is not a folder (a local checkpoint folder is needed)")
+
+
 def _choice(name: str, value: Any, choices: tuple[str, ...]) -> None:
     if value not in choices:
         raise ValueError(f"{name} must be one of {list(choices)}, got {value!r}")

@@ -92,7 +92,7 @@ def _state_mismatch(expected: dict[str, torch.Tensor], found: dict[str, torch.Te
     ):
         if items:
             more = f" (+{len(items) - show} more)" if len(items) > show else ""
-            lines.append(f"{title}: {', '.join(items[:show])}{more}")
+            lines.append(f"{title}{more}:\n  " + "\n  ".join(items[:show]))
     return "\n".join(lines)
 
 
@@ -110,4 +110,4 @@ def _config_differences(saved_json: str | None, config: GraceConfig) -> str:
             differences.append(f"{name}: {a!r} -> {b!r}")
     if not differences:
         return "The config matches the one the weights were saved with."
-    return "Config fields that differ (saved with -> requested): " + "; ".join(differences)
+    return "Config fields that differ (saved with -> requested):\n  " + "\n  ".join(differences)

@@ -82,6 +82,7 @@ class GraceModel(nn.Module):
     def forward(self, pixel_values: torch.Tensor, text: Sequence[str] | None = None) -> GraceOutput:
         """pixel_values: [B, frames, 3, image_size, image_size] normalised frames; text: B strings or None."""
         config = self.config
+        self.video.check(pixel_values)
         if text is not None and len(text) != pixel_values.shape[0]:
             raise ValueError(f"text has {len(text)} entries but pixel_values has batch size {pixel_values.shape[0]}")
 

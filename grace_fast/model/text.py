@@ -7,7 +7,7 @@ from typing import NamedTuple
 import torch
 from torch import nn
 
-from grace_fast.model.config import GraceConfig
+from grace_fast.model.config import GraceConfig, check_folder
 
 
 class TextTokens(NamedTuple):
@@ -69,6 +69,7 @@ class TextEncoder(nn.Module):
             tokenizer = load_tokenizer(folder)
         self.tokenizer = tokenizer
         if load_pretrained and config.text_pretrained is not None:
+            check_folder("text_pretrained", config.text_pretrained)
             self.model = CLIPTextModel.from_pretrained(config.text_pretrained, local_files_only=True)
         else:
             self.model = CLIPTextModel(CLIPTextConfig(**config.text))
@@ -87,7 +88,7 @@ class TextEncoder(nn.Module):
         self.hidden_size = text.hidden_size
         self._prompt_cache: TextTokens | None = None
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
 
     def forward(self, texts: Sequence[str]) -> TextTokens:
         """Encode a batch of texts (refined descriptions or captions) -> TextTokens [B, N, Dt]."""

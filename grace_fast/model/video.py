@@ -3,7 +3,7 @@
 import torch
 from torch import nn
 
-from grace_fast.model.config import GraceConfig
+from grace_fast.model.config import GraceConfig, check_folder
 
 
 class VideoEncoder(nn.Module):
@@ -19,6 +19,7 @@ class VideoEncoder(nn.Module):
 
         sizes = {"num_frames": config.frames, "image_size": config.image_size}
         if load_pretrained and config.video_pretrained is not None:
+            check_folder("video_pretrained", config.video_pretrained)
             self.model = VideoMAEModel.from_pretrained(config.video_pretrained, local_files_only=True, **sizes)
         else:
             self.model = VideoMAEModel(VideoMAEConfig(**{**config.video, **sizes}))
@@ -33,14 +34,14 @@ class VideoEncoder(nn.Module):
         self.grid = (config.frames // video.tubelet_size, *(2 * (config.image_size // video.patch_size,)))
         self.hidden_size = video.hidden_size
         if config.gradient_checkpointing:
-            self.model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            self.model.activation_checkpointing_enable({"use_reentrant": False})
 
-    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
-        """pixel_values: [B, T, C, H, W] -> tokens X: [B, T', H', W', D] (T' = T / tubelet, H' = H / patch)."""
+    def check(self, pixel_values: torch.Tensor) -> None:
+        """pixel_values must be [B, frames, channels, image_size, image_size]."""
         if not isinstance(pixel_values, torch.Tensor) or pixel_values.dim() != 5:
             got = tuple(pixel_values.shape) if isinstance(pixel_values, torch.Tensor) else type(pixel_values).__name__
             raise ValueError(f"pixel_values must be [B, T, C, H, W], got {got}")
-        B, T, C, H, W = pixel_values.shape
+        _, T, C, H, W = pixel_values.shape
         if T != self.frames:
             raise ValueError(
                 f"pixel_values has {T} frames but the model is built for frames={self.frames}; "
@@ -52,5 +53,9 @@ class VideoEncoder(nn.Module):
                 f"pixel_values frames must be [C, H, W] = [{self.channels}, {self.image_size}, {self.image_size}] "
                 f"(image_size={self.image_size}), got [{C}, {H}, {W}]"
             )
+
+    def forward(self, pixel_values: torch.Tensor) -> torch.Tensor:
+        """pixel_values: [B, T, C, H, W] -> tokens X: [B, T', H', W', D] (T' = T / tubelet, H' = H / patch)."""
+        self.check(pixel_values)
         tokens = self.model(pixel_values=pixel_values).last_hidden_state  # [B, T' H' W', D] in (t, h, w) order
-        return tokens.view(B, *self.grid, self.hidden_size)
+        return tokens.view(pixel_values.shape[0], *self.grid, self.hidden_size)
