@@ -13,6 +13,7 @@ In GRACE that is the auxiliary head of a trained model; `grace-fast coarse-label
 import argparse
 import importlib
 import os
+import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -97,10 +98,12 @@ def label_clips(
 
 
 def load_classifier(spec: str, checkpoint: str | None, device: str) -> Classifier:
-    """FACTORY(checkpoint, device) for spec "package.module:FACTORY"."""
+    """FACTORY(checkpoint, device) for spec "package.module:FACTORY" (importable, or under the working folder)."""
     module_name, _, factory_name = spec.partition(":")
     if not module_name or not factory_name:
         raise ValueError(f"--classifier must be MODULE:FACTORY, got {spec!r}")
+    if os.getcwd() not in sys.path:  # the console script's path lacks it, unlike `python -m`
+        sys.path.insert(0, os.getcwd())
     factory = getattr(importlib.import_module(module_name), factory_name, None)
     if factory is None:
         raise ValueError(f"--classifier: module {module_name} has no {factory_name!r}")

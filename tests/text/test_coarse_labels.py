@@ -2,6 +2,7 @@
 
 import json
 import math
+import sys
 
 import numpy as np
 import pytest
@@ -123,3 +124,15 @@ def test_the_cli_names_a_bad_classifier_spec(videos, tmp_path):
         main([*args, "--classifier", "nonsense"])
     with pytest.raises(ValueError, match=f"module {__name__} has no 'missing'"):
         main([*args, "--classifier", f"{__name__}:missing"])
+
+
+def test_the_classifier_module_may_live_in_the_working_folder(videos, tmp_path, monkeypatch):
+    (tmp_path / "cate_cwd_classifier.py").write_text(
+        "from tests.text.test_coarse_labels import GreyLevelClassifier\n\n\n"
+        "def build(checkpoint, device):\n    return GreyLevelClassifier()\n"
+    )
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(sys, "path", [p for p in sys.path if p not in ("", str(tmp_path))])
+    args = ["coarse-labels", "--videos", str(videos), "--dataset", "dfew", "--out", str(tmp_path / "l.jsonl")]
+    assert main([*args, "--classifier", "cate_cwd_classifier:build", "--frames", "4", "--size", "16"]) == 0
+    assert len(read_jsonl(tmp_path / "l.jsonl", "labels")) == len(LEVELS)
