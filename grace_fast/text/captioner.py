@@ -21,12 +21,11 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from tqdm import tqdm
 from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
 
-from grace_fast.data.video import VideoReadError, list_videos, read_frames
-from grace_fast.text.cache import Cache, cache_key
-from grace_fast.text.jobs import CACHE_NAME, Summary, fingerprint, write_jsonl
+from grace_fast.data.video import list_videos, read_frames
+from grace_fast.text.cache import Cache
+from grace_fast.text.jobs import CACHE_NAME, Summary, fingerprint, process_videos, write_jsonl
 
 DEFAULT_PROMPT = (
     "USER: <video>\nDescribe the person's face in this video: the expression, how it changes, and the movements "
@@ -90,11 +89,10 @@ class Captioner:
         new_tokens = out[:, text["input_ids"].shape[1] :]
         return [" ".join(t.split()) for t in self.tokenizer.batch_decode(new_tokens, skip_special_tokens=True)]
 
-    def key(self, video_path: str) -> str:
-        """The cache key of a clip's caption: the video file, the model folder and the generation settings."""
-        return cache_key(
+    def settings(self) -> dict:
+        """What decides a caption besides the video: the model folder and the generation settings."""
+        return dict(
             task="caption",
-            video=fingerprint(video_path),
             model=self._model_fingerprint,
             prompt=self.prompt,
             num_frames=self.num_frames,
@@ -109,32 +107,17 @@ def caption_clips(
 
     Returns the captions by clip and the summary; a video that cannot be decoded fails alone.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    captions, summary, todo = {}, Summary(), []
-    for clip, path in clips:
-        key = captioner.key(path) if os.path.isfile(path) else None
-        hit = cache.get(key) if key else None
-        if hit is not None:
-            captions[clip] = hit["caption"]
-            summary.cached += 1
-        else:
-            todo.append((clip, path, key))
-    with tqdm(total=len(clips), initial=summary.cached, desc="caption", unit="clip", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            batch, videos = [], []
-            for clip, path, key in todo[start : start + batch_size]:
-                try:
-                    videos.append(read_frames(path, captioner.num_frames))
-                    batch.append((clip, key))
-                except VideoReadError as error:
-                    summary.failed[clip] = str(error)
-            texts = captioner.caption(videos) if videos else []
-            cache.put_many({key: {"caption": text} for (_, key), text in zip(batch, texts, strict=True)})
-            captions.update({clip: text for (clip, _), text in zip(batch, texts, strict=True)})
-            summary.done += len(batch)
-            bar.update(len(todo[start : start + batch_size]))
-    return captions, summary
+    results, summary = process_videos(
+        clips,
+        captioner.settings(),
+        lambda path: read_frames(path, captioner.num_frames),
+        lambda videos: [{"caption": text} for text in captioner.caption(videos)],
+        cache,
+        batch_size=batch_size,
+        desc="caption",
+        progress=progress,
+    )
+    return {clip: value["caption"] for clip, value in results.items()}, summary
 
 
 def import_captions(

@@ -19,11 +19,10 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
-from tqdm import tqdm
 
-from grace_fast.data.video import VideoReadError, list_videos, read_frames
-from grace_fast.text.cache import Cache, cache_key
-from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, fingerprint, write_jsonl
+from grace_fast.data.video import list_videos, read_frames
+from grace_fast.text.cache import Cache
+from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, fingerprint, process_videos, write_jsonl
 from grace_fast.text.lexicon import DEFAULT_PATH, Lexicon
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]
@@ -65,36 +64,24 @@ def label_clips(
     classifier_id (JSON-able, e.g. the checkpoint's fingerprint) enters the cache key, so that another
     classifier's labels are not reused. Returns the records by clip and the summary.
     """
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+
+    def process(frames: list[torch.Tensor]) -> list[dict]:
+        with torch.inference_mode():
+            logits = classify(torch.stack(frames).to(device))
+        return [{"labels": labels, "scores": scores} for labels, scores in top_k(logits.cpu(), classes, k)]
+
     settings = dict(task="coarse", classifier=classifier_id, classes=list(classes), k=k, frames=num_frames, size=size)
-    records, summary, todo = {}, Summary(), []
-    for clip, path in clips:
-        key = cache_key(video=fingerprint(path), **settings) if os.path.isfile(path) else None
-        hit = cache.get(key) if key else None
-        if hit is not None:
-            records[clip] = {"clip": clip, **hit}
-            summary.cached += 1
-        else:
-            todo.append((clip, path, key))
-    with tqdm(total=len(clips), initial=summary.cached, desc="coarse-labels", unit="clip", disable=not progress) as bar:
-        for start in range(0, len(todo), batch_size):
-            chunk, batch, frames = todo[start : start + batch_size], [], []
-            for clip, path, key in chunk:
-                try:
-                    frames.append(load_clip(path, num_frames, size))
-                    batch.append((clip, key))
-                except VideoReadError as error:
-                    summary.failed[clip] = str(error)
-            if batch:
-                with torch.inference_mode():
-                    logits = classify(torch.stack(frames).to(device))
-                values = [{"labels": labels, "scores": scores} for labels, scores in top_k(logits.cpu(), classes, k)]
-                cache.put_many({key: value for (_, key), value in zip(batch, values, strict=True)})
-                records.update({clip: {"clip": clip, **value} for (clip, _), value in zip(batch, values, strict=True)})
-                summary.done += len(batch)
-            bar.update(len(chunk))
-    return records, summary
+    results, summary = process_videos(
+        clips,
+        settings,
+        lambda path: load_clip(path, num_frames, size),
+        process,
+        cache,
+        batch_size=batch_size,
+        desc="coarse-labels",
+        progress=progress,
+    )
+    return {clip: {"clip": clip, **value} for clip, value in results.items()}, summary
 
 
 def load_classifier(spec: str, checkpoint: str | None, device: str) -> Classifier:

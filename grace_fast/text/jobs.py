@@ -1,4 +1,4 @@
-"""What the CATE commands share: JSONL files written atomically, file fingerprints for cache keys, the summary.
+"""What the CATE commands share: JSONL files written atomically, the cached batch loop over videos, the summary.
 
 Every command reads and writes one record per clip as a JSON line ({"clip": ..., ...}); an output file is
 replaced whole at the end of a run, never appended to, so a reader never sees half of it.
@@ -6,11 +6,15 @@ replaced whole at the end of a run, never appended to, so a reader never sees ha
 
 import json
 import os
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tqdm import tqdm
+
+from grace_fast.data.video import VideoReadError
 from grace_fast.model.config import write_atomic
+from grace_fast.text.cache import Cache, cache_key
 
 CACHE_NAME = "cate_cache.sqlite"
 LABELS_NAME = "coarse_labels.jsonl"
@@ -64,3 +68,49 @@ class Summary:
             print(f"  failed {clip}: {reason}")
         if len(self.failed) > limit:
             print(f"  ... and {len(self.failed) - limit} more")
+
+
+def process_videos(
+    clips: Sequence[tuple[str, str]],
+    settings: dict,
+    load: Callable,
+    process: Callable[[list], list[dict]],
+    cache: Cache,
+    *,
+    batch_size: int,
+    desc: str,
+    progress: bool = True,
+) -> tuple[dict[str, dict], Summary]:
+    """Run process over batches of load(video path) for every (clip id, path) whose result is not cached yet.
+
+    The cache key of a clip is its video's fingerprint plus `settings` (what else decides the result); each
+    batch's results (one dict per loaded video) are stored in one transaction. A video that load() cannot read
+    (VideoReadError) fails alone. Returns the results of all clips (cached or new), by clip, and the summary.
+    """
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    results, summary, todo = {}, Summary(), []
+    for clip, path in clips:
+        key = cache_key(video=fingerprint(path), **settings) if os.path.isfile(path) else None
+        hit = cache.get(key) if key else None
+        if hit is not None:
+            results[clip] = hit
+            summary.cached += 1
+        else:
+            todo.append((clip, path, key))
+    with tqdm(total=len(clips), initial=summary.cached, desc=desc, unit="clip", disable=not progress) as bar:
+        for start in range(0, len(todo), batch_size):
+            chunk, batch, inputs = todo[start : start + batch_size], [], []
+            for clip, path, key in chunk:
+                try:
+                    inputs.append(load(path))
+                    batch.append((clip, key))
+                except VideoReadError as error:
+                    summary.failed[clip] = str(error)
+            if batch:
+                values = process(inputs)
+                cache.put_many({key: value for (_, key), value in zip(batch, values, strict=True)})
+                results.update({clip: value for (clip, _), value in zip(batch, values, strict=True)})
+                summary.done += len(batch)
+            bar.update(len(chunk))
+    return results, summary
