@@ -7,6 +7,7 @@ True
 
 from grace_fast import ops
 from grace_fast._backends import backends
+from grace_fast.model import GraceConfig, GraceModel
 
 __version__ = "0.1.0"
-__all__ = ["backends", "ops", "__version__"]
+__all__ = ["GraceConfig", "GraceModel", "backends", "ops", "__version__"]
