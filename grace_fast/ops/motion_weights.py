@@ -4,11 +4,11 @@ import math
 
 import torch
 
-from grace_fast._backends import resolve
+from grace_fast._backends import extension_loaded, resolve
 from grace_fast.ops._checks import check_float
-from grace_fast.ops.reference.motion_weights import motion_weights_reference
+from grace_fast.ops.reference.motion_weights import NORM_EPS, motion_weights_reference
 
-BACKENDS = {"cpu": ("torch",), "cuda": ("torch",)}
+BACKENDS = {"cpu": ("cpu", "torch"), "cuda": ("torch",)}
 MODES = {"both": 0.5, "temporal": 1.0, "spatial": 0.0}
 
 
@@ -31,7 +31,8 @@ def motion_weights(
       r = alpha tau / mean(tau) + (1 - alpha) sigma / mean(sigma) (means per clip); w = T H W softmax(r / temperature)
       over (t, h, w); X_out = X * (1 + beta (w - 1)). T = 1 gives w = 1.
     mode: "both" (alpha 0.5), "temporal" (alpha 1) or "spatial" (alpha 0); alpha in [0, 1] overrides it.
-    Gradients reach X through X_out and w. backend: "auto" or "torch" (the reference).
+    Gradients reach X through X_out and w.
+    backend: "auto" (fastest available), "torch" (the reference) or "cpu" (grace_fast._C, forward and backward).
 
     >>> X = torch.randn(2, 8, 14, 14, 768)
     >>> X_out, w = motion_weights(X)
@@ -48,8 +49,12 @@ def motion_weights(
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
         raise ValueError(f"beta must be a finite number, got {beta!r}")
-    resolve("motion_weights", backend, X.device, BACKENDS)
-    return motion_weights_reference(X, alpha=alpha, window=window, temperature=float(temperature), beta=float(beta))
+    backend = resolve("motion_weights", backend, X.device, BACKENDS)
+    temperature, beta = float(temperature), float(beta)
+    if backend == "torch":
+        return motion_weights_reference(X, alpha=alpha, window=window, temperature=temperature, beta=beta)
+    X_out, w, _ = torch.ops.grace_fast.motion_weights_forward(X, alpha, window, temperature, beta, NORM_EPS)
+    return X_out, w
 
 
 def _alpha(mode: str, alpha: float | None) -> float:
@@ -61,3 +66,34 @@ def _alpha(mode: str, alpha: float | None) -> float:
     if isinstance(alpha, bool) or not isinstance(alpha, (int, float)) or not 0 <= alpha <= 1:
         raise ValueError(f"alpha must be None or a number in [0, 1], got {alpha!r}")
     return float(alpha)
+
+
+if extension_loaded():
+
+    @torch.library.register_fake("grace_fast::motion_weights_forward")
+    def _forward_fake(X, alpha, window, temperature, beta, eps):
+        acc = torch.float64 if X.dtype == torch.float64 else torch.float32
+        B, T, H, W, _ = X.shape
+        return (
+            torch.empty_like(X, memory_format=torch.contiguous_format),
+            X.new_empty(B, T, H, W, dtype=acc),
+            X.new_empty(2, B, T, H, W, dtype=acc),
+        )
+
+    @torch.library.register_fake("grace_fast::motion_weights_backward")
+    def _backward_fake(grad_out, grad_w, X, w, scores, alpha, window, temperature, beta, eps):
+        return torch.empty_like(X, memory_format=torch.contiguous_format)
+
+    def _setup_context(ctx, inputs, output):
+        X, *ctx.params = inputs
+        _, w, scores = output
+        ctx.mark_non_differentiable(scores)
+        ctx.set_materialize_grads(False)  # an unused output costs no zero [B, T, H, W, D] gradient
+        ctx.save_for_backward(X, w, scores)
+
+    def _backward(ctx, grad_out, grad_w, _grad_scores):
+        X, w, scores = ctx.saved_tensors
+        dX = torch.ops.grace_fast.motion_weights_backward(grad_out, grad_w, X, w, scores, *ctx.params)
+        return dX, None, None, None, None, None
+
+    torch.library.register_autograd("grace_fast::motion_weights_forward", _backward, setup_context=_setup_context)

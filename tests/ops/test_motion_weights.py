@@ -11,7 +11,7 @@ from grace_fast.ops.reference.motion_weights import NORM_EPS
 from tests.conftest import available, device_of
 from tests.utils import assert_error_bounded
 
-FAST = available(())
+FAST = available(("cpu",))
 ALL = [pytest.param("torch"), *FAST]
 
 SHAPES = {  # (B, T, H, W, D)
@@ -198,6 +198,14 @@ def test_gradcheck_float64(backend, mode):
     assert torch.autograd.gradcheck(
         lambda x: motion_weights(x, mode=mode, temperature=0.5, beta=0.7, backend=backend), (X,)
     )
+
+
+@pytest.mark.parametrize("backend", [b for b in FAST if b.values[0] == "cpu"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
+def test_opcheck(backend, dtype):
+    X = torch.randn(2, 3, 3, 4, 5, dtype=dtype, requires_grad=True)
+    for args in ((0.5, 3, 0.7, 1.0, NORM_EPS), (1.0, 1, 1.0, 0.0, NORM_EPS)):
+        torch.library.opcheck(torch.ops.grace_fast.motion_weights_forward.default, (X, *args))
 
 
 @pytest.mark.parametrize("backend", ALL)
