@@ -1,0 +1,124 @@
+"""End-to-end benchmark: one GRACE training step (forward, GraceLoss, backward, AdamW step), split into stages.
+
+python -m benchmarks.bench_model    # tiny and ViT-B-sized configs at 16 and 64 frames -> results/model.json
+
+Each stage is timed alone, forward+backward, on the tensors it sees inside the step (captured by hooks from a real
+forward): backbone (VideoMAE), motion+selection, text (CLIP text tower), cost+OT (cost matrix, Sinkhorn,
+barycentric projection), heads (fusion MLP and auxiliary head). `step` is the whole step; the stages' sum falls
+short of it by the projections, the loss and the optimizer. Provider `auto` runs the fast op backends, `torch`
+the op references (op_backends="torch") on the stages that use the ops (and the tiny step), so the ratio shows
+what the fast ops buy. ViT-B rows are 2 runs without warm-up (a 64-frame step takes minutes on 2 cores).
+"""
+
+import tempfile
+
+import torch
+
+from benchmarks.utils import add_ratios, benchmark_main, measure
+from grace_fast import ops
+from grace_fast.model import GraceLoss, GraceModel
+from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, tiny_config, tiny_text_config
+
+SHAPES = {  # name -> (size, frames, batch)
+    "tiny-16f": ("tiny", 16, 8),
+    "tiny-64f": ("tiny", 64, 8),
+    "vit-b-16f": ("vit-b", 16, 1),
+    "vit-b-64f": ("vit-b", 64, 1),
+}
+OP_NAMES = ("cost_matrix", "sinkhorn", "motion_weights")
+
+
+def build_model(size: str, frames: int, tokenizer: str, ops_backend: str = "auto") -> GraceModel:
+    """The tiny random config, or ViT-B/16 VideoMAE (224 px) with CLIP's base text tower (12 layers, width 512)."""
+    backends = dict.fromkeys(OP_NAMES, ops_backend) if ops_backend != "auto" else {}
+    if size == "tiny":
+        return GraceModel(tiny_config(tokenizer, frames=frames, op_backends=backends))
+    text = tiny_text_config(tokenizer, hidden_size=512, intermediate_size=2048, num_hidden_layers=12)
+    text["num_attention_heads"] = 8
+    config = tiny_config(tokenizer, frames=frames, image_size=224, video={}, text=text, dim=512, attention_heads=8)
+    return GraceModel(config.replace(op_backends=backends))
+
+
+def _backward(*outputs):
+    """Backpropagate a random upstream gradient from the floating tensors that need one."""
+    outs = [o for o in outputs if isinstance(o, torch.Tensor) and o.requires_grad]
+    torch.autograd.backward(outs, [torch.randn_like(o) for o in outs])
+
+
+def _leaf(x):
+    return x.detach().requires_grad_() if isinstance(x, torch.Tensor) and x.is_floating_point() else x
+
+
+def stage_fns(model: GraceModel, pixels: torch.Tensor, texts: list[str]) -> dict:
+    """name -> zero-argument callable running that stage forward+backward on the inputs it sees in the step."""
+    seen = {}
+    hooks = [
+        model.video.register_forward_hook(lambda m, args, out: seen.setdefault("X", out)),
+        model.alignment.register_forward_pre_hook(lambda m, args: seen.setdefault("align", args)),
+        model.head.register_forward_pre_hook(lambda m, args: seen.setdefault("head", args)),
+    ]
+    with torch.no_grad():
+        model(pixels, texts)
+    for hook in hooks:
+        hook.remove()
+    X = _leaf(seen["X"])
+    align = [_leaf(a) for a in seen["align"]]
+    head = [_leaf(a) for a in seen["head"]]
+    config = model.config
+
+    def motion_selection():
+        Xw, w = model.motion(X)
+        kept = ops.select_tokens(Xw, w, ratio=config.rho, mass=config.mass, max_tokens=config.max_tokens)
+        _backward(kept.tokens, kept.weights)
+
+    return {
+        "backbone": lambda: _backward(model.video(pixels)),
+        "motion+selection": motion_selection,
+        "text": lambda: _backward(model.text(texts).embeddings),
+        "cost+OT": lambda: _backward(*model.alignment(*align)),
+        "heads": lambda: _backward(model.head(*head), model.aux_head(head[0])),
+    }
+
+
+def step_fn(model: GraceModel, pixels: torch.Tensor, texts: list[str], labels: torch.Tensor):
+    loss_fn = GraceLoss(model.config)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+    def step():
+        optimizer.zero_grad(set_to_none=True)
+        loss_fn(model(pixels, texts), labels).total.backward()
+        optimizer.step()
+
+    return step
+
+
+def run(shapes=SHAPES, device="cpu") -> list[dict]:
+    rows = []
+    with tempfile.TemporaryDirectory() as tokenizer:
+        build_tiny_tokenizer(tokenizer)
+        for name, (size, frames, batch) in shapes.items():
+            for provider in ("auto", "torch"):
+                torch.manual_seed(0)
+                model = build_model(size, frames, tokenizer, provider).to(device).train()
+                side = model.config.image_size
+                pixels = torch.randn(batch, frames, 3, side, side, device=device)
+                texts = [CORPUS[i % len(CORPUS)] for i in range(batch)]
+                labels = torch.arange(batch, device=device) % model.config.num_classes
+                reps = {"reps": 2, "warmup": 0, "min_seconds": 0.0} if size == "vit-b" else {"reps": 5}
+                fns = {"step": step_fn(model, pixels, texts, labels), **stage_fns(model, pixels, texts)}
+                if provider == "torch":  # only these depend on the op backends; a ViT-B step is backbone-bound
+                    keep = (
+                        ("motion+selection", "cost+OT") if size == "vit-b" else ("step", "motion+selection", "cost+OT")
+                    )
+                    fns = {stage: fns[stage] for stage in keep}
+                for stage, fn in fns.items():
+                    row = {"op": "model", "provider": provider, "mode": "train step", "shape": name, "stage": stage}
+                    row |= {"frames": frames, "batch": batch}
+                    rows.append(row | measure(fn, device=device, **reps))
+    return add_ratios(rows, ["torch"], ("shape", "stage"))
+
+
+COLUMNS = ["provider", "shape", "stage", "batch", "median_ms", "p20_ms", "p80_ms", "speedup_vs_torch"]
+
+if __name__ == "__main__":
+    benchmark_main("model", __doc__, SHAPES, run, COLUMNS)
