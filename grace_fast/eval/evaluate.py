@@ -88,23 +88,113 @@ def write_predictions(path: str | os.PathLike, rows: list[dict[str, Any]]) -> No
     write_atomic(Path(path), buffer.getvalue().encode())
 
 
+def write_evaluation(folder: str | os.PathLike, predicted, classes: Sequence[str], **extra: Any) -> dict[str, Any]:
+    """Score a model's Predictions (grace_fast.train.loop.collect_predictions) into folder: report.json (with the
+    skipped clips), confusion.png and predictions.csv (clip, label, prediction, one probability per class)."""
+    predictions = predicted.probabilities.argmax(1)
+    title = extra.pop("title", "")
+    report = score(
+        predicted.labels,
+        predictions,
+        folder,
+        class_names=list(classes),
+        title=title,
+        skipped=[getattr(s, "id", str(s)) for s in predicted.skipped],
+        **extra,
+    )
+    rows = [
+        {
+            "clip": clip,
+            "label": classes[label],
+            "prediction": classes[prediction],
+            **{f"p_{name}": round(float(p), 6) for name, p in zip(classes, probs, strict=True)},
+        }
+        for clip, label, prediction, probs in zip(
+            predicted.ids, predicted.labels, predictions, predicted.probabilities, strict=True
+        )
+    ]
+    write_predictions(Path(folder) / PREDICTIONS_NAME, rows)
+    return report
+
+
 def add_arguments(parser) -> None:
-    parser.add_argument("--predictions", required=True, help="CSV with `label` and `prediction` columns")
-    parser.add_argument("--classes", help="comma-separated class names in class-id order (names in the CSV need it)")
-    parser.add_argument("--num-classes", type=int, help="number of classes (default: len(--classes))")
-    parser.add_argument("--out", required=True, help="folder for report.json and confusion.png")
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="a trained GRACE checkpoint folder (e.g. RUN/best) to run on --data-root")
+    source.add_argument("--predictions", help="a CSV with `label` and `prediction` columns to score as it is")
+    parser.add_argument("--out", required=True, help="folder for report.json, confusion.png (and predictions.csv)")
+    data = parser.add_argument_group("with --checkpoint")
+    data.add_argument("--dataset", default="synthetic", help="synthetic, dfew, ferv39k, mafw or csv")
+    data.add_argument("--data-root", help="the data set's folder (csv: a folder with train.csv / test.csv)")
+    data.add_argument("--split", default="test", choices=["train", "test"])
+    data.add_argument("--fold", type=int, default=1)
+    data.add_argument("--text", default="caption", choices=["caption", "prompts"], help="what text is aligned")
+    data.add_argument("--batch-size", type=int, default=8)
+    data.add_argument("--num-workers", type=int, default=0)
+    data.add_argument("--skip-bad", action="store_true", help="leave out unreadable clips (listed in the report)")
+    data.add_argument("--device", default="auto")
+    data.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    scored = parser.add_argument_group("with --predictions")
+    scored.add_argument("--classes", help="comma-separated class names in class-id order (names in the CSV need it)")
+    scored.add_argument("--num-classes", type=int, help="number of classes (default: len(--classes))")
 
 
 def run(args) -> int:
-    class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
-    if class_names is None and args.num_classes is None:
-        raise SystemExit("evaluate: give --classes or --num-classes")
-    labels, predictions = read_predictions(args.predictions, class_names)
-    report = score(
-        labels, predictions, args.out, class_names=class_names, num_classes=args.num_classes, source=args.predictions
-    )
+    """`grace-fast evaluate`: exit 0 once the report is written."""
+    if args.checkpoint:
+        report = _evaluate_checkpoint(args)
+    else:
+        class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
+        if class_names is None and args.num_classes is None:
+            raise SystemExit("evaluate: --predictions needs --classes or --num-classes")
+        labels, predictions = read_predictions(args.predictions, class_names)
+        report = score(
+            labels,
+            predictions,
+            args.out,
+            class_names=class_names,
+            num_classes=args.num_classes,
+            source=args.predictions,
+        )
     print(_summary_line(report, args.out))
     return 0
+
+
+def _evaluate_checkpoint(args) -> dict[str, Any]:
+    from grace_fast.data.datasets import collate
+    from grace_fast.model import GraceModel
+    from grace_fast.train import distributed
+    from grace_fast.train.grace import GraceClassifier, clip_dataset, load_normalization, split_clips
+    from grace_fast.train.loop import amp_dtype, collect_predictions
+
+    if args.data_root is None:
+        raise SystemExit("evaluate: --checkpoint needs --data-root")
+    processes = distributed.start(args.device)
+    try:
+        grace = GraceModel.from_pretrained(args.checkpoint)
+        classes = tuple(grace.config.class_names or range(grace.config.num_classes))
+        clips = split_clips(args.dataset, args.data_root, args.split, args.fold, list(map(str, classes)))
+        if clips is None:
+            raise SystemExit(f"evaluate: {args.data_root} has no {args.split} split")
+        if tuple(clips.classes) != tuple(map(str, classes)):
+            raise SystemExit(
+                f"evaluate: the checkpoint's classes {list(classes)} differ from the data's {clips.classes}"
+            )
+        normalization = load_normalization(args.checkpoint)
+        dataset = clip_dataset(clips, grace.config, normalization, train=False, skip_bad=args.skip_bad)
+        model = GraceClassifier(grace, args.text, normalization).to(processes.device)
+        predicted = collect_predictions(
+            model,
+            dataset,
+            collate,
+            args.batch_size,
+            processes,
+            amp_dtype(args.amp, processes.device),
+            num_workers=args.num_workers,
+        )
+        extra = dict(checkpoint=str(args.checkpoint), dataset=args.dataset, split=args.split, fold=args.fold)
+        return write_evaluation(args.out, predicted, clips.classes, text=args.text, **extra)
+    finally:
+        distributed.stop()
 
 
 def _summary_line(report: dict[str, Any], out) -> str:

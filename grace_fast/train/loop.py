@@ -1,0 +1,475 @@
+"""The training loop of one fold: AdamW, warm-up + cosine schedule, gradient clipping and accumulation, AMP,
+DistributedDataParallel, per-epoch validation and model selection, resumable checkpoints.
+
+It is written against three small interfaces, so any module trains with it:
+- collate(items) -> batch with labels [B] long class ids: a mapping with "labels", or an object with .labels
+  (grace_fast.data's Batch); an object batch moves to the device by its .to(device), and one with no clips
+  (every clip bad under skip_bad) is passed over;
+- model(batch) -> an output with .logits: [B, num_classes];
+- loss_fn(output, labels) -> terms with .total (a scalar; the other fields of a NamedTuple are logged too).
+
+A run folder holds config.yaml, metrics.jsonl (one line per finished epoch), checkpoints/ (resumable) and best/
+(the weights selected on the validation split, via the model's save_pretrained when it has one).
+"""
+
+import contextlib
+import dataclasses
+import math
+import signal
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+from tqdm import tqdm
+
+from grace_fast.eval.metrics import classification_metrics
+from grace_fast.eval.report import write_report
+from grace_fast.text.jobs import write_jsonl
+from grace_fast.train import checkpoint as ckpt
+from grace_fast.train.config import TrainConfig
+from grace_fast.train.distributed import Processes
+from grace_fast.train.sampling import (
+    PROCESS_STREAM,
+    IndexedCollate,
+    SeededItems,
+    ShardBatches,
+    StepBatches,
+    derive_seed,
+)
+from grace_fast.train.schedule import build_scheduler
+
+BEST, METRICS_NAME, CONFIG_NAME, SELECTION_NAME = "best", "metrics.jsonl", "config.yaml", "selection.json"
+SKIPPED_NAME = "skipped.jsonl"
+# fields that may change between a run and its resumption without changing what it computes
+RESUMABLE_CHANGES = ("resume", "progress", "num_workers", "checkpoint_every", "keep_checkpoints", "device", "out")
+
+
+@dataclass
+class FitResult:
+    """What fit() did: the run folder, the exported best model (None if no epoch finished), the selected
+    epoch and its validation metrics, the per-epoch history, and whether a stop request ended it early."""
+
+    run: Path
+    best_checkpoint: Path | None
+    best_epoch: int | None
+    best: dict[str, Any]
+    history: list[dict[str, Any]]
+    global_step: int
+    interrupted: bool = False
+
+
+@dataclass
+class _State:
+    epoch: int = 0
+    step_in_epoch: int = 0
+    global_step: int = 0
+    best_value: float = -math.inf
+    best_epoch: int | None = None
+    history: list[dict[str, Any]] = field(default_factory=list)
+    skipped: list[dict[str, Any]] = field(default_factory=list)
+
+
+def fit(
+    config: TrainConfig,
+    model: nn.Module,
+    loss_fn: Callable,
+    train_set: Dataset,
+    val_set: Dataset | None,
+    collate: Callable[[list], Mapping],
+    run: str | Path,
+    processes: Processes,
+    *,
+    on_step: Callable[[dict[str, Any]], None] | None = None,
+) -> FitResult:
+    """Train model on train_set for config.epochs, selecting on val_set, into the run folder (every rank calls it).
+
+    With config.resume the newest checkpoint in run/checkpoints is continued exactly (same weights as a run
+    never stopped, bit for bit on CPU); without it, a run folder that already has checkpoints is refused.
+    SIGINT or SIGTERM finishes the current optimiser step, writes a checkpoint and returns interrupted=True.
+    on_step(info) is called after each optimiser step with epoch, step, global_step and loss.
+    """
+    run = Path(run)
+    device = processes.device
+    model.to(device)
+    loss_fn.to(device)
+    # raises, naming the sizes, when the split is smaller than one optimiser step
+    steps = StepBatches(len(train_set), config.batch_size, config.accumulation, 0, processes.world, 0, 0).steps
+    total = config.epochs * steps
+    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_fraction * total)
+    optimizer = torch.optim.AdamW(
+        _parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, weight_decay=0.0
+    )
+    scheduler = build_scheduler(optimizer, min(warmup, total), total, config.min_lr_ratio)
+    autocast_dtype = amp_dtype(config.amp, device)
+    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype is torch.float16)
+
+    state, sums = _State(), {}
+    found = ckpt.checkpoints(run)
+    if found and not config.resume:
+        raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or choose a new --out")
+    if config.resume and found:
+        trainer, rank_state = ckpt.load_checkpoint(found[-1], model, processes.rank)
+        _check_resumable(trainer, config, processes, found[-1])
+        optimizer.load_state_dict(trainer["optimizer"])
+        scheduler.load_state_dict(trainer["scheduler"])
+        scaler.load_state_dict(trainer["scaler"])
+        state = _State(**trainer["state"])
+        if rank_state is None:
+            raise ValueError(f"checkpoint {found[-1]} has no state for rank {processes.rank}")
+        ckpt.set_rng_state(rank_state["rng"])
+        sums = rank_state["sums"]
+        if processes.main:
+            print(f"resuming {run} from {found[-1].name}: epoch {state.epoch + 1}, step {state.step_in_epoch}")
+    else:
+        _seed_everything(derive_seed(config.seed, PROCESS_STREAM, processes.rank))
+    if processes.main:
+        run.mkdir(parents=True, exist_ok=True)
+        config.save(run / CONFIG_NAME)
+        ckpt.recover_export(run / BEST)
+    processes.barrier()
+
+    net = model
+    if processes.distributed:
+        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
+    items, collate_indexed = SeededItems(train_set), IndexedCollate(collate)
+
+    def save() -> None:
+        trainer = {
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "scaler": scaler.state_dict(),
+            "state": vars(state).copy(),
+            "config": config.to_dict(),
+            "world": processes.world,
+        }
+        rank_state = {"rng": ckpt.rng_state(), "sums": dict(sums)}
+        ckpt.save_checkpoint(run, state.global_step, processes, model, trainer, rank_state, config.keep_checkpoints)
+
+    with _StopRequest() as stop:
+        while state.epoch < config.epochs:
+            sampler = StepBatches(
+                len(train_set),
+                config.batch_size,
+                config.accumulation,
+                processes.rank,
+                processes.world,
+                config.seed,
+                state.epoch,
+                state.step_in_epoch,
+            )
+            loader = DataLoader(
+                items,
+                batch_sampler=sampler,
+                collate_fn=collate_indexed,
+                num_workers=config.num_workers,
+                generator=torch.Generator(),  # keeps the global generator out of the loader
+                persistent_workers=False,
+            )
+            if hasattr(train_set, "set_epoch"):  # data sets that draw their own augmentation per (seed, epoch)
+                train_set.set_epoch(state.epoch)
+            started = time.perf_counter()
+            model.train()
+            bar = tqdm(
+                total=steps,
+                initial=state.step_in_epoch,
+                desc=f"epoch {state.epoch + 1}/{config.epochs}",
+                unit="step",
+                disable=not (processes.main and config.progress),
+                dynamic_ncols=True,
+            )
+            batches, skipped = iter(loader), []
+            while state.step_in_epoch < steps:
+                if processes.any(stop.requested):
+                    bar.close()
+                    save()
+                    return _result(run, state, interrupted=True)
+                step_terms = _train_step(
+                    net, model, loss_fn, batches, optimizer, scaler, config, autocast_dtype, device, processes, skipped
+                )
+                scheduler.step()
+                for name, value in step_terms.items():
+                    sums[name] = sums.get(name, 0.0) + value
+                sums["steps"] = sums.get("steps", 0) + 1
+                state.step_in_epoch += 1
+                state.global_step += 1
+                bar.update(1)
+                bar.set_postfix(loss=f"{step_terms['total']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                if on_step is not None:
+                    on_step(
+                        {
+                            "epoch": state.epoch,
+                            "step": state.step_in_epoch,
+                            "global_step": state.global_step,
+                            "loss": step_terms["total"],
+                        }
+                    )
+                if (
+                    config.checkpoint_every
+                    and state.global_step % config.checkpoint_every == 0
+                    and (state.step_in_epoch < steps)
+                ):
+                    save()
+            bar.close()
+
+            record = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": scheduler.get_last_lr()[0]}
+            record.update(_mean_terms(processes.gather(sums)))
+            if val_set is not None and len(val_set):
+                predicted = collect_predictions(
+                    model, val_set, collate, config.batch_size, processes, autocast_dtype, progress=False
+                )
+                probs = predicted.probabilities
+                metrics = classification_metrics(predicted.labels, probs.argmax(1), probs.shape[1])
+                skipped += predicted.skipped
+                record.update(val_uar=metrics.uar, val_war=metrics.war, val_clips=metrics.num_samples)
+                value = record[f"val_{config.select_metric}"]
+            else:
+                value = float(state.epoch)  # no validation split: the last epoch is selected
+            record["seconds"] = round(time.perf_counter() - started, 3)
+            improved = value > state.best_value
+            if improved:
+                state.best_value, state.best_epoch = value, state.epoch + 1
+            record["best"] = improved
+            state.history.append(record)
+            state.skipped = _merge_skipped(state.skipped, [s for part in processes.gather(skipped) for s in part])
+            state.epoch += 1
+            state.step_in_epoch = 0
+            sums = {}
+            if improved and processes.main:
+                ckpt.export_model(model, run / BEST)
+                write_report(run / BEST / SELECTION_NAME, {**record, "select_metric": config.select_metric})
+            save()
+            if processes.main:
+                write_jsonl(run / METRICS_NAME, state.history)
+                if state.skipped:
+                    write_jsonl(run / SKIPPED_NAME, state.skipped)
+                _print_epoch(record)
+    return _result(run, state, interrupted=False)
+
+
+def _train_step(net, model, loss_fn, batches, optimizer, scaler, config, autocast_dtype, device, processes, skipped):
+    """One optimiser step over config.accumulation micro-batches -> the mean of each loss term and the grad norm;
+    the clips the batches skipped as unreadable are added to `skipped`."""
+    terms_sum: dict[str, float] = {}
+    for a in range(config.accumulation):
+        _, batch = next(batches)
+        skipped += getattr(batch, "skipped", [])
+        labels = labels_of(batch)
+        if len(labels) == 0:
+            if processes.distributed:
+                raise RuntimeError("every clip of a micro-batch was unreadable; under DDP remove them from the split")
+            continue
+        batch = to_device(batch, device)
+        last = a == config.accumulation - 1
+        sync = contextlib.nullcontext() if last or not processes.distributed else net.no_sync()
+        with sync:
+            with _autocast(device, autocast_dtype):
+                output = net(batch)
+                terms = loss_fn(output, labels_of(batch))
+            scaler.scale(terms.total / config.accumulation).backward()
+        for name, value in _term_values(terms).items():
+            terms_sum[name] = terms_sum.get(name, 0.0) + value / config.accumulation
+    scaler.unscale_(optimizer)
+    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
+    scaler.step(optimizer)
+    scaler.update()
+    optimizer.zero_grad(set_to_none=True)
+    terms_sum["grad_norm"] = float(norm)
+    return terms_sum
+
+
+@dataclass
+class Predictions:
+    """A model's predictions on a data set: labels [L] int64, probabilities [L, C] float32, the clip ids (the
+    batches' ids, else dataset indices) and the clips skipped as unreadable (skip_bad)."""
+
+    labels: np.ndarray
+    probabilities: np.ndarray
+    ids: list
+    skipped: list = field(default_factory=list)
+
+
+@torch.inference_mode()
+def collect_predictions(
+    model: nn.Module,
+    dataset: Dataset,
+    collate: Callable[[list], Any],
+    batch_size: int,
+    processes: Processes,
+    autocast_dtype: torch.dtype | None = None,
+    *,
+    num_workers: int = 0,
+    progress: bool = True,
+) -> Predictions:
+    """Run model over dataset, each rank a shard, and gather the predictions on every rank (grouped by rank).
+    The model is put in eval mode and back into the mode it had."""
+    was_training = model.training
+    model.eval()
+    loader = DataLoader(
+        SeededItems(dataset),
+        batch_sampler=ShardBatches(len(dataset), batch_size, processes.rank, processes.world),
+        collate_fn=IndexedCollate(collate),
+        num_workers=num_workers,
+        generator=torch.Generator(),
+    )
+    labels, probs, ids, skipped = [], [], [], []
+    for index, batch in tqdm(loader, desc="evaluate", unit="batch", disable=not (progress and processes.main)):
+        skipped += getattr(batch, "skipped", [])
+        if len(labels_of(batch)) == 0:
+            continue
+        batch = to_device(batch, processes.device)
+        with _autocast(processes.device, autocast_dtype):
+            logits = model(batch).logits
+        labels.append(labels_of(batch).cpu())
+        probs.append(logits.float().softmax(-1).cpu())
+        ids += list(getattr(batch, "ids", None) or index.tolist())
+    model.train(was_training)
+    parts = processes.gather((labels, probs, ids, skipped))
+    labels = [t for part in parts for t in part[0]]
+    probs = [t for part in parts for t in part[1]]
+    if not labels:
+        raise ValueError(f"no readable clip to evaluate among the {len(dataset)} of the data set")
+    return Predictions(
+        torch.cat(labels).numpy(),
+        torch.cat(probs).numpy(),
+        [i for part in parts for i in part[2]],
+        [s for part in parts for s in part[3]],
+    )
+
+
+def labels_of(batch: Any) -> torch.Tensor:
+    """The [B] class ids of a batch: batch["labels"] or batch.labels."""
+    return batch["labels"] if isinstance(batch, Mapping) else batch.labels
+
+
+def to_device(batch: Any, device: torch.device) -> Any:
+    """Tensors of a (nested) mapping, list or tuple moved to device, an object by its .to(device); other values
+    as they are."""
+    if isinstance(batch, torch.Tensor) or (not isinstance(batch, Mapping | list | tuple) and hasattr(batch, "to")):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, Mapping):
+        return {key: to_device(value, device) for key, value in batch.items()}
+    if isinstance(batch, list | tuple) and any(isinstance(v, torch.Tensor) for v in batch):
+        return type(batch)(to_device(value, device) for value in batch)
+    return batch
+
+
+def _term_values(terms) -> dict[str, float]:
+    if hasattr(terms, "_asdict"):
+        return {name: float(value.detach()) for name, value in terms._asdict().items()}
+    return {"total": float(terms.total.detach())}
+
+
+def _mean_terms(per_rank: list[dict[str, float]]) -> dict[str, float]:
+    steps = sum(s.get("steps", 0) for s in per_rank)
+    names = [name for name in per_rank[0] if name != "steps"]
+    return {f"train_{name}": sum(s[name] for s in per_rank) / steps for name in names} if steps else {}
+
+
+def _merge_skipped(known: list[dict[str, Any]], new: list) -> list[dict[str, Any]]:
+    """Skipped-clip records (dataclasses such as grace_fast.data's BadClip, as dicts), each clip once."""
+    records = {r.get("id", str(r)): r for r in known}
+    for item in new:
+        record = dataclasses.asdict(item) if dataclasses.is_dataclass(item) else {"id": str(item)}
+        records.setdefault(record.get("id", str(record)), record)
+    return list(records.values())
+
+
+def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, Any]]:
+    """Weight decay on matrices only: biases, norms and scalars (the InfoNCE temperature) are left alone."""
+    decay, plain = [], []
+    for parameter in model.parameters():
+        if parameter.requires_grad:
+            (decay if parameter.dim() >= 2 else plain).append(parameter)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": plain, "weight_decay": 0.0}]
+
+
+def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
+    """The autocast dtype of config.amp on device (None: full precision); bf16 and fp16 need a GPU."""
+    if amp == "auto":
+        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+    if amp == "off":
+        return None
+    if device.type != "cuda":
+        raise ValueError(f"amp={amp!r} needs a GPU (device is {device}); use amp auto or off on CPU")
+    return torch.bfloat16 if amp == "bf16" else torch.float16
+
+
+def _autocast(device: torch.device, dtype: torch.dtype | None):
+    if dtype is None:
+        return contextlib.nullcontext()
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def _seed_everything(seed: int) -> None:
+    import random
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)  # noqa: NPY002
+    torch.manual_seed(seed)
+
+
+def _check_resumable(trainer: dict[str, Any], config: TrainConfig, processes: Processes, folder: Path) -> None:
+    saved = TrainConfig.from_dict(trainer["config"]).to_dict()
+    current = config.to_dict()
+    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved[k] != current[k]]
+    if changed:
+        details = "; ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {folder}: the config changed ({details}); use a new --out to change it")
+    if trainer["world"] != processes.world:
+        raise ValueError(
+            f"cannot resume {folder}: it was written by {trainer['world']} processes, this run has "
+            f"{processes.world} (the data order and batch split depend on it)"
+        )
+
+
+def _result(run: Path, state: _State, interrupted: bool) -> FitResult:
+    best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+    return FitResult(
+        run=run,
+        best_checkpoint=run / BEST if state.best_epoch is not None else None,
+        best_epoch=state.best_epoch,
+        best=best,
+        history=list(state.history),
+        global_step=state.global_step,
+        interrupted=interrupted,
+    )
+
+
+def _print_epoch(record: dict[str, Any]) -> None:
+    parts = [f"epoch {record['epoch']}", f"loss {record.get('train_total', float('nan')):.4f}"]
+    if "val_uar" in record:
+        parts.append(f"val UAR {100 * record['val_uar']:.2f} WAR {100 * record['val_war']:.2f}")
+    parts.append("(best)" if record["best"] else "")
+    tqdm.write("  ".join(p for p in parts if p))
+
+
+class _StopRequest:
+    """SIGINT / SIGTERM set .requested (the loop then checkpoints at the next step boundary); a second one stops
+    at once. Only installed in the main thread."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict[int, Any] = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        tqdm.write(f"{signal.Signals(signum).name}: saving a checkpoint after this step (again to stop now)")
+
+    def __enter__(self) -> "_StopRequest":
+        if threading.current_thread() is threading.main_thread():
+            for signum in (signal.SIGINT, signal.SIGTERM):
+                self._previous[signum] = signal.signal(signum, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for signum, handler in self._previous.items():
+            signal.signal(signum, handler)

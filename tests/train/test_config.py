@@ -1,0 +1,65 @@
+"""TrainConfig: YAML/JSON files, command-line overrides and their precedence, and errors naming the field."""
+
+import argparse
+
+import pytest
+
+from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
+
+
+def parse(*argv: str) -> TrainConfig:
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    return config_from_args(parser.parse_args(list(argv)))
+
+
+def test_flags_override_the_file_and_set_overrides_the_flags(tmp_path):
+    path = tmp_path / "run.yaml"
+    path.write_text("epochs: 7\nlr: 0.001\nbatch_size: 4\nmodel_overrides:\n  motion: off\n  rho: 0.25\n")
+    config = parse("--config", str(path), "--lr", "3e-4", "--set", "batch_size=2", "--set", "model_overrides.eps=0.1")
+    assert (config.epochs, config.lr, config.batch_size) == (7, 3e-4, 2)
+    assert config.model_overrides == {"motion": "off", "rho": 0.25, "eps": 0.1}  # YAML's `off` stays a string
+
+
+def test_json_file_bool_flags_optional_fields_and_mappings(tmp_path):
+    path = tmp_path / "run.json"
+    path.write_text('{"resume": true, "warmup_steps": 5, "folds": "1-5"}')
+    config = parse(
+        "--config", str(path), "--no-resume", "--warmup-steps", "none", "--model-overrides", "{alignment: cosine}"
+    )
+    assert config.resume is False and config.warmup_steps is None and config.fold_list() == [1, 2, 3, 4, 5]
+    assert config.model_overrides == {"alignment": "cosine"}
+    assert parse("--betas", "[0.8, 0.9]").betas == (0.8, 0.9)
+
+
+def test_saved_config_loads_back_equal(tmp_path):
+    config = TrainConfig(epochs=3, folds="1,3", model_overrides={"motion": "off"}, classes=["a", "b"])
+    config.save(tmp_path / "c.yaml")
+    assert TrainConfig.load(tmp_path / "c.yaml") == config
+
+
+@pytest.mark.parametrize(
+    "changes, message",
+    [
+        ({"amp": "fp8"}, "amp must be one of"),
+        ({"dataset": "ck+"}, "dataset must be one of"),
+        ({"batch_size": 0}, "batch_size must be an integer >= 1"),
+        ({"val_fraction": 1.0}, r"val_fraction must be in \[0, 1\)"),
+        ({"folds": "1-x"}, 'folds must look like "1-5"'),
+        ({"folds": "0-2"}, "distinct folds >= 1"),
+        ({"lr": 0}, "need lr > 0"),
+    ],
+    ids=["amp", "dataset", "batch-size", "val-fraction", "folds-syntax", "fold-zero", "lr"],
+)
+def test_bad_values_raise_naming_the_field(changes, message):
+    with pytest.raises(ValueError, match=message):
+        TrainConfig(**changes)
+
+
+def test_unknown_fields_are_named(tmp_path):
+    path = tmp_path / "c.yaml"
+    path.write_text("epoch: 3\n")
+    with pytest.raises(ValueError, match=r"unknown TrainConfig fields \['epoch'\]"):
+        parse("--config", str(path))
+    with pytest.raises(ValueError, match="--set expects KEY=VALUE"):
+        parse("--set", "lr")
