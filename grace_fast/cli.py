@@ -11,6 +11,7 @@ import sys
 COMMANDS: dict[str, tuple[str, str]] = {
     "caption": ("grace_fast.text.captioner", "caption clips with a local Video-LLaVA, or import captions (CATE)"),
     "coarse-labels": ("grace_fast.text.coarse_labels", "top-k emotions per clip from a baseline classifier (CATE)"),
+    "make-synthetic": ("grace_fast.data.synthetic", "write the synthetic DFER set: mp4 faces in DFEW's layout"),
     "evaluate": ("grace_fast.eval.evaluate", "UAR, WAR, per-class recall and confusion matrix of a checkpoint"),
     "refine": ("grace_fast.text.refiner", "rewrite captions into emotion-aware descriptions with an LLM (CATE)"),
 }
