@@ -10,4 +10,12 @@ from grace_fast._backends import backends
 from grace_fast.model import GraceConfig, GraceModel
 
 __version__ = "0.1.0"
-__all__ = ["GraceConfig", "GraceModel", "backends", "ops", "__version__"]
+__all__ = ["GraceConfig", "GraceModel", "Predictor", "backends", "ops", "__version__"]
+
+
+def __getattr__(name: str):
+    if name == "Predictor":  # imported on first use: inference pulls in the data stack
+        from grace_fast.predict import Predictor
+
+        return Predictor
+    raise AttributeError(f"module 'grace_fast' has no attribute {name!r}")

@@ -82,7 +82,7 @@ def fit(
     loss_fn: Callable,
     train_set: Dataset,
     val_set: Dataset | None,
-    collate: Callable[[list], Mapping],
+    collate: Callable[[list], Any],
     run: str | Path,
     processes: Processes,
     *,
@@ -95,193 +95,231 @@ def fit(
     SIGINT or SIGTERM finishes the current optimiser step, writes a checkpoint and returns interrupted=True.
     on_step(info) is called after each optimiser step with epoch, step, global_step and loss.
     """
-    run = Path(run)
-    device = processes.device
-    model.to(device)
-    loss_fn.to(device)
-    # raises, naming the sizes, when the split is smaller than one optimiser step
-    steps = StepBatches(len(train_set), config.batch_size, config.accumulation, 0, processes.world, 0, 0).steps
-    total = config.epochs * steps
-    warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_fraction * total)
-    optimizer = torch.optim.AdamW(
-        _parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, weight_decay=0.0
-    )
-    scheduler = build_scheduler(optimizer, min(warmup, total), total, config.min_lr_ratio)
-    autocast_dtype = amp_dtype(config.amp, device)
-    scaler = torch.amp.GradScaler(device.type, enabled=autocast_dtype is torch.float16)
+    return _Trainer(config, model, loss_fn, train_set, val_set, collate, Path(run), processes).run(on_step)
 
-    state, sums = _State(), {}
-    found = ckpt.checkpoints(run)
-    if found and not config.resume:
-        raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or choose a new --out")
-    if config.resume and found:
-        trainer, rank_state = ckpt.load_checkpoint(found[-1], model, processes.rank)
-        _check_resumable(trainer, config, processes, found[-1])
-        optimizer.load_state_dict(trainer["optimizer"])
-        scheduler.load_state_dict(trainer["scheduler"])
-        scaler.load_state_dict(trainer["scaler"])
-        state = _State(**trainer["state"])
-        if rank_state is None:
-            raise ValueError(f"checkpoint {found[-1]} has no state for rank {processes.rank}")
-        ckpt.set_rng_state(rank_state["rng"])
-        sums = rank_state["sums"]
+
+class _Trainer:
+    """The state of one fit(): optimiser, schedule, scaler, progress (_State) and the running loss sums."""
+
+    def __init__(self, config, model, loss_fn, train_set, val_set, collate, run: Path, processes: Processes):
+        self.config, self.model, self.loss_fn, self.run_dir, self.processes = config, model, loss_fn, run, processes
+        self.train_set, self.val_set, self.collate = train_set, val_set, collate
+        self.device = processes.device
+        model.to(self.device)
+        loss_fn.to(self.device)
+        # raises, naming the sizes, when the split is smaller than one optimiser step
+        self.steps = StepBatches(len(train_set), config.batch_size, config.accumulation, 0, processes.world, 0, 0).steps
+        total = config.epochs * self.steps
+        warmup = config.warmup_steps if config.warmup_steps is not None else round(config.warmup_fraction * total)
+        self.optimizer = torch.optim.AdamW(
+            _parameter_groups(model, config.weight_decay), lr=config.lr, betas=config.betas, weight_decay=0.0
+        )
+        self.scheduler = build_scheduler(self.optimizer, min(warmup, total), total, config.min_lr_ratio)
+        self.autocast_dtype = amp_dtype(config.amp, self.device)
+        self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
+        self.state, self.sums = _State(), {}
+
+        found = ckpt.checkpoints(run)
+        if found and not config.resume:
+            raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or a new --out")
+        if found:
+            self._resume(found[-1])
+        else:
+            _seed_everything(derive_seed(config.seed, PROCESS_STREAM, processes.rank))
         if processes.main:
-            print(f"resuming {run} from {found[-1].name}: epoch {state.epoch + 1}, step {state.step_in_epoch}")
-    else:
-        _seed_everything(derive_seed(config.seed, PROCESS_STREAM, processes.rank))
-    if processes.main:
-        run.mkdir(parents=True, exist_ok=True)
-        config.save(run / CONFIG_NAME)
-        ckpt.recover_export(run / BEST)
-    processes.barrier()
+            run.mkdir(parents=True, exist_ok=True)
+            config.save(run / CONFIG_NAME)
+            ckpt.recover_export(run / BEST)
+            self._write_logs()
+        processes.barrier()
+        self.net = model
+        if processes.distributed:
+            ids = [self.device] if self.device.type == "cuda" else None
+            self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
-    net = model
-    if processes.distributed:
-        net = nn.parallel.DistributedDataParallel(model, device_ids=[device] if device.type == "cuda" else None)
-    items, collate_indexed = SeededItems(train_set), IndexedCollate(collate)
+    def run(self, on_step) -> FitResult:
+        with _StopRequest() as stop:
+            while self.state.epoch < self.config.epochs:
+                skipped: list = []
+                if not self._train_epoch(stop, on_step, skipped):
+                    self._save()
+                    return self._result(interrupted=True)
+                self._end_epoch(skipped)
+        return self._result(interrupted=False)
 
-    def save() -> None:
-        trainer = {
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "scaler": scaler.state_dict(),
-            "state": vars(state).copy(),
-            "config": config.to_dict(),
-            "world": processes.world,
-        }
-        rank_state = {"rng": ckpt.rng_state(), "sums": dict(sums)}
-        ckpt.save_checkpoint(run, state.global_step, processes, model, trainer, rank_state, config.keep_checkpoints)
-
-    with _StopRequest() as stop:
-        while state.epoch < config.epochs:
-            sampler = StepBatches(
-                len(train_set),
-                config.batch_size,
-                config.accumulation,
-                processes.rank,
-                processes.world,
-                config.seed,
-                state.epoch,
-                state.step_in_epoch,
-            )
-            loader = DataLoader(
-                items,
-                batch_sampler=sampler,
-                collate_fn=collate_indexed,
-                num_workers=config.num_workers,
-                generator=torch.Generator(),  # keeps the global generator out of the loader
-                persistent_workers=False,
-            )
-            if hasattr(train_set, "set_epoch"):  # data sets that draw their own augmentation per (seed, epoch)
-                train_set.set_epoch(state.epoch)
-            started = time.perf_counter()
-            model.train()
-            bar = tqdm(
-                total=steps,
-                initial=state.step_in_epoch,
-                desc=f"epoch {state.epoch + 1}/{config.epochs}",
-                unit="step",
-                disable=not (processes.main and config.progress),
-                dynamic_ncols=True,
-            )
-            batches, skipped = iter(loader), []
-            while state.step_in_epoch < steps:
+    def _train_epoch(self, stop: "_StopRequest", on_step, skipped: list) -> bool:
+        """The remaining optimiser steps of the current epoch; False when a stop request ended it early."""
+        config, state, processes = self.config, self.state, self.processes
+        if hasattr(self.train_set, "set_epoch"):  # data sets that draw their own augmentation per (seed, epoch)
+            self.train_set.set_epoch(state.epoch)
+        sampler = StepBatches(
+            len(self.train_set),
+            config.batch_size,
+            config.accumulation,
+            processes.rank,
+            processes.world,
+            config.seed,
+            state.epoch,
+            start=state.step_in_epoch,
+        )
+        loader = DataLoader(
+            SeededItems(self.train_set),
+            batch_sampler=sampler,
+            collate_fn=IndexedCollate(self.collate),
+            num_workers=config.num_workers,
+            generator=torch.Generator(),  # keeps the global generator out of the loader
+        )
+        self.started = time.perf_counter()
+        self.model.train()
+        batches = iter(loader)
+        bar = tqdm(
+            total=self.steps,
+            initial=state.step_in_epoch,
+            desc=f"epoch {state.epoch + 1}/{config.epochs}",
+            unit="step",
+            disable=not (processes.main and config.progress),
+            dynamic_ncols=True,
+        )
+        with bar:
+            while state.step_in_epoch < self.steps:
                 if processes.any(stop.requested):
-                    bar.close()
-                    save()
-                    return _result(run, state, interrupted=True)
-                step_terms = _train_step(
-                    net, model, loss_fn, batches, optimizer, scaler, config, autocast_dtype, device, processes, skipped
-                )
-                scheduler.step()
-                for name, value in step_terms.items():
-                    sums[name] = sums.get(name, 0.0) + value
-                sums["steps"] = sums.get("steps", 0) + 1
+                    return False
+                terms = self._step(batches, skipped)
+                self.scheduler.step()
+                for name, value in terms.items():
+                    self.sums[name] = self.sums.get(name, 0.0) + value
+                self.sums["steps"] = self.sums.get("steps", 0) + 1
                 state.step_in_epoch += 1
                 state.global_step += 1
                 bar.update(1)
-                bar.set_postfix(loss=f"{step_terms['total']:.4f}", lr=f"{scheduler.get_last_lr()[0]:.2e}")
+                loss = terms.get("total", math.nan)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{self.scheduler.get_last_lr()[0]:.2e}")
                 if on_step is not None:
-                    on_step(
-                        {
-                            "epoch": state.epoch,
-                            "step": state.step_in_epoch,
-                            "global_step": state.global_step,
-                            "loss": step_terms["total"],
-                        }
+                    info = {"epoch": state.epoch, "step": state.step_in_epoch, "global_step": state.global_step}
+                    on_step({**info, "loss": loss})
+                every = config.checkpoint_every
+                if every and state.global_step % every == 0 and state.step_in_epoch < self.steps:
+                    self._save()  # the epoch's end saves after validation
+        return True
+
+    def _step(self, batches, skipped: list) -> dict[str, float]:
+        """One optimiser step over config.accumulation micro-batches -> the mean of each loss term and the grad
+        norm; the clips the batches skipped as unreadable are added to `skipped`."""
+        config, processes, accumulation = self.config, self.processes, self.config.accumulation
+        means: dict[str, float] = {}
+        for a in range(accumulation):
+            _, batch = next(batches)
+            skipped += getattr(batch, "skipped", [])
+            if len(labels_of(batch)) == 0:
+                if processes.distributed:
+                    raise RuntimeError(
+                        "every clip of a micro-batch was unreadable; under DDP remove them from the split"
                     )
-                if (
-                    config.checkpoint_every
-                    and state.global_step % config.checkpoint_every == 0
-                    and (state.step_in_epoch < steps)
-                ):
-                    save()
-            bar.close()
+                continue
+            batch = to_device(batch, self.device)
+            last = a == accumulation - 1
+            with contextlib.nullcontext() if last or not processes.distributed else self.net.no_sync():
+                with _autocast(self.device, self.autocast_dtype):
+                    terms = self.loss_fn(self.net(batch), labels_of(batch))
+                self.scaler.scale(terms.total / accumulation).backward()
+            for name, value in _term_values(terms).items():
+                means[name] = means.get(name, 0.0) + value / accumulation
+        self.scaler.unscale_(self.optimizer)
+        limit = config.grad_clip if config.grad_clip > 0 else math.inf
+        means["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), limit))
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        return means
 
-            record = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": scheduler.get_last_lr()[0]}
-            record.update(_mean_terms(processes.gather(sums)))
-            if val_set is not None and len(val_set):
-                predicted = collect_predictions(
-                    model, val_set, collate, config.batch_size, processes, autocast_dtype, progress=False
-                )
-                probs = predicted.probabilities
-                metrics = classification_metrics(predicted.labels, probs.argmax(1), probs.shape[1])
-                skipped += predicted.skipped
-                record.update(val_uar=metrics.uar, val_war=metrics.war, val_clips=metrics.num_samples)
-                value = record[f"val_{config.select_metric}"]
-            else:
-                value = float(state.epoch)  # no validation split: the last epoch is selected
-            record["seconds"] = round(time.perf_counter() - started, 3)
-            improved = value > state.best_value
-            if improved:
-                state.best_value, state.best_epoch = value, state.epoch + 1
-            record["best"] = improved
-            state.history.append(record)
-            state.skipped = _merge_skipped(state.skipped, [s for part in processes.gather(skipped) for s in part])
-            state.epoch += 1
-            state.step_in_epoch = 0
-            sums = {}
-            if improved and processes.main:
-                ckpt.export_model(model, run / BEST)
-                write_report(run / BEST / SELECTION_NAME, {**record, "select_metric": config.select_metric})
-            save()
-            if processes.main:
-                write_jsonl(run / METRICS_NAME, state.history)
-                if state.skipped:
-                    write_jsonl(run / SKIPPED_NAME, state.skipped)
-                _print_epoch(record)
-    return _result(run, state, interrupted=False)
+    def _end_epoch(self, skipped: list) -> None:
+        """Validate, select, checkpoint and log the epoch just trained."""
+        config, state, processes = self.config, self.state, self.processes
+        record = {"epoch": state.epoch + 1, "global_step": state.global_step, "lr": self.scheduler.get_last_lr()[0]}
+        record.update(_mean_terms(processes.gather(self.sums)))
+        if self.val_set is not None and len(self.val_set):
+            predicted = collect_predictions(
+                self.model,
+                self.val_set,
+                self.collate,
+                config.batch_size,
+                processes,
+                self.autocast_dtype,
+                num_workers=config.num_workers,
+                progress=False,
+            )
+            probs = predicted.probabilities
+            metrics = classification_metrics(predicted.labels, probs.argmax(1), probs.shape[1])
+            skipped += predicted.skipped
+            record.update(val_uar=metrics.uar, val_war=metrics.war, val_clips=metrics.num_samples)
+            value = record[f"val_{config.select_metric}"]
+        else:
+            value = float(state.epoch)  # no validation split: the last epoch is selected
+        record["seconds"] = round(time.perf_counter() - self.started, 3)
+        record["best"] = value > state.best_value
+        if record["best"]:
+            state.best_value, state.best_epoch = value, state.epoch + 1
+        state.history.append(record)
+        state.skipped = _merge_skipped(state.skipped, [s for part in processes.gather(skipped) for s in part])
+        state.epoch, state.step_in_epoch, self.sums = state.epoch + 1, 0, {}
+        if record["best"] and processes.main:
+            ckpt.export_model(self.model, self.run_dir / BEST)
+            write_report(self.run_dir / BEST / SELECTION_NAME, {**record, "select_metric": config.select_metric})
+        self._save()
+        if processes.main:
+            self._write_logs()
+            _print_epoch(record)
 
+    def _save(self) -> None:
+        trainer = {
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "state": vars(self.state).copy(),
+            "config": self.config.to_dict(),
+            "world": self.processes.world,
+        }
+        rank_state = {"rng": ckpt.rng_state(), "sums": dict(self.sums)}
+        keep = self.config.keep_checkpoints
+        ckpt.save_checkpoint(
+            self.run_dir, self.state.global_step, self.processes, self.model, trainer, rank_state, keep
+        )
 
-def _train_step(net, model, loss_fn, batches, optimizer, scaler, config, autocast_dtype, device, processes, skipped):
-    """One optimiser step over config.accumulation micro-batches -> the mean of each loss term and the grad norm;
-    the clips the batches skipped as unreadable are added to `skipped`."""
-    terms_sum: dict[str, float] = {}
-    for a in range(config.accumulation):
-        _, batch = next(batches)
-        skipped += getattr(batch, "skipped", [])
-        labels = labels_of(batch)
-        if len(labels) == 0:
-            if processes.distributed:
-                raise RuntimeError("every clip of a micro-batch was unreadable; under DDP remove them from the split")
-            continue
-        batch = to_device(batch, device)
-        last = a == config.accumulation - 1
-        sync = contextlib.nullcontext() if last or not processes.distributed else net.no_sync()
-        with sync:
-            with _autocast(device, autocast_dtype):
-                output = net(batch)
-                terms = loss_fn(output, labels_of(batch))
-            scaler.scale(terms.total / config.accumulation).backward()
-        for name, value in _term_values(terms).items():
-            terms_sum[name] = terms_sum.get(name, 0.0) + value / config.accumulation
-    scaler.unscale_(optimizer)
-    norm = torch.nn.utils.clip_grad_norm_(model.parameters(), config.grad_clip if config.grad_clip > 0 else math.inf)
-    scaler.step(optimizer)
-    scaler.update()
-    optimizer.zero_grad(set_to_none=True)
-    terms_sum["grad_norm"] = float(norm)
-    return terms_sum
+    def _resume(self, folder: Path) -> None:
+        trainer, rank_state = ckpt.load_checkpoint(folder, self.model, self.processes.rank)
+        _check_resumable(trainer, self.config, self.processes, folder)
+        if rank_state is None:
+            raise ValueError(f"checkpoint {folder} has no state for rank {self.processes.rank}")
+        self.optimizer.load_state_dict(trainer["optimizer"])
+        self.scheduler.load_state_dict(trainer["scheduler"])
+        self.scaler.load_state_dict(trainer["scaler"])
+        self.state = _State(**trainer["state"])
+        self.sums = rank_state["sums"]
+        ckpt.set_rng_state(rank_state["rng"])
+        if self.processes.main:
+            print(
+                f"resuming {self.run_dir} from {folder.name}: epoch {self.state.epoch + 1}, step "
+                f"{self.state.step_in_epoch}"
+            )
+
+    def _write_logs(self) -> None:
+        """metrics.jsonl (and skipped.jsonl) rewritten whole from the state, so that they match the checkpoint."""
+        write_jsonl(self.run_dir / METRICS_NAME, self.state.history)
+        if self.state.skipped:
+            write_jsonl(self.run_dir / SKIPPED_NAME, self.state.skipped)
+
+    def _result(self, interrupted: bool) -> FitResult:
+        state = self.state
+        best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
+        return FitResult(
+            run=self.run_dir,
+            best_checkpoint=self.run_dir / BEST if state.best_epoch is not None else None,
+            best_epoch=state.best_epoch,
+            best=best,
+            history=list(state.history),
+            global_step=state.global_step,
+            interrupted=interrupted,
+        )
 
 
 @dataclass
@@ -427,19 +465,6 @@ def _check_resumable(trainer: dict[str, Any], config: TrainConfig, processes: Pr
             f"cannot resume {folder}: it was written by {trainer['world']} processes, this run has "
             f"{processes.world} (the data order and batch split depend on it)"
         )
-
-
-def _result(run: Path, state: _State, interrupted: bool) -> FitResult:
-    best = next((r for r in state.history if r["epoch"] == state.best_epoch), {})
-    return FitResult(
-        run=run,
-        best_checkpoint=run / BEST if state.best_epoch is not None else None,
-        best_epoch=state.best_epoch,
-        best=best,
-        history=list(state.history),
-        global_step=state.global_step,
-        interrupted=interrupted,
-    )
 
 
 def _print_epoch(record: dict[str, Any]) -> None:

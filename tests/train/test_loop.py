@@ -92,12 +92,12 @@ def test_resume_after_a_crash_mid_epoch_gives_the_same_weights_bit_for_bit(unint
     assert without_times(result.history) == without_times(reference_lines)
 
 
-def test_resume_from_an_epoch_end_checkpoint(uninterrupted, tmp_path):
+def test_resume_from_an_epoch_end_checkpoint_with_loader_workers(uninterrupted, tmp_path):
     _, reference, _ = uninterrupted
     with pytest.raises(Crash):
         train(tmp_path, on_step=crash_at(11), checkpoint_every=0)  # only epoch ends: step 10 is the newest
     assert [p.name for p in checkpoints(tmp_path)] == ["step-00000010"]
-    _, model = train(tmp_path, resume=True, checkpoint_every=0)
+    _, model = train(tmp_path, resume=True, checkpoint_every=0, num_workers=2)  # items are seeded, not the workers
     assert_same_weights(weights(model), reference)
 
 

@@ -1,0 +1,189 @@
+"""`grace-fast train` and `train(config)`: train GRACE on one fold or on each fold of the k-fold protocol,
+select on the validation split, then score the selected model on the fold's test split.
+
+Layout of `out` (one fold: out is the fold's run folder; several: out/fold-K each, and out/summary.json)::
+
+    config.yaml  metrics.jsonl  checkpoints/  best/ (GraceModel checkpoint + selection.json)
+    test/report.json  test/confusion.png  test/predictions.csv  [skipped.jsonl]
+
+>>> result = train(TrainConfig(dataset="synthetic", data_root="data/synthetic", epochs=2, out="runs/demo"))
+... # doctest: +SKIP
+>>> result["best_checkpoint"], result["mean"]["uar"]  # doctest: +SKIP
+('runs/demo/best', 0.41)
+"""
+
+import argparse
+import json
+import os
+import statistics
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from grace_fast.eval.evaluate import write_evaluation
+from grace_fast.eval.report import write_report
+from grace_fast.model.io import WEIGHTS_NAME
+from grace_fast.train import distributed
+from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
+from grace_fast.train.grace import (
+    GraceClassifier,
+    build_model,
+    clip_dataset,
+    fold_clips,
+    grace_loss,
+    load_normalization,
+    prepare_tokenizer,
+)
+from grace_fast.train.loop import BEST, amp_dtype, collect_predictions, fit
+
+TEST_DIR, SUMMARY_NAME = "test", "summary.json"
+
+
+def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
+    """Run config (each fold of config.fold_list()) and return {"folds": [per-fold result], "mean": {uar, war},
+    "std": {uar, war}, "best_checkpoint": the first fold's best/ folder, "interrupted": bool}.
+
+    A per-fold result has fold, run, best_checkpoint, best_epoch, val (the selected epoch's record) and test
+    (the test report's uar, war and num_samples, or None when the data set has no test split there).
+    With config.resume, folds whose test report exists are read back, the unfinished one continues.
+    """
+    processes = distributed.start(config.device)
+    try:
+        folds = config.fold_list()
+        out = Path(config.out)
+        results = []
+        for fold in folds:
+            run = out / f"fold-{fold}" if config.folds is not None else out
+            fold_config = config.replace(fold=fold, folds=None, out=str(run))
+            result = _train_fold(fold_config, run, processes, out, on_step)
+            results.append(result)
+            if result["interrupted"]:
+                break
+        summary = _summary(results, folds)
+        if processes.main and config.folds is not None and not summary["interrupted"]:
+            write_report(out / SUMMARY_NAME, summary)
+        return summary
+    finally:
+        distributed.stop()
+
+
+def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
+    report_path = run / TEST_DIR / "report.json"
+    if config.resume and report_path.is_file() and (run / BEST / "selection.json").is_file():
+        return _fold_result(config.fold, run, json.loads((run / BEST / "selection.json").read_text()), report_path)
+    clips = fold_clips(config, config.fold)
+    if processes.main:
+        workdir.mkdir(parents=True, exist_ok=True)
+        prepare_tokenizer(config, workdir)
+    processes.barrier()
+    torch.manual_seed(config.seed)  # the same initial weights on every rank and in every fold
+    grace = build_model(config, clips.classes, workdir)
+    normalization = load_normalization(grace.config.video_pretrained)
+    model = GraceClassifier(grace, config.text, normalization)
+    datasets = {
+        name: clip_dataset(
+            part,
+            grace.config,
+            normalization,
+            train=name == "train",
+            seed=config.seed,
+            skip_bad=config.skip_bad,
+        )
+        for name, part in (("train", clips.train), ("val", clips.val), ("test", clips.test))
+        if part is not None
+    }
+    from grace_fast.data.datasets import collate
+
+    result = fit(
+        config,
+        model,
+        grace_loss(grace.config, clips.train),
+        datasets["train"],
+        datasets.get("val"),
+        collate,
+        run,
+        processes,
+        on_step=on_step,
+    )
+    if result.interrupted:
+        return {"fold": config.fold, "run": str(run), "interrupted": True}
+    test = None
+    if "test" in datasets:
+        from safetensors.torch import load_file
+
+        grace.load_state_dict(load_file(run / BEST / WEIGHTS_NAME))
+        predicted = collect_predictions(
+            model,
+            datasets["test"],
+            collate,
+            config.batch_size,
+            processes,
+            amp_dtype(config.amp, processes.device),
+            num_workers=config.num_workers,
+            progress=config.progress,
+        )
+        if processes.main:
+            title = f"fold {config.fold} test (epoch {result.best_epoch})"
+            write_evaluation(
+                run / TEST_DIR, predicted, clips.classes, title=title, fold=config.fold, best_epoch=result.best_epoch
+            )
+        processes.barrier()
+        test = report_path
+    return _fold_result(config.fold, run, result.best, test)
+
+
+def _fold_result(fold: int, run: Path, val: dict[str, Any], test_report: Path | None) -> dict[str, Any]:
+    test = None
+    if test_report is not None:
+        report = json.loads(Path(test_report).read_text())
+        test = {"uar": report["uar"], "war": report["war"], "num_samples": report["num_samples"]}
+    return {
+        "fold": fold,
+        "run": str(run),
+        "best_checkpoint": str(run / BEST),
+        "best_epoch": val.get("epoch"),
+        "val": val,
+        "test": test,
+        "interrupted": False,
+    }
+
+
+def _summary(results: list[dict[str, Any]], folds: list[int]) -> dict[str, Any]:
+    scored = [r["test"] for r in results if r.get("test")]
+    mean = {k: statistics.fmean(t[k] for t in scored) for k in ("uar", "war")} if scored else {}
+    std = {k: statistics.pstdev(t[k] for t in scored) for k in ("uar", "war")} if scored else {}
+    finished = [r for r in results if not r["interrupted"]]
+    return {
+        "folds": results,
+        "mean": mean,
+        "std": std,
+        "best_checkpoint": finished[0]["best_checkpoint"] if finished else None,
+        "interrupted": any(r["interrupted"] for r in results) or len(results) < len(folds),
+    }
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    add_config_arguments(parser)
+
+
+def run(args: argparse.Namespace) -> int:
+    """`grace-fast train`: exit 0 when every fold finished, 130 when a SIGINT/SIGTERM stopped it (resumable)."""
+    config = config_from_args(args)
+    summary = train(config)
+    if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the main process reports
+        return 130 if summary["interrupted"] else 0
+    if summary["interrupted"]:
+        print(f"train: stopped; continue with the same command and --resume (run folder {config.out})")
+        return 130
+    for result in summary["folds"]:
+        test = result["test"]
+        scores = f"test UAR {100 * test['uar']:.2f} WAR {100 * test['war']:.2f}" if test else "no test split"
+        print(f"fold {result['fold']}: best epoch {result['best_epoch']}, {scores} -> {result['best_checkpoint']}")
+    if len(summary["folds"]) > 1 and summary["mean"]:
+        mean, std = summary["mean"], summary["std"]
+        print(
+            f"{len(summary['folds'])} folds: UAR {100 * mean['uar']:.2f} +- {100 * std['uar']:.2f}, "
+            f"WAR {100 * mean['war']:.2f} +- {100 * std['war']:.2f}"
+        )
+    return 0
