@@ -128,6 +128,7 @@ def add_arguments(parser) -> None:
     data.add_argument("--split", default="test", choices=["train", "test"])
     data.add_argument("--fold", type=int, default=1)
     data.add_argument("--text", default="caption", choices=["caption", "prompts"], help="what text is aligned")
+    data.add_argument("--descriptions", help="a `grace-fast refine` JSONL whose texts replace the captions")
     data.add_argument("--batch-size", type=int, default=8)
     data.add_argument("--num-workers", type=int, default=0)
     data.add_argument("--skip-bad", action="store_true", help="leave out unreadable clips (listed in the report)")
@@ -172,7 +173,8 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
     try:
         grace = GraceModel.from_pretrained(args.checkpoint)
         classes = tuple(grace.config.class_names or range(grace.config.num_classes))
-        clips = split_clips(args.dataset, args.data_root, args.split, args.fold, list(map(str, classes)))
+        names = list(map(str, classes))
+        clips = split_clips(args.dataset, args.data_root, args.split, args.fold, names, args.descriptions)
         if clips is None:
             raise SystemExit(f"evaluate: {args.data_root} has no {args.split} split")
         if tuple(clips.classes) != tuple(map(str, classes)):

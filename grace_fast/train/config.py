@@ -34,12 +34,14 @@ class TrainConfig:
     """A training run (GRACE.md section 6): data, model, optimisation and bookkeeping.
 
     Data: `dataset` names a loader of grace_fast.data (synthetic, dfew, ferv39k, mafw, csv) reading `data_root`
-    (for csv: a folder with train.csv and test.csv, whose labels are indices or names from `classes`);
-    `skip_bad` leaves out unreadable clips and lists them in skipped.jsonl instead of stopping. `fold` is the
-    test fold of a k-fold protocol, `folds` ("1-5", "1,3") runs several folds, each into out/fold-K, and
-    reports their mean and std. `val_fraction` of the training fold, stratified by class and chosen by `seed`,
-    is held out for model selection on `select_metric` (never the test fold); 0 keeps the last epoch. `text`:
-    "caption" aligns each clip's caption, "prompts" the class prompts (low-latency mode).
+    (for csv: a folder with train.csv and test.csv, whose labels are indices or names from `classes`).
+    `descriptions` names a `grace-fast refine` output (JSONL) whose emotion-aware text replaces the caption of
+    each clip it lists (clip ids as the data set names them). `skip_bad` leaves out unreadable clips and lists
+    them in skipped.jsonl instead of stopping. `fold` is the test fold of a k-fold protocol, `folds` ("1-5",
+    "1,3") runs several folds, each into out/fold-K, and reports the mean and (population) std of their test
+    UAR and WAR. `val_fraction` of the training fold, stratified by class and chosen by `seed`, is held out for
+    model selection on `select_metric` (never the test fold); 0 keeps the last epoch. `text`: "caption" aligns
+    each clip's caption (or description), "prompts" the class prompts (low-latency mode).
 
     Model: `model` is "tiny" (a small random GRACE, built offline), a GraceConfig JSON file, or a checkpoint
     folder to start from; `model_overrides` changes GraceConfig fields (the ablations: motion, alignment, ...).
@@ -57,6 +59,7 @@ class TrainConfig:
     dataset: str = "synthetic"
     data_root: str | None = None
     classes: list[str] | None = None
+    descriptions: str | None = None
     fold: int = 1
     folds: str | None = None
     val_fraction: float = 0.1

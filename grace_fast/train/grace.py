@@ -121,17 +121,32 @@ class FoldClips:
         return self.train.classes
 
 
-def split_clips(dataset: str, root: str | os.PathLike, split: str, fold: int = 1, classes=None) -> ClipList | None:
+def split_clips(
+    dataset: str, root: str | os.PathLike, split: str, fold: int = 1, classes=None, descriptions=None
+) -> ClipList | None:
     """The clips of one split ("train" or "test") of a data set; for csv, root is a folder with train.csv and
-    test.csv (a missing test.csv gives None)."""
+    test.csv (a missing test.csv gives None). descriptions: a `grace-fast refine` JSONL whose texts replace the
+    captions of the clips it lists."""
     root = Path(root)
     if dataset == "csv":
         path = root / f"{split}.csv"
         if split == "test" and not path.is_file():
             return None
-        return load_clips("csv", path, classes=classes)
-    options = {} if dataset in FOLDLESS else {"fold": fold}
-    return load_clips(dataset, root, split=split, **options)
+        clips = load_clips("csv", path, classes=classes)
+    else:
+        options = {} if dataset in FOLDLESS else {"fold": fold}
+        clips = load_clips(dataset, root, split=split, **options)
+    if descriptions is not None:
+        from grace_fast.text.refiner import load_descriptions
+
+        texts = load_descriptions(descriptions)
+        if clips.clips and not any(clip.id in texts for clip in clips.clips):
+            raise ValueError(
+                f"descriptions: {descriptions} names none of the {len(clips)} {split} clips (ids like "
+                f"{clips[0].id!r}; the file has ids like {next(iter(texts), None)!r})"
+            )
+        clips = clips.with_captions(texts)
+    return clips
 
 
 def fold_clips(config: TrainConfig, fold: int) -> FoldClips:
@@ -141,8 +156,8 @@ def fold_clips(config: TrainConfig, fold: int) -> FoldClips:
         raise ValueError(f"data_root is needed to read the {config.dataset} data set (--data-root)")
     if config.dataset in FOLDLESS and (config.folds is not None or fold != 1):
         raise ValueError(f"{config.dataset} has one train/test split: leave fold and folds unset")
-    train = split_clips(config.dataset, config.data_root, "train", fold, config.classes)
-    test = split_clips(config.dataset, config.data_root, "test", fold, train.classes)
+    train = split_clips(config.dataset, config.data_root, "train", fold, config.classes, config.descriptions)
+    test = split_clips(config.dataset, config.data_root, "test", fold, train.classes, config.descriptions)
     val = None
     if config.val_fraction > 0:
         train, val = train.holdout(config.val_fraction, seed=config.seed)

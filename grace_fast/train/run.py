@@ -35,7 +35,7 @@ from grace_fast.train.grace import (
     load_normalization,
     prepare_tokenizer,
 )
-from grace_fast.train.loop import BEST, amp_dtype, collect_predictions, fit
+from grace_fast.train.loop import BEST, SELECTION_NAME, amp_dtype, collect_predictions, fit
 
 TEST_DIR, SUMMARY_NAME = "test", "summary.json"
 
@@ -70,8 +70,8 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
 
 def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
     report_path = run / TEST_DIR / "report.json"
-    if config.resume and report_path.is_file() and (run / BEST / "selection.json").is_file():
-        return _fold_result(config.fold, run, json.loads((run / BEST / "selection.json").read_text()), report_path)
+    if config.resume and report_path.is_file() and (run / BEST / SELECTION_NAME).is_file():
+        return _fold_result(config.fold, run, report_path)
     clips = fold_clips(config, config.fold)
     if processes.main:
         workdir.mkdir(parents=True, exist_ok=True)
@@ -130,10 +130,11 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
             )
         processes.barrier()
         test = report_path
-    return _fold_result(config.fold, run, result.best, test)
+    return _fold_result(config.fold, run, test)
 
 
-def _fold_result(fold: int, run: Path, val: dict[str, Any], test_report: Path | None) -> dict[str, Any]:
+def _fold_result(fold: int, run: Path, test_report: Path | None) -> dict[str, Any]:
+    val = json.loads((run / BEST / SELECTION_NAME).read_text())
     test = None
     if test_report is not None:
         report = json.loads(Path(test_report).read_text())

@@ -3,6 +3,7 @@
 
 import csv
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -17,15 +18,21 @@ from grace_fast.data.video import VideoReadError, read_frames
 from grace_fast.predict import Predictor
 from grace_fast.train.checkpoint import checkpoints
 from grace_fast.train.config import TrainConfig
-from grace_fast.train.grace import build_model
+from grace_fast.train.grace import build_model, split_clips
 from grace_fast.train.run import train
+from tests.train.conftest import SUBPROCESS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
 
 
 def grace_fast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     done = subprocess.run(
-        [sys.executable, "-m", "grace_fast", *args], cwd=REPO, capture_output=True, text=True, timeout=300
+        [sys.executable, "-m", "grace_fast", *args],
+        cwd=REPO,
+        env=SUBPROCESS_ENV,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     if check:
         assert done.returncode == 0, done.stderr[-3000:]
@@ -157,3 +164,58 @@ def test_predict_cli_prints_each_clip_and_names_a_bad_one(data, trained):
         printed = json.loads(line)
         assert printed["label"] == prediction.label
         assert printed["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-6)
+
+
+def test_descriptions_replace_the_captions_of_the_clips_they_name(data, tmp_path):
+    clips = synthetic(data, fold=1, split="test")
+    path = tmp_path / "refined.jsonl"
+    path.write_text(json.dumps({"clip": clips[0].id, "description": "The brows rise (AU1)."}) + "\n")
+    described = split_clips("synthetic", data, "test", fold=1, descriptions=path)
+    assert described[0].caption == "The brows rise (AU1)." and described[1:] == clips[1:]
+    path.write_text(json.dumps({"clip": "Clip/original/1", "description": "x"}) + "\n")
+    with pytest.raises(ValueError, match=r"names none of the 7 test clips \(ids like '\d+'"):
+        split_clips("synthetic", data, "test", fold=1, descriptions=path)
+
+
+class Crash(Exception):
+    pass
+
+
+def test_resumed_grace_run_matches_the_uninterrupted_one_bit_for_bit(trained, tmp_path):
+    from safetensors.torch import load_file
+
+    run, _ = trained
+    config = TrainConfig.load(run / "config.yaml").replace(out=str(tmp_path), progress=False)
+    shutil.copytree(run / "tokenizer", tmp_path / "tokenizer")  # build_tiny_tokenizer's ids vary between calls
+
+    def crash(info):
+        if info["global_step"] == 1:  # after the checkpoint of step 1 (checkpoint_every = 1)
+            raise Crash
+
+    with pytest.raises(Crash):
+        train(config, on_step=crash)
+    train(config.replace(resume=True))
+    resumed, reference = (load_file(folder / "best" / "model.safetensors") for folder in (tmp_path, run))
+    assert resumed.keys() == reference.keys()
+    assert all(torch.equal(resumed[k], reference[k]) for k in reference)
+
+
+def test_folds_report_mean_and_std_and_resume_keeps_finished_folds(data, corrupt, tmp_path, monkeypatch):
+    config = TrainConfig(
+        data_root=str(data), out=str(tmp_path), folds="1-2", epochs=1, batch_size=8, skip_bad=True, progress=False
+    )
+    summary = train(config)
+    reports = [json.loads((tmp_path / f"fold-{k}" / "test" / "report.json").read_text()) for k in (1, 2)]
+    for metric in ("uar", "war"):
+        values = [r[metric] for r in reports]
+        assert summary["mean"][metric] == pytest.approx(np.mean(values))
+        assert summary["std"][metric] == pytest.approx(np.std(values))
+    assert [f["fold"] for f in summary["folds"]] == [1, 2] and not summary["interrupted"]
+    assert json.loads((tmp_path / "summary.json").read_text()) == summary
+    assert summary["best_checkpoint"] == str(tmp_path / "fold-1" / "best")
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("a finished fold was trained again")
+
+    monkeypatch.setattr("grace_fast.train.run.fit", no_training)
+    assert train(config.replace(resume=True)) == summary

@@ -13,6 +13,7 @@ import torch
 
 from grace_fast.train.checkpoint import checkpoints
 from grace_fast.train.loop import BEST, METRICS_NAME
+from tests.train.conftest import SUBPROCESS_ENV
 from tests.train.standin import train
 
 REPO = Path(__file__).resolve().parents[2]
@@ -142,7 +143,12 @@ def _standin(run: Path, *args: str, torchrun: bool = False) -> list[str]:
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(uninterrupted, tmp_path):
     _, reference, _ = uninterrupted
     process = subprocess.Popen(
-        _standin(tmp_path, "--sleep", "0.05"), cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True
+        _standin(tmp_path, "--sleep", "0.05"),
+        cwd=REPO,
+        env=SUBPROCESS_ENV,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
     )
     for line in process.stdout:
         if line.strip() == "step 15":  # mid epoch 2, a step after the checkpoint of step 14
@@ -151,7 +157,9 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(uninterrupted, tmp
     process.wait(timeout=60)
     assert process.returncode == -signal.SIGKILL
     assert checkpoints(tmp_path)[-1].name in ("step-00000014", "step-00000016")
-    done = subprocess.run(_standin(tmp_path, "--resume"), cwd=REPO, capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        _standin(tmp_path, "--resume"), cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120
+    )
     assert done.returncode == 0, done.stderr
     assert_same_weights(torch.load(tmp_path / "final.pt"), reference)
 
@@ -162,6 +170,7 @@ def test_ddp_on_two_gloo_processes_matches_one_process_with_accumulation(tmp_pat
     done = subprocess.run(
         _standin(tmp_path / "ddp", "--batch-size", "2", "--dropout", "0", torchrun=True),
         cwd=REPO,
+        env=SUBPROCESS_ENV,
         capture_output=True,
         text=True,
         timeout=180,
