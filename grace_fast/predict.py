@@ -119,6 +119,28 @@ class Predictor:
         return Prediction(self.classes[index], index, dict(zip(self.classes, probabilities, strict=True)))
 
 
+def coarse_classifier(checkpoint: str | os.PathLike, device: str = "cpu"):
+    """A trained checkpoint's auxiliary head as the classifier of CATE step 2 (`grace-fast coarse-labels
+    --classifier grace_fast.predict:coarse_classifier --checkpoint RUN/best --frames F --size S`, F and S the
+    checkpoint's frames and image_size): classify(frames [B, F, 3, S, S] float in [0, 1]) -> logits [B, C]."""
+    predictor = Predictor.from_pretrained(checkpoint, device=device)
+    normalization = predictor.transform.normalization
+    mean = torch.tensor(normalization.mean, device=predictor.device).view(1, 1, 3, 1, 1)
+    std = torch.tensor(normalization.std, device=predictor.device).view(1, 1, 3, 1, 1)
+
+    @torch.inference_mode()
+    def classify(frames: torch.Tensor) -> torch.Tensor:
+        if frames.dim() != 5 or frames.shape[1] != predictor.frames or frames.shape[-1] != predictor.size:
+            raise ValueError(
+                f"the checkpoint takes [B, {predictor.frames}, 3, {predictor.size}, {predictor.size}] frames "
+                f"(--frames {predictor.frames} --size {predictor.size}), got {list(frames.shape)}"
+            )
+        pixels = (frames.to(predictor.device) - mean) / std
+        return predictor.model(pixels, None).aux_logits.float()
+
+    return classify
+
+
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("clips", nargs="+", help="video files or frame folders")
     parser.add_argument("--checkpoint", required=True, help="a trained GRACE checkpoint folder (e.g. RUN/best)")

@@ -219,3 +219,25 @@ def test_folds_report_mean_and_std_and_resume_keeps_finished_folds(data, corrupt
 
     monkeypatch.setattr("grace_fast.train.run.fit", no_training)
     assert train(config.replace(resume=True)) == summary
+
+
+def test_auxiliary_head_labels_clips_for_cate(data, trained, tmp_path):
+    from grace_fast.predict import coarse_classifier
+    from grace_fast.text.coarse_labels import load_clip
+
+    run, _ = trained
+    clips = synthetic(data, fold=1, split="test")[:3]
+    predictor = Predictor.from_pretrained(run / "best", device="cpu")
+    with torch.inference_mode():
+        expected = predictor.model(torch.stack([predictor.load(c.path) for c in clips]), None).aux_logits
+    classify = coarse_classifier(run / "best")
+    torch.testing.assert_close(classify(torch.stack([load_clip(c.path, 16, 32) for c in clips])), expected)
+    with pytest.raises(ValueError, match="--frames 16 --size 32"):
+        classify(torch.zeros(1, 8, 3, 32, 32))
+    (tmp_path / "videos.txt").write_text("\n".join(c.path for c in clips))
+    args = ["--videos", str(tmp_path / "videos.txt"), "--classifier", "grace_fast.predict:coarse_classifier"]
+    args += ["--checkpoint", str(run / "best"), "--dataset", "dfew", "--frames", "16", "--size", "32"]
+    assert main(["coarse-labels", *args, "--device", "cpu", "--out", str(tmp_path / "labels.jsonl")]) == 0
+    records = {r["clip"]: r for r in map(json.loads, (tmp_path / "labels.jsonl").read_text().splitlines())}
+    dfew = ("happiness", "sadness", "neutral", "anger", "surprise", "disgust", "fear")  # the lexicon's DFEW order
+    assert [records[c.id]["labels"][0] for c in clips] == [dfew[i] for i in expected.argmax(1).tolist()]
