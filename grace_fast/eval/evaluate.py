@@ -169,6 +169,7 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
 
     if args.data_root is None:
         raise SystemExit("evaluate: --checkpoint needs --data-root")
+    joined = distributed.joined()
     processes = distributed.start(args.device)
     try:
         grace = GraceModel.from_pretrained(args.checkpoint)
@@ -196,7 +197,8 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
         extra = dict(checkpoint=str(args.checkpoint), dataset=args.dataset, split=args.split, fold=args.fold)
         return write_evaluation(args.out, predicted, clips.classes, text=args.text, **extra)
     finally:
-        distributed.stop()
+        if not joined:
+            distributed.stop()
 
 
 def _summary_line(report: dict[str, Any], out) -> str:

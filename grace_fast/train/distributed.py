@@ -70,6 +70,11 @@ def start(device: str = "auto") -> Processes:
     return Processes(rank, world, chosen)
 
 
+def joined() -> bool:
+    """Whether this process is already in a process group."""
+    return dist.is_initialized()
+
+
 def stop() -> None:
     """Leave the process group (if this process joined one)."""
     if dist.is_initialized():

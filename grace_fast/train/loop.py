@@ -167,6 +167,7 @@ class _Trainer:
             batch_sampler=sampler,
             collate_fn=IndexedCollate(self.collate),
             num_workers=config.num_workers,
+            pin_memory=self.device.type == "cuda",
             generator=torch.Generator(),  # keeps the global generator out of the loader
         )
         self.started = time.perf_counter()
@@ -354,6 +355,7 @@ def collect_predictions(
         batch_sampler=ShardBatches(len(dataset), batch_size, processes.rank, processes.world),
         collate_fn=IndexedCollate(collate),
         num_workers=num_workers,
+        pin_memory=processes.device.type == "cuda",
         generator=torch.Generator(),
     )
     labels, probs, ids, skipped = [], [], [], []

@@ -21,6 +21,7 @@ from typing import Any
 
 import torch
 
+from grace_fast.data.datasets import collate
 from grace_fast.eval.evaluate import write_evaluation
 from grace_fast.eval.report import write_report
 from grace_fast.model.io import WEIGHTS_NAME
@@ -48,6 +49,7 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
     (the test report's uar, war and num_samples, or None when the data set has no test split there).
     With config.resume, folds whose test report exists are read back, the unfinished one continues.
     """
+    joined = distributed.joined()
     processes = distributed.start(config.device)
     try:
         folds = config.fold_list()
@@ -65,7 +67,8 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
             write_report(out / SUMMARY_NAME, summary)
         return summary
     finally:
-        distributed.stop()
+        if not joined:  # a caller that started the process group keeps it
+            distributed.stop()
 
 
 def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
@@ -93,8 +96,6 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
         for name, part in (("train", clips.train), ("val", clips.val), ("test", clips.test))
         if part is not None
     }
-    from grace_fast.data.datasets import collate
-
     result = fit(
         config,
         model,
