@@ -1,10 +1,11 @@
 // Motion-difference weighting on the CPU (GRACE.md section 1), the semantics of motion_weights_reference.
-// Forward: per frame, the difference Delta and its clipped window mean live in thread scratch ([H W, D] each) and
-// leave only the scores tau, sigma; per clip the normalisation and softmax; then X_out = X * (1 + beta (w - 1)).
-// Backward: per token <grad_out, X>; per clip the softmax and normalisation adjoints, which reduce the gradient of
-// each frame's Delta to G = a Delta + c E - A^T(c E) (E = Delta - A Delta, A the window mean, a and c per token);
-// per frame dX_t = grad_out_t m_t + G_t - G_{t+1}, each clip walked backwards in time chunks so that every dX
-// frame is written once. No [B, T, H W, D] buffer besides the outputs; fp16/bf16 read directly, fp32 math.
+// Forward: per frame, in tiles of DT features, the difference Delta and its clipped window mean live in thread
+// scratch and leave only the scores tau, sigma (sums of squares over the tiles); per clip the normalisation and
+// softmax; then X_out = X * (1 + beta (w - 1)). Backward: per token <grad_out, X>; per clip the softmax and
+// normalisation adjoints, which reduce the gradient of each frame's Delta to G = a Delta + c E - A^T(c E)
+// (E = Delta - A Delta, A the window mean, a and c per token); per feature tile, each clip walked backwards in time,
+// dX_t = grad_out_t m_t + G_t - G_{t+1}, so every dX element is written once. No [B, T, H W, D] buffer besides the
+// outputs; fp16/bf16 read directly, fp32 math (fp64 for fp64).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -25,105 +26,104 @@
 namespace grace_fast::cpu {
 namespace {
 
-// A frame of H x W tokens with D features, window mean over the clipped (2 r + 1)^2 neighbourhood.
+constexpr int64_t DT = 128;  // features per tile: the four [H W, DT] scratch tiles of a thread stay in L2
+
+// A frame of H x W tokens of D features; the window mean is over the clipped (2 r + 1)^2 neighbourhood.
 struct Frame {
   int64_t H, W, D, r;
-  int64_t size() const { return H * W * D; }
+  int64_t tokens() const { return H * W; }
 };
 
-// rows[h, w] = sum of x[h, w'] over the columns w' of the clipped window around w; x, rows: [H, W, D]
+// rows[h, w] = sum of x[h, w'] over the columns w' of the clipped window around w; x, rows: [H, W, n]
 template <typename A>
-ALWAYS_INLINE void row_sums(const A* x, A* rows, const Frame& f) {
-  const int64_t D = f.D;
+ALWAYS_INLINE void row_sums(const A* x, A* rows, const Frame& f, int64_t n) {
   for (int64_t h = 0; h < f.H; ++h) {
     for (int64_t w = 0; w < f.W; ++w) {
       const int64_t w0 = std::max<int64_t>(0, w - f.r), w1 = std::min(f.W - 1, w + f.r);
-      A* out = rows + (h * f.W + w) * D;
-      const A* in = x + (h * f.W + w0) * D;
-      for (int64_t d = 0; d < D; ++d) out[d] = in[d];
+      A* out = rows + (h * f.W + w) * n;
+      const A* in = x + (h * f.W + w0) * n;
+      for (int64_t d = 0; d < n; ++d) out[d] = in[d];
       for (int64_t v = w0 + 1; v <= w1; ++v) {
-        in = x + (h * f.W + v) * D;
-        for (int64_t d = 0; d < D; ++d) out[d] += in[d];
+        in = x + (h * f.W + v) * n;
+        for (int64_t d = 0; d < n; ++d) out[d] += in[d];
       }
     }
   }
 }
 
-// out = sum of rows[h', w] over the rows h' of the clipped window around h: the window sum at (h, w); out: [D]
+// out = sum of rows[h', w] over the rows h' of the clipped window around h, i.e. the window sum at (h, w); out: [n]
 template <typename A>
-ALWAYS_INLINE void column_sum(const A* rows, int64_t h, int64_t w, const Frame& f, A* out) {
-  const int64_t D = f.D, h0 = std::max<int64_t>(0, h - f.r), h1 = std::min(f.H - 1, h + f.r);
-  const A* in = rows + (h0 * f.W + w) * D;
-  for (int64_t d = 0; d < D; ++d) out[d] = in[d];
+ALWAYS_INLINE void column_sum(const A* rows, int64_t h, int64_t w, const Frame& f, int64_t n, A* out) {
+  const int64_t h0 = std::max<int64_t>(0, h - f.r), h1 = std::min(f.H - 1, h + f.r);
+  const A* in = rows + (h0 * f.W + w) * n;
+  for (int64_t d = 0; d < n; ++d) out[d] = in[d];
   for (int64_t u = h0 + 1; u <= h1; ++u) {
-    in = rows + (u * f.W + w) * D;
-    for (int64_t d = 0; d < D; ++d) out[d] += in[d];
+    in = rows + (u * f.W + w) * n;
+    for (int64_t d = 0; d < n; ++d) out[d] += in[d];
   }
 }
 
-// out = x - y over n
 template <typename A>
 ALWAYS_INLINE void sub_impl(const A* x, const A* y, A* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = x[j] - y[j];
 }
 
-// tau[s] = ||Delta_s||, sigma[s] = ||Delta_s - window mean of Delta at s|| (0 unless spatial) for one frame.
-// delta: [H W, D]; rows: [H W, D] and box: [D] scratch; inv_count: [H W] 1 / window size.
+// One tile of n features of a frame: tau2[s] = ||Delta_s||^2, sigma2[s] = ||Delta_s - window mean at s||^2 (0 unless
+// spatial). delta, rows: [H W, n]; box: [n] scratch; inv_count: [H W] 1 / window size.
 template <typename A>
-ALWAYS_INLINE void frame_scores_impl(const A* delta, A* rows, A* box, const A* inv_count, const Frame& f, bool spatial,
-                                     A* tau, A* sigma) {
-  const int64_t D = f.D, S = f.H * f.W;
-  for (int64_t s = 0; s < S; ++s) tau[s] = std::sqrt(dot(delta + s * D, delta + s * D, D));
+ALWAYS_INLINE void tile_scores_impl(const A* delta, A* rows, A* box, const A* inv_count, const Frame& f, int64_t n,
+                                    bool spatial, A* tau2, A* sigma2) {
+  const int64_t S = f.tokens();
+  for (int64_t s = 0; s < S; ++s) tau2[s] = dot(delta + s * n, delta + s * n, n);
   if (!spatial) {
-    std::fill(sigma, sigma + S, A(0));
+    std::fill(sigma2, sigma2 + S, A(0));
     return;
   }
-  row_sums(delta, rows, f);
+  row_sums(delta, rows, f, n);
   for (int64_t s = 0; s < S; ++s) {
-    column_sum(rows, s / f.W, s % f.W, f, box);
-    const A* x = delta + s * D;
+    column_sum(rows, s / f.W, s % f.W, f, n, box);
+    const A* x = delta + s * n;
     const A inv = inv_count[s];
-    for (int64_t d = 0; d < D; ++d) box[d] = x[d] - box[d] * inv;
-    sigma[s] = std::sqrt(dot(box, box, D));
+    for (int64_t d = 0; d < n; ++d) box[d] = x[d] - box[d] * inv;
+    sigma2[s] = dot(box, box, n);
   }
 }
 
-// G = a Delta + c E - A^T(c E) for one frame: the gradient reaching Delta from tau and sigma, where
-// E = Delta - A Delta, A^T(Y)_s = sum over s' in window(s) of Y_s' / count(s'), a = dL/dtau / tau, c = dL/dsigma / sigma.
-// delta, G: [H W, D]; rows, scaled: [H W, D] and box: [D] scratch.
+// One tile of G = a Delta + c E - A^T(c E), the gradient reaching Delta of a frame from tau and sigma, where
+// E = Delta - A Delta, A^T(Y)_s = sum over s' in window(s) of Y_s' / count(s'), a = dL/dtau / tau, c = dL/dsigma /
+// sigma. delta: [H W, n], overwritten; G: [H W, n]; rows: [H W, n] and box: [n] scratch.
 template <typename A>
-ALWAYS_INLINE void frame_grad_impl(const A* delta, A* rows, A* scaled, A* box, const A* inv_count, const Frame& f,
-                                   bool spatial, const A* a, const A* c, A* G) {
-  const int64_t D = f.D, S = f.H * f.W;
+ALWAYS_INLINE void tile_grad_impl(A* delta, A* rows, A* box, const A* inv_count, const Frame& f, int64_t n,
+                                  bool spatial, const A* a, const A* c, A* G) {
+  const int64_t S = f.tokens();
   for (int64_t s = 0; s < S; ++s) {
-    const A* x = delta + s * D;
-    A* g = G + s * D;
+    const A* x = delta + s * n;
+    A* g = G + s * n;
     const A as = a[s];
-    for (int64_t d = 0; d < D; ++d) g[d] = as * x[d];
+    for (int64_t d = 0; d < n; ++d) g[d] = as * x[d];
   }
   if (!spatial) return;
-  row_sums(delta, rows, f);
-  for (int64_t s = 0; s < S; ++s) {
-    column_sum(rows, s / f.W, s % f.W, f, box);
-    const A* x = delta + s * D;
-    A* g = G + s * D;
-    A* y = scaled + s * D;
+  row_sums(delta, rows, f, n);
+  for (int64_t s = 0; s < S; ++s) {  // Delta_s is read for the last time here: c E / count replaces it
+    column_sum(rows, s / f.W, s % f.W, f, n, box);
+    A* x = delta + s * n;
+    A* g = G + s * n;
     const A inv = inv_count[s], cs = c[s], cs_inv = c[s] * inv_count[s];
-    for (int64_t d = 0; d < D; ++d) {
+    for (int64_t d = 0; d < n; ++d) {
       const A e = x[d] - box[d] * inv;
       g[d] += cs * e;
-      y[d] = cs_inv * e;
+      x[d] = cs_inv * e;
     }
   }
-  row_sums(scaled, rows, f);
+  row_sums(delta, rows, f, n);
   for (int64_t s = 0; s < S; ++s) {
-    column_sum(rows, s / f.W, s % f.W, f, box);
-    A* g = G + s * D;
-    for (int64_t d = 0; d < D; ++d) g[d] -= box[d];
+    column_sum(rows, s / f.W, s % f.W, f, n, box);
+    A* g = G + s * n;
+    for (int64_t d = 0; d < n; ++d) g[d] -= box[d];
   }
 }
 
-// out = x m + g - g_next (g, g_next may be null: zero); x may be null (no upstream gradient): zero
+// out = x m + g - g_next, each of x, g, g_next may be null (zero)
 template <typename A>
 ALWAYS_INLINE void combine_impl(const A* x, A m, const A* g, const A* g_next, A* out, int64_t n) {
   for (int64_t j = 0; j < n; ++j) out[j] = x ? x[j] * m : A(0);
@@ -139,22 +139,22 @@ ALWAYS_INLINE void combine_impl(const A* x, A m, const A* g, const A* g_next, A*
 GRACE_FAST_CLONES void sub(const float* x, const float* y, float* out, int64_t n) { sub_impl(x, y, out, n); }
 void sub(const double* x, const double* y, double* out, int64_t n) { sub_impl(x, y, out, n); }
 
-GRACE_FAST_CLONES void frame_scores(const float* delta, float* rows, float* box, const float* inv_count,
-                                    const Frame& f, bool spatial, float* tau, float* sigma) {
-  frame_scores_impl(delta, rows, box, inv_count, f, spatial, tau, sigma);
+GRACE_FAST_CLONES void tile_scores(const float* delta, float* rows, float* box, const float* inv_count,
+                                   const Frame& f, int64_t n, bool spatial, float* tau2, float* sigma2) {
+  tile_scores_impl(delta, rows, box, inv_count, f, n, spatial, tau2, sigma2);
 }
-void frame_scores(const double* delta, double* rows, double* box, const double* inv_count, const Frame& f,
-                  bool spatial, double* tau, double* sigma) {
-  frame_scores_impl(delta, rows, box, inv_count, f, spatial, tau, sigma);
+void tile_scores(const double* delta, double* rows, double* box, const double* inv_count, const Frame& f, int64_t n,
+                 bool spatial, double* tau2, double* sigma2) {
+  tile_scores_impl(delta, rows, box, inv_count, f, n, spatial, tau2, sigma2);
 }
 
-GRACE_FAST_CLONES void frame_grad(const float* delta, float* rows, float* scaled, float* box, const float* inv_count,
-                                  const Frame& f, bool spatial, const float* a, const float* c, float* G) {
-  frame_grad_impl(delta, rows, scaled, box, inv_count, f, spatial, a, c, G);
+GRACE_FAST_CLONES void tile_grad(float* delta, float* rows, float* box, const float* inv_count, const Frame& f,
+                                 int64_t n, bool spatial, const float* a, const float* c, float* G) {
+  tile_grad_impl(delta, rows, box, inv_count, f, n, spatial, a, c, G);
 }
-void frame_grad(const double* delta, double* rows, double* scaled, double* box, const double* inv_count,
-                const Frame& f, bool spatial, const double* a, const double* c, double* G) {
-  frame_grad_impl(delta, rows, scaled, box, inv_count, f, spatial, a, c, G);
+void tile_grad(double* delta, double* rows, double* box, const double* inv_count, const Frame& f, int64_t n,
+               bool spatial, const double* a, const double* c, double* G) {
+  tile_grad_impl(delta, rows, box, inv_count, f, n, spatial, a, c, G);
 }
 
 GRACE_FAST_CLONES void combine(const float* x, float m, const float* g, const float* g_next, float* out, int64_t n) {
@@ -175,25 +175,29 @@ const A* as_acc(const T* x, A* buf, int64_t n) {
   }
 }
 
-// Writes src [n] (A) to dst (T); with T = A the caller writes into dst directly and this is a no-op.
+// One row of n outputs: out = x m + g - g_next (see combine), written as T through buf_out for fp16/bf16.
 template <typename T, typename A>
-void store(const A* src, T* dst, int64_t n) {
-  if constexpr (!std::is_same_v<T, A>) {
-    for (int64_t j = 0; j < n; ++j) dst[j] = static_cast<T>(src[j]);
+void write_row(const T* x, A m, const A* g, const A* g_next, T* out, A* buf_in, A* buf_out, int64_t n) {
+  const A* xa = x ? as_acc(x, buf_in, n) : nullptr;
+  if constexpr (std::is_same_v<T, A>) {
+    combine(xa, m, g, g_next, out, n);
+  } else {
+    combine(xa, m, g, g_next, buf_out, n);
+    for (int64_t j = 0; j < n; ++j) out[j] = static_cast<T>(buf_out[j]);
   }
 }
 
-// Delta = X_t - X_{t-1} of one frame into delta, as A (tmp: scratch of the frame's size for fp16/bf16)
+// delta [H W, n] = X_t - X_{t-1} on features [d0, d0 + n) of one frame (x_t, x_prev: [H W, D]); buf: [n] scratch
 template <typename T, typename A>
-void frame_delta(const T* x_t, const T* x_prev, A* delta, A* tmp, int64_t n) {
-  if constexpr (std::is_same_v<T, A>) {
-    sub(x_t, x_prev, delta, n);
-  } else {
-    to_float(x_t, delta, n);
-    to_float(x_prev, tmp, n);
-    sub(delta, tmp, delta, n);
+void tile_delta(const T* x_t, const T* x_prev, const Frame& f, int64_t d0, int64_t n, A* delta, A* buf) {
+  for (int64_t s = 0; s < f.tokens(); ++s) {
+    const int64_t at = s * f.D + d0;
+    sub(as_acc(x_t + at, delta + s * n, n), as_acc(x_prev + at, buf, n), delta + s * n, n);
   }
 }
+
+// Items per thread for at::parallel_for when one item touches `elements` values: tiny problems run inline.
+int64_t grain(int64_t elements) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, elements)); }
 
 struct Params {
   double alpha, temperature, beta, eps;
@@ -203,7 +207,7 @@ struct Params {
 // 1 / the number of tokens in the clipped window around each (h, w): [H W]
 template <typename A>
 at::Tensor inverse_counts(const Frame& f, const at::TensorOptions& options) {
-  at::Tensor out = at::empty({f.H * f.W}, options);
+  at::Tensor out = at::empty({f.tokens()}, options);
   A* p = out.data_ptr<A>();
   for (int64_t h = 0; h < f.H; ++h) {
     const int64_t rows = std::min(f.H - 1, h + f.r) - std::max<int64_t>(0, h - f.r) + 1;
@@ -215,51 +219,47 @@ at::Tensor inverse_counts(const Frame& f, const at::TensorOptions& options) {
   return out;
 }
 
-// Per-thread scratch of `frames` [H W, D] frames and `rows` [D] rows, through the torch allocator.
+// Per-thread scratch of `tiles` [H W, DT] tiles and `rows` [DT] rows, through the torch allocator.
 template <typename A>
 class Scratch {
  public:
-  Scratch(int64_t frames, int64_t rows, const Frame& f, const at::TensorOptions& options)
-      : frames_(frames), size_(f.size()), D_(f.D),
-        buffer_(at::empty({at::get_num_threads(), frames * f.size() + rows * f.D}, options)) {}
-  A* frame(int64_t i) const { return mine() + i * size_; }
-  A* row(int64_t i) const { return mine() + frames_ * size_ + i * D_; }
+  Scratch(int64_t tiles, int64_t rows, const Frame& f, const at::TensorOptions& options)
+      : tiles_(tiles), tile_(f.tokens() * DT),
+        buffer_(at::empty({at::get_num_threads(), tiles * f.tokens() * DT + rows * DT}, options)) {}
+  A* tile(int64_t i) const { return mine() + i * tile_; }
+  A* row(int64_t i) const { return mine() + tiles_ * tile_ + i * DT; }
 
  private:
   A* mine() const { return buffer_.data_ptr<A>() + at::get_thread_num() * buffer_.size(1); }
-  int64_t frames_, size_, D_;
+  int64_t tiles_, tile_;
   at::Tensor buffer_;
 };
-
-// out_row = x_row m with m = 1 + beta (w - 1), or (gx != null) out_row = gx_row m + g_row - g_next_row: one token
-template <typename T, typename A>
-void write_row(const T* x, A m, const A* g, const A* g_next, T* out, A* buf_in, A* buf_out, int64_t D) {
-  const A* xa = x ? as_acc(x, buf_in, D) : nullptr;
-  if constexpr (std::is_same_v<T, A>) {
-    combine(xa, m, g, g_next, out, D);
-  } else {
-    combine(xa, m, g, g_next, buf_out, D);
-    store(buf_out, out, D);
-  }
-}
 
 template <typename T, typename A>
 void forward_kernel(const T* X, T* X_out, A* w, A* tau, A* sigma, int64_t B, int64_t F, const Frame& f,
                     const Params& p, const at::TensorOptions& acc) {
-  const int64_t S = f.H * f.W, D = f.D, N = F * S;
+  const int64_t S = f.tokens(), D = f.D, N = F * S;
+  // squared scores per feature tile, summed per clip below: work items (clip, tile) walk forwards in time, so
+  // X_{t-1}'s tile is still in cache as X_t's
+  const int64_t tiles = (D + DT - 1) / DT;
+  at::Tensor partial = at::empty({2, tiles, B * N}, acc);
+  A *tau2 = partial.data_ptr<A>(), *sigma2 = tau2 + tiles * B * N;
   if (F > 1) {
     const at::Tensor inv_count = inverse_counts<A>(f, acc);
     const Scratch<A> scratch(2, 1, f, acc);
-    at::parallel_for(0, B * (F - 1), 1, [&](int64_t begin, int64_t end) {
-      A *delta = scratch.frame(0), *rows = scratch.frame(1), *box = scratch.row(0);
+    at::parallel_for(0, B * tiles, grain((F - 1) * S * DT), [&](int64_t begin, int64_t end) {
+      A *delta = scratch.tile(0), *rows = scratch.tile(1), *box = scratch.row(0);
       for (int64_t item = begin; item < end; ++item) {
-        const int64_t b = item / (F - 1), t = 1 + item % (F - 1), frame = b * F + t;
-        frame_delta(X + frame * f.size(), X + (frame - 1) * f.size(), delta, rows, f.size());
-        frame_scores(delta, rows, box, inv_count.data_ptr<A>(), f, p.spatial(), tau + frame * S, sigma + frame * S);
+        const int64_t b = item / tiles, tile = item % tiles, d0 = tile * DT, n = std::min(DT, D - d0);
+        for (int64_t t = 1; t < F; ++t) {
+          const int64_t frame = b * F + t, at = tile * B * N + frame * S;
+          tile_delta(X + frame * S * D, X + (frame - 1) * S * D, f, d0, n, delta, box);
+          tile_scores(delta, rows, box, inv_count.data_ptr<A>(), f, n, p.spatial(), tau2 + at, sigma2 + at);
+        }
       }
     });
   }
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B, grain(N), [&](int64_t begin, int64_t end) {
     for (int64_t b = begin; b < end; ++b) {
       A *tb = tau + b * N, *sb = sigma + b * N, *wb = w + b * N;
       if (F == 1) {
@@ -267,6 +267,15 @@ void forward_kernel(const T* X, T* X_out, A* w, A* tau, A* sigma, int64_t B, int
         std::fill(sb, sb + N, A(0));
         std::fill(wb, wb + N, A(1));
         continue;
+      }
+      for (int64_t i = S; i < N; ++i) {
+        A t2 = 0, s2 = 0;
+        for (int64_t tile = 0; tile < tiles; ++tile) {
+          t2 += tau2[tile * B * N + b * N + i];
+          s2 += sigma2[tile * B * N + b * N + i];
+        }
+        tb[i] = std::sqrt(t2);
+        sb[i] = std::sqrt(s2);
       }
       std::copy(tb + S, tb + 2 * S, tb);  // Delta_0 = Delta_1
       std::copy(sb + S, sb + 2 * S, sb);
@@ -293,10 +302,13 @@ void forward_kernel(const T* X, T* X_out, A* w, A* tau, A* sigma, int64_t B, int
   });
   const Scratch<A> scratch(0, 2, f, acc);
   const A beta = static_cast<A>(p.beta);
-  at::parallel_for(0, B * N, 16, [&](int64_t begin, int64_t end) {
+  at::parallel_for(0, B * N, grain(D), [&](int64_t begin, int64_t end) {
     for (int64_t row = begin; row < end; ++row) {
       const A m = 1 + beta * (w[row] - 1);
-      write_row<T, A>(X + row * D, m, nullptr, nullptr, X_out + row * D, scratch.row(0), scratch.row(1), D);
+      for (int64_t d0 = 0; d0 < D; d0 += DT) {
+        const int64_t at = row * D + d0;
+        write_row<T, A>(X + at, m, nullptr, nullptr, X_out + at, scratch.row(0), scratch.row(1), std::min(DT, D - d0));
+      }
     }
   });
 }
@@ -328,56 +340,58 @@ void clip_factors(const A* w, const A* tau, const A* sigma, A* gw, A* a, A* c, i
 template <typename T, typename A>
 void backward_kernel(const T* grad_out, const A* grad_w, const T* X, const A* w, const A* tau, const A* sigma, T* dX,
                      int64_t B, int64_t F, const Frame& f, const Params& p, const at::TensorOptions& acc) {
-  const int64_t S = f.H * f.W, D = f.D, N = F * S;
+  const int64_t S = f.tokens(), D = f.D, N = F * S;
   const A beta = static_cast<A>(p.beta);
   at::Tensor factors = at::empty({3, B * N}, acc);
   A *gw = factors.data_ptr<A>(), *a = gw + B * N, *c = a + B * N;
   if (F > 1) {
     const Scratch<A> scratch(0, 2, f, acc);
-    at::parallel_for(0, B * N, 16, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B * N, grain(D), [&](int64_t begin, int64_t end) {
       for (int64_t row = begin; row < end; ++row) {
         A g = grad_w ? grad_w[row] : A(0);
-        if (grad_out && p.beta != 0) {
-          g += beta * dot(as_acc(grad_out + row * D, scratch.row(0), D), as_acc(X + row * D, scratch.row(1), D), D);
+        for (int64_t d0 = 0; grad_out && p.beta != 0 && d0 < D; d0 += DT) {
+          const int64_t at = row * D + d0, n = std::min(DT, D - d0);
+          g += beta * dot(as_acc(grad_out + at, scratch.row(0), n), as_acc(X + at, scratch.row(1), n), n);
         }
         gw[row] = g;
       }
     });
-    at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
+    at::parallel_for(0, B, grain(N), [&](int64_t begin, int64_t end) {
       for (int64_t b = begin; b < end; ++b) {
         clip_factors(w + b * N, tau + b * N, sigma + b * N, gw + b * N, a + b * N, c + b * N, N, S, p);
       }
     });
   }
-  // each clip backwards in time chunks: chunk [t0, t1) needs G_t0 .. G_t1, recomputing G_t1 of the next chunk
-  const int64_t chunks = std::clamp<int64_t>((4 * at::get_num_threads() + B - 1) / B, 1, F);
+  // Work items: (clip, feature tile, time chunk). A chunk [t0, t1) of a clip needs G_t0 .. G_t1 and recomputes the
+  // G_t1 of the next chunk, so clips are split in time only when clips and tiles are too few to occupy the threads.
+  const int64_t tiles = (D + DT - 1) / DT;
+  const int64_t chunks = std::clamp<int64_t>((4 * at::get_num_threads() + B * tiles - 1) / (B * tiles), 1, F);
   const int64_t len = (F + chunks - 1) / chunks, count = (F + len - 1) / len;
   const at::Tensor inv_count = inverse_counts<A>(f, acc);
-  const Scratch<A> scratch(5, 2, f, acc);
-  at::parallel_for(0, B * count, 1, [&](int64_t begin, int64_t end) {
-    A *delta = scratch.frame(0), *rows = scratch.frame(1), *scaled = scratch.frame(2);
-    A *G = scratch.frame(3), *G_next = scratch.frame(4), *box = scratch.row(0), *out = scratch.row(1);
+  const Scratch<A> scratch(4, 2, f, acc);
+  at::parallel_for(0, B * tiles * count, grain(len * S * DT), [&](int64_t begin, int64_t end) {
+    A *delta = scratch.tile(0), *rows = scratch.tile(1), *G = scratch.tile(2), *G_next = scratch.tile(3);
+    A *box = scratch.row(0), *out = scratch.row(1);
     for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / count, t0 = (item % count) * len, t1 = std::min(F, t0 + len);
-      // G_t, the gradient reaching Delta_t (frame 0's folded into frame 1), into buffer; null for t = 0 and t = F
-      const auto frame_gradient = [&](int64_t t, A* buffer) -> A* {
+      const int64_t b = item / (tiles * count), d0 = (item / count) % tiles * DT, n = std::min(DT, D - d0);
+      const int64_t t0 = item % count * len, t1 = std::min(F, t0 + len);
+      // the tile of G_t (frame 0's share folded into frame 1) in buffer; null for t = 0 and t = F
+      const auto tile_gradient = [&](int64_t t, A* buffer) -> A* {
         if (t == 0 || t == F) return nullptr;
         const int64_t frame = b * F + t;
-        frame_delta(X + frame * f.size(), X + (frame - 1) * f.size(), delta, rows, f.size());
-        frame_grad(delta, rows, scaled, box, inv_count.data_ptr<A>(), f, p.spatial(), a + frame * S, c + frame * S,
-                   buffer);
+        tile_delta(X + frame * S * D, X + (frame - 1) * S * D, f, d0, n, delta, box);
+        tile_grad(delta, rows, box, inv_count.data_ptr<A>(), f, n, p.spatial(), a + frame * S, c + frame * S, buffer);
         return buffer;
       };
-      const A* next = frame_gradient(t1, G_next);
+      const A* next = tile_gradient(t1, G_next);
       for (int64_t t = t1 - 1; t >= t0; --t) {
-        const A* cur = frame_gradient(t, G);
+        const A* cur = tile_gradient(t, G);
         for (int64_t s = 0; s < S; ++s) {
-          const int64_t row = (b * F + t) * S + s;
-          const A m = 1 + beta * (w[row] - 1);
-          write_row<T, A>(grad_out ? grad_out + row * D : nullptr, m, cur ? cur + s * D : nullptr,
-                          next ? next + s * D : nullptr, dX + row * D, box, out, D);
+          const int64_t row = (b * F + t) * S + s, at = row * D + d0;
+          write_row<T, A>(grad_out ? grad_out + at : nullptr, 1 + beta * (w[row] - 1), cur ? cur + s * n : nullptr,
+                          next ? next + s * n : nullptr, dX + at, box, out, n);
         }
-        std::swap(G, G_next);  // G_t is G_next of frame t - 1
+        std::swap(G, G_next);  // G_t is the G_next of frame t - 1
         next = cur;
       }
     }

@@ -8,7 +8,7 @@ from grace_fast._backends import extension_loaded, resolve
 from grace_fast.ops._checks import check_float
 from grace_fast.ops.reference.motion_weights import NORM_EPS, motion_weights_reference
 
-BACKENDS = {"cpu": ("cpu", "torch"), "cuda": ("torch",)}
+BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MODES = {"both": 0.5, "temporal": 1.0, "spatial": 0.0}
 
 
@@ -32,7 +32,8 @@ def motion_weights(
       over (t, h, w); X_out = X * (1 + beta (w - 1)). T = 1 gives w = 1.
     mode: "both" (alpha 0.5), "temporal" (alpha 1) or "spatial" (alpha 0); alpha in [0, 1] overrides it.
     Gradients reach X through X_out and w.
-    backend: "auto" (fastest available), "torch" (the reference) or "cpu" (grace_fast._C, forward and backward).
+    backend: "auto" (fastest available), "torch" (the reference), "cpu" (grace_fast._C) or "triton" (fused kernels;
+    CUDA tensors, or CPU ones under TRITON_INTERPRET=1), each with its own fused backward.
 
     >>> X = torch.randn(2, 8, 14, 14, 768)
     >>> X_out, w = motion_weights(X)
@@ -53,7 +54,8 @@ def motion_weights(
     temperature, beta = float(temperature), float(beta)
     if backend == "torch":
         return motion_weights_reference(X, alpha=alpha, window=window, temperature=temperature, beta=beta)
-    X_out, w, _ = torch.ops.grace_fast.motion_weights_forward(X, alpha, window, temperature, beta, NORM_EPS)
+    fused = torch.ops.grace_fast.motion_weights_forward if backend == "cpu" else _motion_weights_triton
+    X_out, w, _ = fused(X, alpha, window, temperature, beta, NORM_EPS)
     return X_out, w
 
 
@@ -68,32 +70,71 @@ def _alpha(mode: str, alpha: float | None) -> float:
     return float(alpha)
 
 
-if extension_loaded():
+def _forward_fake(X, alpha, window, temperature, beta, eps):
+    acc = torch.float64 if X.dtype == torch.float64 else torch.float32
+    B, T, H, W, _ = X.shape
+    return (
+        torch.empty_like(X, memory_format=torch.contiguous_format),
+        X.new_empty(B, T, H, W, dtype=acc),
+        X.new_empty(2, B, T, H, W, dtype=acc),
+    )
 
-    @torch.library.register_fake("grace_fast::motion_weights_forward")
-    def _forward_fake(X, alpha, window, temperature, beta, eps):
-        acc = torch.float64 if X.dtype == torch.float64 else torch.float32
-        B, T, H, W, _ = X.shape
-        return (
-            torch.empty_like(X, memory_format=torch.contiguous_format),
-            X.new_empty(B, T, H, W, dtype=acc),
-            X.new_empty(2, B, T, H, W, dtype=acc),
-        )
 
-    @torch.library.register_fake("grace_fast::motion_weights_backward")
-    def _backward_fake(grad_out, grad_w, X, w, scores, alpha, window, temperature, beta, eps):
-        return torch.empty_like(X, memory_format=torch.contiguous_format)
+def _backward_fake(grad_out, grad_w, X, w, scores, alpha, window, temperature, beta, eps):
+    return torch.empty_like(X, memory_format=torch.contiguous_format)
 
-    def _setup_context(ctx, inputs, output):
-        X, *ctx.params = inputs
-        _, w, scores = output
-        ctx.mark_non_differentiable(scores)
-        ctx.set_materialize_grads(False)  # an unused output costs no zero [B, T, H, W, D] gradient
-        ctx.save_for_backward(X, w, scores)
+
+def _setup_context(ctx, inputs, output):
+    X, *ctx.params = inputs
+    _, w, scores = output
+    ctx.mark_non_differentiable(scores)
+    ctx.set_materialize_grads(False)  # an unused output costs no zero [B, T, H, W, D] gradient
+    ctx.save_for_backward(X, w, scores)
+
+
+def _register(forward: str, backward) -> None:
+    """Fake tensors and autograd of a fused forward op (X, alpha, window, temperature, beta, eps) -> (X_out, w,
+    scores) whose backward op takes (grad_out, grad_w, X, w, scores, alpha, window, temperature, beta, eps)."""
 
     def _backward(ctx, grad_out, grad_w, _grad_scores):
         X, w, scores = ctx.saved_tensors
-        dX = torch.ops.grace_fast.motion_weights_backward(grad_out, grad_w, X, w, scores, *ctx.params)
-        return dX, None, None, None, None, None
+        return backward(grad_out, grad_w, X, w, scores, *ctx.params), None, None, None, None, None
 
-    torch.library.register_autograd("grace_fast::motion_weights_forward", _backward, setup_context=_setup_context)
+    torch.library.register_fake(forward)(_forward_fake)
+    torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
+
+
+@torch.library.custom_op("grace_fast::motion_weights_triton", mutates_args=())
+def _motion_weights_triton(
+    X: torch.Tensor, alpha: float, window: int, temperature: float, beta: float, eps: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    from grace_fast.kernels.motion_weights import motion_weights_triton
+
+    return motion_weights_triton(X.contiguous(), alpha, window, temperature, beta, eps)
+
+
+@torch.library.custom_op("grace_fast::motion_weights_triton_backward", mutates_args=())
+def _motion_weights_triton_backward(
+    grad_out: torch.Tensor | None,
+    grad_w: torch.Tensor | None,
+    X: torch.Tensor,
+    w: torch.Tensor,
+    scores: torch.Tensor,
+    alpha: float,
+    window: int,
+    temperature: float,
+    beta: float,
+    eps: float,
+) -> torch.Tensor:
+    from grace_fast.kernels.motion_weights import motion_weights_triton_backward
+
+    return motion_weights_triton_backward(
+        grad_out, grad_w, X.contiguous(), w, scores, alpha, window, temperature, beta, eps
+    )
+
+
+_motion_weights_triton_backward.register_fake(_backward_fake)
+_register("grace_fast::motion_weights_triton", _motion_weights_triton_backward)
+if extension_loaded():
+    torch.library.register_fake("grace_fast::motion_weights_backward")(_backward_fake)
+    _register("grace_fast::motion_weights_forward", torch.ops.grace_fast.motion_weights_backward)

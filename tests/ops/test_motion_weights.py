@@ -1,18 +1,22 @@
 """grace_fast.ops.motion_weights: the reference against a loop-by-loop reading of GRACE.md section 1, and every
 backend this machine has against the reference."""
 
+import itertools
+
 import pytest
 import torch
 
 import grace_fast
 from grace_fast.ops import motion_weights
+from grace_fast.ops.motion_weights import MODES
 from grace_fast.ops.reference import motion_weights_reference
 from grace_fast.ops.reference.motion_weights import NORM_EPS
-from tests.conftest import available, device_of
+from tests.conftest import INTERPRETED, available, device_of
 from tests.utils import assert_error_bounded
 
-FAST = available(("cpu",))
+FAST = available(("cpu", "triton"))
 ALL = [pytest.param("torch"), *FAST]
+CPU = available(("cpu",))
 
 SHAPES = {  # (B, T, H, W, D)
     "T1": (2, 1, 3, 4, 8),
@@ -29,6 +33,30 @@ MIXES = {
     "spatial": ("spatial", None),
     "alpha0.3": ("both", 0.3),
 }
+WINDOWS = [1, 3, 5]
+# the interpreter takes seconds per call: Triton gets every shape once and each mix and window at least once
+TRITON_CASES = [
+    ("T1", "both", 3),
+    ("T2", "spatial", 3),
+    ("H1W1", "both", 3),
+    ("odd-3x5x7-D37", "alpha0.3", 5),
+    ("odd-3x5x7-D37", "spatial", 3),
+    ("D1", "temporal", 1),
+    ("D77-block-edge", "both", 3),
+    ("D1000", "spatial", 3),
+]
+
+
+def _matrix_cases() -> list:
+    """(backend, shape, mix, window) params: every combination for the cpu backend, TRITON_CASES for triton."""
+    cases = []
+    for backend in FAST:
+        name = backend.values[0]
+        combos = TRITON_CASES if name == "triton" else itertools.product(SHAPES, MIXES, WINDOWS)
+        for shape, mix, window in combos:
+            case_id = f"{name}-{shape}-{mix}-window{window}"
+            cases.append(pytest.param(name, SHAPES[shape], MIXES[mix], window, marks=backend.marks, id=case_id))
+    return cases
 
 
 def _naive(X, alpha, window, temperature, beta):
@@ -78,7 +106,7 @@ def _check_against_reference(backend, X, **kwargs):
         assert_error_bounded(o, r, r64, factor=4.0, floor=1e-5 * max(1.0, r64.abs().max().item()))
 
 
-@pytest.mark.parametrize("window", [1, 3, 5], ids=lambda k: f"window{k}")
+@pytest.mark.parametrize("window", WINDOWS, ids=lambda k: f"window{k}")
 @pytest.mark.parametrize("mix", MIXES.values(), ids=MIXES.keys())
 @pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
 def test_reference_follows_the_definition(shape, mix, window):
@@ -91,10 +119,7 @@ def test_reference_follows_the_definition(shape, mix, window):
     torch.testing.assert_close(X_out, expected_out, atol=1e-12, rtol=1e-10)
 
 
-@pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("window", [1, 3, 5], ids=lambda k: f"window{k}")
-@pytest.mark.parametrize("mix", MIXES.values(), ids=MIXES.keys())
-@pytest.mark.parametrize("shape", SHAPES.values(), ids=SHAPES.keys())
+@pytest.mark.parametrize("backend, shape, mix, window", _matrix_cases())
 def test_backend_matches_reference(backend, shape, mix, window):
     mode, alpha = mix
     X = torch.randn(shape, device=device_of(backend))
@@ -107,7 +132,7 @@ def test_backend_matches_reference_for_beta(backend, beta):
     _check_against_reference(backend, torch.randn(2, 3, 4, 5, 24, device=device_of(backend)), beta=beta)
 
 
-@pytest.mark.parametrize("backend", [b for b in FAST if b.values[0] == "cpu"])
+@pytest.mark.parametrize("backend", CPU)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_matches_reference(backend, dtype):
     _check_against_reference(backend, torch.randn(2, 3, 5, 4, 40).to(dtype))
@@ -191,21 +216,36 @@ def test_still_clip_has_unit_weights_and_finite_gradients(backend):
     assert torch.isfinite(dX).all()
 
 
-@pytest.mark.parametrize("backend", ALL)
-@pytest.mark.parametrize("mode", ["both", "temporal", "spatial"])
+def _slow_under_interpreter(backend: str) -> bool:
+    return backend == "triton" and INTERPRETED
+
+
+@pytest.mark.parametrize(
+    "backend, mode",
+    [pytest.param("torch", "both", id="torch-both")]
+    + [pytest.param(*c.values, mode, marks=c.marks, id=f"cpu-{mode}") for c in CPU for mode in MODES]
+    + [pytest.param("triton", "both", marks=b.marks, id="triton-both") for b in FAST if b.values[0] == "triton"],
+)
 def test_gradcheck_float64(backend, mode):
-    X = torch.randn(2, 3, 3, 4, 5, dtype=torch.float64, device=device_of(backend), requires_grad=True)
+    """Both outputs; every mode on the cpu backend, mode "both" (it runs both stencils) on the reference and on the
+    interpreted Triton kernels, which check random projections of the Jacobians (fast_mode): they are slow."""
+    X = torch.randn(1, 3, 3, 4, 2, dtype=torch.float64, device=device_of(backend), requires_grad=True)
     assert torch.autograd.gradcheck(
-        lambda x: motion_weights(x, mode=mode, temperature=0.5, beta=0.7, backend=backend), (X,)
+        lambda x: motion_weights(x, mode=mode, temperature=0.5, beta=0.7, backend=backend),
+        (X,),
+        fast_mode=_slow_under_interpreter(backend),
     )
 
 
-@pytest.mark.parametrize("backend", [b for b in FAST if b.values[0] == "cpu"])
+@pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float64], ids=str)
 def test_opcheck(backend, dtype):
-    X = torch.randn(2, 3, 3, 4, 5, dtype=dtype, requires_grad=True)
+    if _slow_under_interpreter(backend) and dtype != torch.float32:
+        pytest.skip("the interpreter is slow: the registrations do not depend on the dtype")
+    op = {"cpu": torch.ops.grace_fast.motion_weights_forward, "triton": torch.ops.grace_fast.motion_weights_triton}
+    X = torch.randn(2, 3, 3, 4, 5, dtype=dtype, device=device_of(backend), requires_grad=True)
     for args in ((0.5, 3, 0.7, 1.0, NORM_EPS), (1.0, 1, 1.0, 0.0, NORM_EPS)):
-        torch.library.opcheck(torch.ops.grace_fast.motion_weights_forward.default, (X, *args))
+        torch.library.opcheck(op[backend].default, (X, *args))
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -226,7 +266,7 @@ def test_torch_compile_fullgraph(backend):
 def test_auto_picks_the_fastest_backend():
     X = torch.randn(1, 3, 4, 4, 8)
     have = grace_fast.backends()
-    expected = next((b for b in ("cpu",) if have[b] and b in [p.values[0] for p in FAST]), "torch")
+    expected = "cpu" if have["cpu"] else "torch"
     torch.testing.assert_close(motion_weights(X)[1], motion_weights(X, backend=expected)[1], atol=0, rtol=0)
 
 
