@@ -172,7 +172,7 @@ def class_counts(clips: int, minimum: int | None = None) -> np.ndarray:
 
 
 def sample_specs(clips: int, seed: int) -> list[ClipSpec]:
-    """The specs of clips 1..clips for a seed (cheap: nothing is drawn)."""
+    """The specs of clips 1..clips for a seed (cheap: no frame is rendered)."""
     if not isinstance(clips, int) or clips < 1:
         raise ValueError(f"clips must be an integer >= 1, got {clips!r}")
     rng = np.random.default_rng([seed, 0])
