@@ -275,6 +275,46 @@ def _clip_factors_kernel(
 
 
 @triton.jit
+def _local_terms(
+    x_t,
+    a_ptr,
+    c_ptr,
+    frame_s,
+    offs_s,
+    offs_d,
+    H,
+    W,
+    D,
+    SPATIAL: tl.constexpr,
+    WINDOW: tl.constexpr,
+    DTYPE: tl.constexpr,
+):
+    """For a [BLOCK_S, BLOCK_D] block of frame t >= 1 (x_t its [H W, D] tokens, frame_s its offset in a, c): the
+    terms a Delta + c E of G_t, and Y = c E / count, whose window sums G_t subtracts (zero unless SPATIAL)."""
+    S = H * W
+    in_s = offs_s < S
+    in_d = offs_d < D
+    offs = offs_s[:, None] * D + offs_d[None, :]  # [BLOCK_S, BLOCK_D]
+    mask = in_s[:, None] & in_d[None, :]
+    delta = tl.load(x_t + offs, mask=mask, other=0).to(DTYPE) - tl.load(x_t - S * D + offs, mask=mask, other=0).to(
+        DTYPE
+    )
+    a = tl.load(a_ptr + frame_s + offs_s, mask=in_s, other=0)
+    G = a[:, None] * delta
+    y = tl.zeros_like(delta)
+    if SPATIAL:
+        h, w, inv_count = _window(offs_s, H, W, WINDOW // 2, DTYPE)
+        c = tl.load(c_ptr + frame_s + offs_s, mask=in_s, other=0)
+        e = (
+            delta
+            - _window_sum(x_t, x_t - S * D, h, w, in_s, offs_d, in_d, H, W, D, True, WINDOW, DTYPE) * inv_count[:, None]
+        )
+        G += c[:, None] * e
+        y = (c * inv_count)[:, None] * e
+    return G, y
+
+
+@triton.jit
 def _grad_kernel(
     grad_out_ptr,
     X_ptr,
@@ -296,40 +336,28 @@ def _grad_kernel(
     DTYPE: tl.constexpr,
 ):
     """dX_t = grad_out_t m_t + G_t - G_{t+1} for a BLOCK_D slice of the features of one clip, t = T - 1 down to 0,
-    with G_t = a Delta_t + c E_t - window sum of (c E_t / count) (G_0 = 0: frame 0 is folded into frame 1).
-    X, grad_out, dX: [B, T, H W, D]; w, a, c: [B, T, H W]; work: [B, 3, H W, D], this program's columns only:
-    Y = c E / count, G_t and G_{t+1}. The barriers order one phase's workspace writes before the next's reads."""
+    with G_t = a Delta_t + c E_t - window sum of Y_t, Y_t = c E_t / count (G_0 = 0: frame 0 is folded into frame 1).
+    X, grad_out, dX: [B, T, H W, D]; w, a, c: [B, T, H W]; work: [B, 3, H W, D], of which this program uses its
+    columns: Y_t, then G_{t+1} and G_t alternating between two buffers, so that no thread overwrites what another may
+    still read. The barriers order one phase's workspace writes before the next phase's reads."""
     b = tl.program_id(0).to(tl.int64)
     beta = tl.full([], beta, DTYPE)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     in_d = offs_d < D
     S = H * W
     Y_ptr = work_ptr + b * 3 * S * D
-    G_ptr = Y_ptr + S * D
-    G_next_ptr = G_ptr + S * D
     for i in range(0, T):
         t = T - 1 - i
         frame = b * T + t
         x_t = X_ptr + frame * S * D
-        if t > 0:
+        G_next_ptr = Y_ptr + (1 + i % 2) * S * D  # G_{t+1}, written by the previous iteration
+        G_ptr = Y_ptr + (2 - i % 2) * S * D
+        if SPATIAL and t > 0:
             for s0 in range(0, S, BLOCK_S):
                 offs_s = s0 + tl.arange(0, BLOCK_S)
-                in_s = offs_s < S
-                h, w, inv_count = _window(offs_s, H, W, WINDOW // 2, DTYPE)
-                offs = offs_s[:, None] * D + offs_d[None, :]  # [BLOCK_S, BLOCK_D]
-                mask = in_s[:, None] & in_d[None, :]
-                delta = tl.load(x_t + offs, mask=mask, other=0).to(DTYPE) - tl.load(
-                    x_t - S * D + offs, mask=mask, other=0
-                ).to(DTYPE)
-                a = tl.load(a_ptr + frame * S + offs_s, mask=in_s, other=0)
-                G = a[:, None] * delta
-                if SPATIAL:
-                    c = tl.load(c_ptr + frame * S + offs_s, mask=in_s, other=0)
-                    box = _window_sum(x_t, x_t - S * D, h, w, in_s, offs_d, in_d, H, W, D, True, WINDOW, DTYPE)
-                    e = delta - box * inv_count[:, None]
-                    G += c[:, None] * e
-                    tl.store(Y_ptr + offs, (c * inv_count)[:, None] * e, mask=mask)
-                tl.store(G_ptr + offs, G, mask=mask)
+                mask = (offs_s < S)[:, None] & in_d[None, :]
+                _, y = _local_terms(x_t, a_ptr, c_ptr, frame * S, offs_s, offs_d, H, W, D, SPATIAL, WINDOW, DTYPE)
+                tl.store(Y_ptr + offs_s[:, None] * D + offs_d[None, :], y, mask=mask)
             tl.debug_barrier()
         for s0 in range(0, S, BLOCK_S):
             offs_s = s0 + tl.arange(0, BLOCK_S)
@@ -338,7 +366,7 @@ def _grad_kernel(
             mask = in_s[:, None] & in_d[None, :]
             G = tl.zeros([BLOCK_S, BLOCK_D], DTYPE)
             if t > 0:
-                G = tl.load(G_ptr + offs, mask=mask, other=0)
+                G, _ = _local_terms(x_t, a_ptr, c_ptr, frame * S, offs_s, offs_d, H, W, D, SPATIAL, WINDOW, DTYPE)
                 if SPATIAL:
                     h, w, _ = _window(offs_s, H, W, WINDOW // 2, DTYPE)
                     G -= _window_sum(Y_ptr, Y_ptr, h, w, in_s, offs_d, in_d, H, W, D, False, WINDOW, DTYPE)
@@ -349,7 +377,7 @@ def _grad_kernel(
                 m = 1 + beta * (tl.load(w_ptr + frame * S + offs_s, mask=in_s, other=1) - 1)
                 dX += tl.load(grad_out_ptr + frame * S * D + offs, mask=mask, other=0).to(DTYPE) * m[:, None]
             tl.store(dX_ptr + frame * S * D + offs, dX.to(dX_ptr.dtype.element_ty), mask=mask)
-            tl.store(G_next_ptr + offs, G, mask=mask)
+            tl.store(G_ptr + offs, G, mask=mask)
         tl.debug_barrier()
 
 
