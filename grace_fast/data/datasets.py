@@ -11,12 +11,15 @@ built, and one that cannot be decoded raises when it is read. With skip_bad=True
 and listed in `dataset.skipped`, and an undecodable one comes back as a BadClip that `collate` drops from its
 batch and lists in `batch.skipped`; nothing else is skipped.
 
+>>> import tempfile
 >>> from grace_fast.data.layouts import synthetic
->>> train = ClipDataset(synthetic("data/synthetic", fold=1), transform=VideoTransform(32, train=True))  # doctest: +SKIP
->>> loader = torch.utils.data.DataLoader(train, batch_size=8, shuffle=True, collate_fn=collate)  # doctest: +SKIP
->>> batch = next(iter(loader))  # doctest: +SKIP
->>> batch.frames.shape, batch.labels.shape, len(batch.captions)  # doctest: +SKIP
-(torch.Size([8, 16, 3, 32, 32]), torch.Size([8]), 8)
+>>> from grace_fast.data.synthetic import make_synthetic
+>>> root = make_synthetic(tempfile.mkdtemp(), clips=10, progress=False)["out"]
+>>> train = ClipDataset(synthetic(root, fold=1), transform=VideoTransform(32, train=True))
+>>> loader = torch.utils.data.DataLoader(train, batch_size=4, shuffle=True, collate_fn=collate)
+>>> batch = next(iter(loader))
+>>> batch.frames.shape, batch.labels.shape, len(batch.captions)
+(torch.Size([4, 16, 3, 32, 32]), torch.Size([4]), 4)
 """
 
 import os
