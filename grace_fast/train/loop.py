@@ -455,13 +455,17 @@ def _seed_everything(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _check_resumable(trainer: dict[str, Any], config: TrainConfig, processes: Processes, folder: Path) -> None:
-    saved = TrainConfig.from_dict(trainer["config"]).to_dict()
-    current = config.to_dict()
-    changed = [k for k in current if k not in RESUMABLE_CHANGES and saved[k] != current[k]]
+def check_same_run(saved: TrainConfig, config: TrainConfig, where: Path) -> None:
+    """Raise, naming each field, when config differs from the saved one in more than bookkeeping."""
+    old, new = saved.to_dict(), config.to_dict()
+    changed = [k for k in new if k not in RESUMABLE_CHANGES and old[k] != new[k]]
     if changed:
-        details = "; ".join(f"{k}: {saved[k]!r} -> {current[k]!r}" for k in changed)
-        raise ValueError(f"cannot resume {folder}: the config changed ({details}); use a new --out to change it")
+        details = "; ".join(f"{k}: {old[k]!r} -> {new[k]!r}" for k in changed)
+        raise ValueError(f"cannot resume {where}: the config changed ({details}); use a new --out to change it")
+
+
+def _check_resumable(trainer: dict[str, Any], config: TrainConfig, processes: Processes, folder: Path) -> None:
+    check_same_run(TrainConfig.from_dict(trainer["config"]), config, folder)
     if trainer["world"] != processes.world:
         raise ValueError(
             f"cannot resume {folder}: it was written by {trainer['world']} processes, this run has "

@@ -16,12 +16,14 @@ import argparse
 import json
 import os
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from grace_fast.data.datasets import collate
+from grace_fast.data.video import VideoReadError
 from grace_fast.eval.evaluate import write_evaluation
 from grace_fast.eval.report import write_report
 from grace_fast.model.io import WEIGHTS_NAME
@@ -36,7 +38,15 @@ from grace_fast.train.grace import (
     load_normalization,
     prepare_tokenizer,
 )
-from grace_fast.train.loop import BEST, SELECTION_NAME, amp_dtype, collect_predictions, fit
+from grace_fast.train.loop import (
+    BEST,
+    CONFIG_NAME,
+    SELECTION_NAME,
+    amp_dtype,
+    check_same_run,
+    collect_predictions,
+    fit,
+)
 
 TEST_DIR, SUMMARY_NAME = "test", "summary.json"
 
@@ -74,9 +84,17 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
 def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
     report_path = run / TEST_DIR / "report.json"
     if config.resume and report_path.is_file() and (run / BEST / SELECTION_NAME).is_file():
+        check_same_run(TrainConfig.load(run / CONFIG_NAME), config, run)
         return _fold_result(config.fold, run, report_path)
     clips = fold_clips(config, config.fold)
     if processes.main:
+        if config.val_fraction > 0 and not clips.val:
+            print(
+                f"train: val_fraction {config.val_fraction} holds out no clip of fold {config.fold}'s "
+                f"{len(clips.train)} training clips (round(fraction x class count) is 0 for every class); "
+                "the last epoch is kept instead of the best on validation. Raise --val-fraction to select.",
+                file=sys.stderr,
+            )
         workdir.mkdir(parents=True, exist_ok=True)
         prepare_tokenizer(config, workdir)
     processes.barrier()
@@ -171,8 +189,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast train`: exit 0 when every fold finished, 130 when a SIGINT/SIGTERM stopped it (resumable)."""
-    config = config_from_args(args)
-    summary = train(config)
+    try:
+        config = config_from_args(args)
+        summary = train(config)
+    except (ValueError, FileExistsError, FileNotFoundError, VideoReadError) as error:
+        # what the user can fix (a config, a folder, a file); anything else keeps its traceback
+        print(f"train: error: {error}", file=sys.stderr)
+        return 2
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the main process reports
         return 130 if summary["interrupted"] else 0
     if summary["interrupted"]:

@@ -166,6 +166,16 @@ def test_predict_cli_prints_each_clip_and_names_a_bad_one(data, trained):
         assert printed["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-6)
 
 
+def test_train_command_names_what_to_fix(data, trained, capsys):
+    run, _ = trained
+    assert main(["train", "--data-root", str(data), "--out", str(run), "--epochs", "1", "--batch-size", "8"]) == 2
+    assert "already holds checkpoints: pass --resume" in capsys.readouterr().err
+    assert main(["train", "--data-root", str(data), "--out", str(run), "--resume", "--epochs", "2"]) == 2
+    assert "the config changed (" in (err := capsys.readouterr().err) and "epochs: 1 -> 2" in err
+    assert main(["train", "--data-root", str(data), "--batch-size", "0"]) == 2
+    assert "batch_size must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
 def test_descriptions_replace_the_captions_of_the_clips_they_name(data, tmp_path):
     clips = synthetic(data, fold=1, split="test")
     path = tmp_path / "refined.jsonl"
