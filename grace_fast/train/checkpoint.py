@@ -56,6 +56,8 @@ def save_checkpoint(
     """Write checkpoint `step` of every process into run/checkpoints (call on every rank), keep the newest `keep`."""
     root = run / CHECKPOINTS
     final, staging = root / f"step-{step:08d}", root / f".tmp-step-{step:08d}"
+    if final.is_dir():  # this step is saved already (a stop request right after a checkpoint): same state
+        return final
     if processes.main:
         shutil.rmtree(staging, ignore_errors=True)  # left by a crash
         staging.mkdir(parents=True)
@@ -70,7 +72,6 @@ def save_checkpoint(
         _save_torch(trainer, staging / TRAINER_NAME)
     processes.barrier()
     if processes.main:
-        shutil.rmtree(final, ignore_errors=True)
         os.rename(staging, final)
         _fsync(root)
         for old in checkpoints(run)[:-keep]:

@@ -102,16 +102,17 @@ def test_resume_from_an_epoch_end_checkpoint_with_loader_workers(uninterrupted, 
     assert_same_weights(weights(model), reference)
 
 
-def test_sigint_checkpoints_the_finished_step_and_resume_continues_exactly(uninterrupted, tmp_path):
+@pytest.mark.parametrize("step", [17, 14], ids=["between-checkpoints", "right-after-a-checkpoint"])
+def test_sigint_checkpoints_the_finished_step_and_resume_continues_exactly(uninterrupted, tmp_path, step):
     _, reference, _ = uninterrupted
 
     def interrupt(info):
-        if info["global_step"] == 17:
+        if info["global_step"] == step:
             os.kill(os.getpid(), signal.SIGINT)
 
     result, _ = train(tmp_path, on_step=interrupt)
-    assert result.interrupted and result.global_step == 17
-    assert checkpoints(tmp_path)[-1].name == "step-00000017"
+    assert result.interrupted and result.global_step == step
+    assert checkpoints(tmp_path)[-1].name == f"step-{step:08d}"
     _, model = train(tmp_path, resume=True)
     assert_same_weights(weights(model), reference)
 
