@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from grace_fast.data.synthetic import make_synthetic  # noqa: E402
-from grace_fast.model.config import write_atomic  # noqa: E402
+from grace_fast.files import write_atomic  # noqa: E402
 from grace_fast.train.config import TrainConfig  # noqa: E402
 from grace_fast.train.run import train  # noqa: E402
 

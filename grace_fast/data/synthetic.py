@@ -34,7 +34,6 @@ import csv
 import io
 import json
 import os
-import tempfile
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -44,6 +43,7 @@ from tqdm import tqdm
 from grace_fast.data.faces import ACTION_UNITS, FrameStates, Identity, render
 from grace_fast.data.layouts import DFEW_CLASSES, DFEW_SPLIT_FILE, FOLDS
 from grace_fast.data.video import VideoReadError, read_frames, write_mp4
+from grace_fast.files import write_atomic
 
 VERSION = 1
 CLIP_DIR = "Clip/original"
@@ -307,7 +307,7 @@ def make_synthetic(out: str | os.PathLike, clips: int, seed: int = 0, *, size: i
                 "(old, new); choose another --out or the same arguments"
             )
     (out / CLIP_DIR).mkdir(parents=True, exist_ok=True)
-    _write_atomic(manifest, json.dumps(arguments, indent=1) + "\n")
+    write_atomic(manifest, (json.dumps(arguments, indent=1) + "\n").encode())
     for stale in (out / CLIP_DIR).glob(".*.mp4.*.tmp"):  # left by a killed run
         stale.unlink()
     written = skipped = 0
@@ -525,26 +525,15 @@ def _write_annotations(out: Path, specs: list[ClipSpec], test_folds: np.ndarray)
     for fold in FOLDS:
         for split, members in (("train", test_folds != fold), ("test", test_folds == fold)):
             rows = [[spec.clip, spec.label + 1] for spec, member in zip(specs, members, strict=True) if member]
-            _write_atomic(out / DFEW_SPLIT_FILE.format(split=split, fold=fold), _csv([["video_name", "label"], *rows]))
-    _write_atomic(out / "captions.csv", _csv([["clip", "caption"], *[[s.clip, s.caption] for s in specs]]))
+            write_atomic(
+                out / DFEW_SPLIT_FILE.format(split=split, fold=fold), (_csv([["video_name", "label"], *rows])).encode()
+            )
+    write_atomic(out / "captions.csv", _csv([["clip", "caption"], *[[s.clip, s.caption] for s in specs]]).encode())
     records = [{**asdict(spec), "fold": int(fold)} for spec, fold in zip(specs, test_folds, strict=True)]
-    _write_atomic(out / "annotations.jsonl", "".join(json.dumps(r) + "\n" for r in records))
+    write_atomic(out / "annotations.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
 
 
 def _csv(rows: list[list]) -> str:
     buffer = io.StringIO()
     csv.writer(buffer, lineterminator="\n").writerows(rows)
     return buffer.getvalue()
-
-
-def _write_atomic(path: Path, text: str) -> None:
-    """Write text to path through a temporary file in the same folder and os.replace: never half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as file:
-            file.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise

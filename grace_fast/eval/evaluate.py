@@ -79,7 +79,7 @@ def write_predictions(path: str | os.PathLike, rows: list[dict[str, Any]]) -> No
     """Write prediction rows (same keys each) as CSV, atomically."""
     import io
 
-    from grace_fast.model.config import write_atomic
+    from grace_fast.files import write_atomic
 
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["clip", "label", "prediction"])

@@ -10,7 +10,7 @@ from typing import Any
 import numpy as np
 
 from grace_fast.eval.metrics import Metrics
-from grace_fast.model.config import write_atomic
+from grace_fast.files import write_atomic
 
 
 def report_dict(metrics: Metrics, class_names: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:

@@ -3,10 +3,11 @@
 import dataclasses
 import json
 import os
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+
+from grace_fast.files import write_atomic
 
 MOTION_MODES = ("off", "temporal", "spatial", "both")
 ALIGNMENTS = ("ot", "cross_attention", "cosine", "none")
@@ -149,21 +150,6 @@ class GraceConfig:
         """{field: (self's value, other's value)} for every field that differs."""
         mine, theirs = self.to_dict(), other.to_dict()
         return {name: (mine[name], theirs[name]) for name in mine if mine[name] != theirs[name]}
-
-
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write data to path through a temporary file in the same folder and os.replace: never half written."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def check_folder(name: str, folder: str | os.PathLike) -> None:

@@ -12,7 +12,8 @@ from pathlib import Path
 
 import torch
 
-from grace_fast.model.config import GraceConfig, write_atomic
+from grace_fast.files import write_atomic
+from grace_fast.model.config import GraceConfig
 from grace_fast.model.text import load_tokenizer
 
 CONFIG_NAME = "config.json"

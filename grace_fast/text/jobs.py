@@ -13,7 +13,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from grace_fast.data.video import VideoReadError
-from grace_fast.model.config import write_atomic
+from grace_fast.files import write_atomic
 from grace_fast.text.cache import Cache, cache_key
 
 CACHE_NAME = "cate_cache.sqlite"

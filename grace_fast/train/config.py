@@ -21,7 +21,7 @@ from typing import Any
 
 import yaml
 
-from grace_fast.model.config import write_atomic
+from grace_fast.files import write_atomic
 
 DATASETS = ("synthetic", "dfew", "ferv39k", "mafw", "csv")
 AMP_MODES = ("auto", "bf16", "fp16", "off")

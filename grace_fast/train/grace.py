@@ -15,8 +15,8 @@ from torch import nn
 from grace_fast.data.datasets import ClipDataset
 from grace_fast.data.layouts import ClipList, load_clips
 from grace_fast.data.transforms import PROCESSOR_CONFIG, Normalization, VideoTransform
+from grace_fast.files import write_atomic
 from grace_fast.model import GraceConfig, GraceLoss, GraceModel, GraceOutput, inverse_frequency_weights
-from grace_fast.model.config import write_atomic
 from grace_fast.train.config import TrainConfig
 
 TOKENIZER_DIR = "tokenizer"
