@@ -65,6 +65,7 @@ setup(
         "av",
         "tqdm",
         "matplotlib",
+        "pillow",
         "pyyaml",
     ],
     package_data={"grace_fast.text": ["*.json"]},
