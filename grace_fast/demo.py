@@ -4,7 +4,7 @@ on CPU, tests each on the held-out fold and prints their UAR/WAR; plots and repo
 Ablations (the paper's): no motion weighting (motion="off": every token kept, unweighted), cosine instead of OT
 (sentence-level alignment), and neither. Every run is resumable: rerunning the command continues where it stopped.
 
->>> summary = demo("demo", clips=300, epochs=6)  # doctest: +SKIP
+>>> summary = demo("demo", clips=200, epochs=4)  # doctest: +SKIP
 """
 
 import argparse
@@ -30,7 +30,7 @@ VARIANTS = {  # name -> GraceConfig overrides
 }
 
 
-def demo(out: str | Path, *, clips: int = 300, epochs: int = 6, seed: int = 0, progress: bool = True) -> dict:
+def demo(out: str | Path, *, clips: int = 200, epochs: int = 4, seed: int = 0, progress: bool = True) -> dict:
     """Runs the demo into out and returns {"variants": [{name, uar, war, best_epoch, seconds, run}], ...}."""
     out = Path(out)
     data = out / "data"
@@ -81,8 +81,8 @@ def table(summary: dict) -> str:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo", help="folder for the data, the runs and the plots (default demo)")
-    parser.add_argument("--clips", type=int, default=300, help="synthetic clips (default 300)")
-    parser.add_argument("--epochs", type=int, default=6, help="epochs per variant (default 6)")
+    parser.add_argument("--clips", type=int, default=200, help="synthetic clips (default 200)")
+    parser.add_argument("--epochs", type=int, default=4, help="epochs per variant (default 4)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
