@@ -10,6 +10,7 @@ checkpoint, predictions.csv: clip, label, prediction and the class probabilities
 """
 
 import csv
+import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -17,6 +18,7 @@ from typing import Any
 
 from grace_fast.eval.metrics import classification_metrics
 from grace_fast.eval.report import plot_confusion, report_dict, write_report
+from grace_fast.files import write_atomic
 
 REPORT_NAME, CONFUSION_NAME, PREDICTIONS_NAME = "report.json", "confusion.png", "predictions.csv"
 
@@ -77,10 +79,6 @@ def _class_id(value: str, index: dict[str, int], path: Path, line: int) -> int:
 
 def write_predictions(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
     """Write prediction rows (same keys each) as CSV, atomically."""
-    import io
-
-    from grace_fast.files import write_atomic
-
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["clip", "label", "prediction"])
     writer.writeheader()
