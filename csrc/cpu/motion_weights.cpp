@@ -1,7 +1,7 @@
 // Motion-difference weighting on the CPU (GRACE.md section 1), the semantics of motion_weights_reference.
-// Forward: per frame, in tiles of DT features, the difference Delta and its clipped window mean live in thread
-// scratch and leave only the scores tau, sigma (sums of squares over the tiles); per clip the normalisation and
-// softmax; then X_out = X * (1 + beta (w - 1)). Backward: per token <grad_out, X>; per clip the softmax and
+// Forward: per clip and tile of DT features, frame after frame, the difference Delta and its clipped window mean live
+// in thread scratch and leave only squared partial scores; per clip their sums give tau and sigma, then the
+// normalisation and softmax; then X_out = X * (1 + beta (w - 1)). Backward: per token <grad_out, X>; per clip the softmax and
 // normalisation adjoints, which reduce the gradient of each frame's Delta to G = a Delta + c E - A^T(c E)
 // (E = Delta - A Delta, A the window mean, a and c per token); per feature tile, each clip walked backwards in time,
 // dX_t = grad_out_t m_t + G_t - G_{t+1}, so every dX element is written once. No [B, T, H W, D] buffer besides the
@@ -197,7 +197,9 @@ void tile_delta(const T* x_t, const T* x_prev, const Frame& f, int64_t d0, int64
 }
 
 // Items per thread for at::parallel_for when one item touches `elements` values: tiny problems run inline.
-int64_t grain(int64_t elements) { return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, elements)); }
+int64_t grain(int64_t elements) {
+  return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, elements));
+}
 
 struct Params {
   double alpha, temperature, beta, eps;
