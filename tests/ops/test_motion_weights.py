@@ -164,7 +164,7 @@ def test_single_frame_has_unit_weights(backend):
 def test_weights_have_mean_one_and_beta_scales_them(backend):
     X = torch.randn(3, 4, 5, 5, 16, device=device_of(backend))
     X_out, w = motion_weights(X, beta=1.0, backend=backend)
-    torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.ones(3), atol=1e-5, rtol=0)
+    torch.testing.assert_close(w.mean(dim=(1, 2, 3)), torch.ones(3, device=X.device), atol=1e-5, rtol=0)
     assert (w > 0).all() and w.std() > 0.1
     torch.testing.assert_close(X_out, X * w[..., None], atol=1e-5, rtol=1e-5)
     X_off, w_off = motion_weights(X, beta=0.0, backend=backend)
