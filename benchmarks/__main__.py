@@ -59,10 +59,13 @@ def tests_pass(name: str, root: Path, device: str) -> bool:
     return result.returncode == 0
 
 
+def _describes(field: str) -> bool:
+    """A row's field that names what was measured, not a measurement."""
+    return field not in MEASURED and not field.startswith(("speedup", "peak"))
+
+
 def _key(row: dict) -> tuple:
-    return tuple(
-        sorted((k, str(v)) for k, v in row.items() if k not in MEASURED and not k.startswith(("speedup", "peak")))
-    )
+    return tuple(sorted((k, str(v)) for k, v in row.items() if _describes(k)))
 
 
 def compare(name: str, base: str, device: str, rows: list[dict]) -> None:
@@ -95,7 +98,7 @@ def compare(name: str, base: str, device: str, rows: list[dict]) -> None:
                 }
             )
     print(f"\n== {name}: this tree against {base} ==")
-    describe = [k for k in rows[0] if k not in MEASURED and not k.startswith(("speedup", "peak")) and k != "op"]
+    describe = [k for k in rows[0] if _describes(k) and k != "op"]
     print_table(out, [*describe, f"{base}_ms", "median_ms", "speedup_vs_base"])
 
 

@@ -41,22 +41,21 @@ def _motion_full(frames, device):
     return full, X.numel() * X.element_size()
 
 
-def cases(sweeps):
-    """(op, series, size name, size, fn, input bytes) for the requested sweeps."""
+def cases(sweeps, device):
+    """(op, series, size, fn, input bytes) for the requested sweeps."""
     for sweep in sweeps:
         if sweep == "frames":
             for frames in FRAMES:
-                yield ("sinkhorn", "M (frames)", 49 * frames, *_sinkhorn_full(N, 49 * frames, "cpu"))
-                if hasattr(ops, "motion_weights"):
-                    yield ("motion_weights", "T' (frames)", frames // 2, *_motion_full(frames, "cpu"))
+                yield ("sinkhorn", "M (frames)", 49 * frames, *_sinkhorn_full(N, 49 * frames, device))
+                yield ("motion_weights", "T' (frames)", frames // 2, *_motion_full(frames, device))
         else:
             for n in TEXT_TOKENS:
-                yield ("sinkhorn", "N (text tokens)", n, *_sinkhorn_full(n, 784, "cpu"))
+                yield ("sinkhorn", "N (text tokens)", n, *_sinkhorn_full(n, 784, device))
 
 
 def run(shapes=SHAPES, device="cpu") -> list[dict]:
     rows = []
-    for op, series, size, fn, nbytes in cases(shapes):
+    for op, series, size, fn, nbytes in cases(shapes, device):
         row = {"op": op, "provider": "auto", "mode": "full", "series": series, "size": size}
         row |= measure(fn, device=device, reps=3, min_seconds=0.3)
         row["peak_mb"] = round(peak_memory_mb(fn, device=device), 2)

@@ -25,9 +25,7 @@ def _cell(value) -> str:
 
 def table(rows: list[dict]) -> str:
     """A markdown table: the rows' descriptive fields, median (p20-p80) in ms, then every other measurement."""
-    fields = [k for k in rows[0] if k not in TIMING and k != "op"]
-    fields += [k for r in rows for k in r if k not in fields and k not in TIMING and k != "op"]
-    fields = list(dict.fromkeys(fields))
+    fields = list(dict.fromkeys(k for r in rows for k in r if k not in TIMING and k != "op"))
     lead = [f for f in fields if not f.startswith("speedup_vs_") and not f.startswith("peak") and f != "input_mb"]
     tail = [f for f in fields if f not in lead]
     header = [*lead, "median ms (p20-p80)", *tail]
