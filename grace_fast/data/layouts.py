@@ -120,16 +120,30 @@ class ClipList:
         return ClipList(clips, self.classes, self.source)
 
     def holdout(self, fraction: float, seed: int = 0) -> tuple["ClipList", "ClipList"]:
-        """(rest, held out): a stratified random `fraction` of each class held out, e.g. a validation split
-        carved from a training fold; at least one clip of each class with two or more stays in rest."""
+        """(rest, held out): a stratified random part of the clips, e.g. a validation split carved from a
+        training fold; the same split for the same seed.
+
+        Each class holds out round(fraction x its clips) of them, but never its last one, so every class with
+        two or more clips keeps a clip in rest (a class with one keeps it). When that holds out nothing (small
+        classes, small fraction), one clip of the largest class is held out: the held-out part is never empty.
+        Only when every class has a single clip does that clip's class go without one in rest.
+        Raises ValueError for fewer than 2 clips, which cannot be split into two non-empty parts.
+        """
         if not 0 < fraction < 1:
             raise ValueError(f"fraction must be in (0, 1), got {fraction!r}")
+        if len(self.clips) < 2:
+            raise ValueError(
+                f"{self.source or 'clips'}: cannot hold out a part of {len(self.clips)} clip(s); at least 2 are "
+                "needed (one to hold out, one to keep)"
+            )
         rng = np.random.default_rng(seed)
-        held = set()
-        for label in range(len(self.classes)):
-            members = np.flatnonzero(self.labels == label)
-            count = min(round(fraction * len(members)), len(members) - 1) if len(members) > 1 else 0
-            held.update(rng.permutation(members)[:count].tolist())
+        shuffled = [rng.permutation(np.flatnonzero(self.labels == label)) for label in range(len(self.classes))]
+        counts = [
+            min(round(fraction * len(members)), len(members) - 1) if len(members) > 1 else 0 for members in shuffled
+        ]
+        held = {int(i) for members, count in zip(shuffled, counts, strict=True) for i in members[:count]}
+        if not held:
+            held.add(int(max(shuffled, key=len)[0]))
         rest = tuple(c for i, c in enumerate(self.clips) if i not in held)
         out = tuple(c for i, c in enumerate(self.clips) if i in held)
         return ClipList(rest, self.classes, self.source), ClipList(out, self.classes, f"{self.source} (held out)")
