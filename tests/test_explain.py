@@ -1,0 +1,197 @@
+"""grace_fast.explain on a tiny saved checkpoint: the arrays against the model's own ops and the OT constraints,
+the PNG's size, and `grace-fast explain` through a subprocess."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from grace_fast import ops
+from grace_fast.cli import main
+from grace_fast.data.synthetic import clip_spec, render_clip
+from grace_fast.data.transforms import Normalization
+from grace_fast.data.video import write_mp4
+from grace_fast.explain import explain, plot, token_labels
+from grace_fast.model import GraceModel
+from grace_fast.model.tiny import build_tiny_tokenizer, tiny_config
+from grace_fast.predict import Predictor
+from grace_fast.train.grace import GraceClassifier
+
+REPO = Path(__file__).resolve().parents[1]
+CLASSES = ["happy", "sad", "surprise", "angry", "disgust", "fear", "neutral"]  # the order of tiny_config's prompts
+CAPTION = "a man smiles"
+TUBELETS, GRID, KEPT = 8, 4, 64  # the tiny model on 16 frames of 32 px: 8 x 4 x 4 tokens, rho 0.5 keeps 64
+
+
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    """A tiny random GRACE model saved as training saves its best checkpoint, with a non-default normalisation."""
+    folder = tmp_path_factory.mktemp("checkpoint")
+    torch.manual_seed(0)
+    model = GraceModel(tiny_config(build_tiny_tokenizer(folder / "tokenizer"), class_names=CLASSES))
+    GraceClassifier(model, normalization=Normalization((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint) -> Predictor:
+    return Predictor.from_pretrained(checkpoint, device="cpu")
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory) -> Path:
+    spec = clip_spec(0, 1, 0)
+    path = tmp_path_factory.mktemp("clips") / "face.mp4"
+    write_mp4(path, render_clip(spec, 32), spec.fps)
+    return path
+
+
+def test_explanation_has_the_models_shapes_and_predicts_as_predict(predictor, clip):
+    e = explain(predictor, clip)
+    rows = e.plan.shape[0]
+    assert e.frames.shape == (TUBELETS, 32, 32, 3) and e.motion_weights.shape == (TUBELETS, GRID, GRID)
+    assert e.plan.shape == (rows, KEPT) and e.kept_index.shape == e.kept_mask.shape == (KEPT,)
+    assert len(e.tokens) == e.rows_mask.shape[0] == rows
+    assert e.top.shape == e.peak.shape == (3,) and e.token_maps.shape == (3, TUBELETS, GRID, GRID)
+    expected = predictor.predict(str(clip))
+    assert e.prediction.label == expected.label
+    assert e.prediction.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
+
+
+def test_frames_are_each_tubelets_first_frame_as_the_model_saw_it(predictor):
+    frames = np.random.default_rng(0).integers(0, 256, (16, 32, 32, 3), dtype=np.uint8)  # no resampling, no resize
+    e = explain(predictor, frames)
+    torch.testing.assert_close(e.frames, torch.from_numpy(frames[::2]).float() / 255, atol=1e-5, rtol=0)
+
+
+def test_motion_weights_are_the_motion_ops_output(predictor, clip):
+    model, config = predictor.model, predictor.model.config
+    with torch.inference_mode():
+        X = model.video(predictor.load(clip)[None])
+        _, w = ops.motion_weights(
+            X,
+            mode=config.motion,
+            alpha=config.motion_alpha,
+            window=config.motion_window,
+            temperature=config.motion_temperature,
+            beta=config.motion_beta,
+        )
+    torch.testing.assert_close(explain(predictor, clip).motion_weights, w[0])
+    assert (w[0] != 1).any()  # the weights are not the all-ones of motion "off"
+
+
+@pytest.mark.parametrize("marginal", ["uniform", "motion"])
+@pytest.mark.parametrize("caption", [None, CAPTION], ids=["class-prompts", "caption"])
+def test_plan_marginals_meet_the_ot_constraints(checkpoint, clip, marginal, caption):
+    predictor = Predictor.from_pretrained(checkpoint, device="cpu", visual_marginal=marginal, max_iter=500)
+    e = explain(predictor, clip, caption)
+    a = e.rows_mask.float() / e.rows_mask.sum()
+    if marginal == "uniform":
+        b = e.kept_mask.float() / e.kept_mask.sum()
+    else:
+        mass = e.motion_weights.flatten()[e.kept_index] * e.kept_mask
+        b = mass / mass.sum()
+    torch.testing.assert_close(e.plan.sum(dim=1), a, atol=1e-6, rtol=0)
+    assert (e.plan.sum(dim=0) - b).abs().sum() < predictor.model.config.tol  # Sinkhorn's stopping rule
+
+
+def test_token_maps_spread_each_top_tokens_plan_row_over_the_kept_patches(predictor, clip):
+    e = explain(predictor, clip, top_k=4)
+    shares = e.plan / e.plan.sum(dim=1, keepdim=True)
+    peaks = shares.amax(dim=1)
+    assert e.rows_mask[e.top].all() and torch.equal(e.peak, peaks[e.top])
+    assert e.peak[-1] >= peaks[e.rows_mask].sort(descending=True).values[3]  # the 4 most concentrated rows
+    for token_map, row in zip(e.token_maps, e.top, strict=True):
+        flat = token_map.flatten()
+        kept = e.kept_index[e.kept_mask]
+        torch.testing.assert_close(flat[kept], shares[row, e.kept_mask])
+        assert flat.sum() == pytest.approx(1, abs=1e-5) and flat.count_nonzero() <= len(kept)
+
+
+def test_caption_tokens_are_the_captions_words(predictor, clip):
+    e = explain(predictor, clip, CAPTION)
+    assert [e.tokens[i] for i in e.rows_mask.nonzero().flatten()] == CAPTION.split()
+    assert e.text == CAPTION and e.prompt_classes is None
+    expected = predictor.predict(str(clip), CAPTION)
+    assert e.prediction.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
+
+
+def test_class_prompt_tokens_name_the_class_of_their_prompt(predictor, clip):
+    e = explain(predictor, clip)
+    with torch.inference_mode():
+        aux = predictor.model(predictor.load(clip)[None]).aux_logits[0]
+    first, second = (CLASSES[c] for c in aux.topk(2).indices)
+    assert e.text is None and e.prompt_classes == [first, second]
+    content = [e.tokens[i] for i in e.rows_mask.nonzero().flatten()]
+    assert content[:3] == [f"a ({first})", f"face ({first})", f"showing ({first})"]
+    assert f"face ({second})" in content
+
+
+def test_cosine_alignment_has_one_pooled_row_and_none_has_no_token(checkpoint, clip):
+    cosine = explain(Predictor.from_pretrained(checkpoint, device="cpu", alignment="cosine"), clip)
+    assert cosine.tokens == ["(pooled text)"] and cosine.top.tolist() == [0]
+    assert cosine.token_maps.sum().item() == pytest.approx(1, abs=1e-5)
+    none = explain(Predictor.from_pretrained(checkpoint, device="cpu", alignment="none"), clip)
+    assert none.plan is None and none.tokens == [] and none.token_maps.shape == (0, TUBELETS, GRID, GRID)
+
+
+@pytest.mark.parametrize("top_k, size", [(3, (1350, 830)), (1, (1350, 530)), (0, (1350, 380))])
+def test_plot_writes_a_png_of_a_panel_per_tubelet_and_row(predictor, clip, tmp_path, top_k, size):
+    path = plot(explain(predictor, clip, top_k=top_k), tmp_path / "face.png", title="face.mp4")
+    with Image.open(path) as image:
+        assert (image.format, image.size) == ("PNG", size)  # (1.5 + 8 x 1.5) x (0.8 + (2 + k) x 1.5) inches, 100 dpi
+    assert os.listdir(tmp_path) == ["face.png"]  # written atomically, no temporary file left
+
+
+def test_top_k_must_be_a_count(predictor, clip):
+    with pytest.raises(ValueError, match="top_k must be an integer >= 0, got -1"):
+        explain(predictor, clip, top_k=-1)
+
+
+def test_explain_command_writes_the_png_beside_where_it_runs(checkpoint, clip, tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "grace_fast", "explain", str(clip), "--checkpoint", str(checkpoint), "--top-k", "2"],
+        cwd=tmp_path,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    label = Predictor.from_pretrained(checkpoint, device="cpu").predict(str(clip)).label
+    assert f"{clip}: {label}" in done.stdout and "wrote face.explain.png" in done.stdout
+    with Image.open(tmp_path / "face.explain.png") as image:
+        assert image.size == (1350, 680)
+
+
+@pytest.mark.parametrize("bad", ["clip", "checkpoint"])
+def test_explain_command_names_a_bad_path(checkpoint, clip, tmp_path, bad):
+    missing = tmp_path / "missing"
+    args = [
+        str(missing if bad == "clip" else clip),
+        "--checkpoint",
+        str(missing if bad == "checkpoint" else checkpoint),
+    ]
+    with pytest.raises(SystemExit, match=f"explain: .*{missing}"):
+        main(["explain", *args, "--out", str(tmp_path / "out.png"), "--device", "cpu"])
+    assert not (tmp_path / "out.png").exists()
+
+
+def test_token_labels_show_a_word_piece_in_its_word(predictor):
+    tokenizer = predictor.model.tokenizer
+    ids = tokenizer("brows frowning, déjà").input_ids
+    labels = ["<|startoftext|>", "brows", "[frown]ing", "frown[ing]", ","] + [f"déjà ({n}/6)" for n in range(1, 7)]
+    assert token_labels(tokenizer, ids) == [*labels, "<|endoftext|>"]
