@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import grace_fast
-from benchmarks.utils import add_ratios, benchmark_main, measure, peak_memory_mb
+from benchmarks.utils import add_ratios, benchmark_main, measure_together, peak_memory_mb
 from grace_fast.ops import cost_matrix
 
 SHAPES = {  # GRACE.md canonical shapes: (B, N, M, D)
@@ -53,8 +53,9 @@ def run(shapes=SHAPES, dtypes=DTYPES, device="cpu") -> list[dict]:
             for masked in (False, True):
                 case = make_case(shape, dtype, device, masked)
                 for mode in ("forward", "full"):
-                    for provider in providers(device):
-                        fn = run_fn(provider, mode, *case)
+                    fns = {provider: run_fn(provider, mode, *case) for provider in providers(device)}
+                    times = measure_together(fns, device=device)  # interleaved: one machine state for the ratio
+                    for provider, fn in fns.items():
                         row = {
                             "op": "cost_matrix",
                             "provider": provider,
@@ -64,7 +65,7 @@ def run(shapes=SHAPES, dtypes=DTYPES, device="cpu") -> list[dict]:
                             "dtype": dtype_name,
                             "masked": masked,
                         }
-                        row.update(measure(fn, device=device))
+                        row.update(times[provider])
                         row["peak_mb"] = peak_memory_mb(fn, device=device)
                         rows.append(row)
     return add_ratios(rows, ["torch"], ("mode", "shape", "dtype", "masked"))

@@ -15,6 +15,22 @@ from benchmarks.utils import RESULTS  # noqa: E402
 
 ORDER = ["cost", "sinkhorn", "motion", "scaling", "model", "inference"]
 TIMING = {"median_ms", "p20_ms", "p80_ms", "reps"}
+# The issues' targets: (benchmark, what, the rows it reads, field, "min" >= bound or "max" <= bound)
+TARGETS = [
+    ("cost", "cpu vs torch, fp32, every shape, forward and full", {"provider": "cpu", "dtype": "fp32"},
+     "speedup_vs_torch", "min", 1.0),
+    ("cost", "cpu vs torch, bf16, every shape, forward and full", {"provider": "cpu", "dtype": "bf16"},
+     "speedup_vs_torch", "min", 1.5),
+    ("sinkhorn", "cpu vs POT batch log_sinkhorn, paper shape, 50 iterations", {"provider": "cpu",
+     "shape": "paper-rho0.5", "iters": "50 fixed"}, "speedup_vs_pot-batch-log", "min", 4.0),
+    ("sinkhorn", "cpu vs POT batch plain sinkhorn, paper shape, 50 iterations", {"provider": "cpu",
+     "shape": "paper-rho0.5", "iters": "50 fixed"}, "speedup_vs_pot-batch-plain", "min", 1.0),
+    ("sinkhorn", "cpu forward+backward peak over sizeof(C), 50 and 500 iterations", {"provider": "cpu",
+     "mode": "full"}, "peak_over_C", "max", 4.0),
+    ("motion", "cpu vs torch, forward+backward", {"provider": "cpu", "mode": "full"}, "speedup_vs_torch", "min", 3.0),
+    ("motion", "cpu forward+backward peak over sizeof(X)", {"provider": "cpu", "mode": "full"}, "peak_over_X",
+     "max", 2.0),
+]  # fmt: skip
 
 
 def _cell(value) -> str:
@@ -35,6 +51,24 @@ def table(rows: list[dict]) -> str:
         lines.append(
             "| " + " | ".join([*(_cell(r.get(f)) for f in lead), timing, *(_cell(r.get(f)) for f in tail)]) + " |"
         )
+    return "\n".join(lines)
+
+
+def headline(results: dict[str, dict]) -> str:
+    """The issues' targets against the worst matching row of each result: a markdown table."""
+    lines = ["| benchmark | target | worst measured | met |", "| --- | --- | --- | --- |"]
+    for name, what, where, field, worst, bound in TARGETS:
+        values = [
+            r[field]
+            for r in results.get(name, {"rows": []})["rows"]
+            if field in r and all(r.get(k) == v for k, v in where.items())
+        ]
+        if not values:
+            continue
+        value = min(values) if worst == "min" else max(values)
+        met = value >= bound if worst == "min" else value <= bound
+        sign = ">=" if worst == "min" else "<="
+        lines.append(f"| {name} | {what}: {field} {sign} {bound:g} | {value:.3g} | {'yes' if met else 'NO'} |")
     return "\n".join(lines)
 
 
@@ -72,6 +106,10 @@ def write_report(out_dir: Path = RESULTS, suffix: str = "") -> Path:
         "",
         "Medians of repeated runs in one process, ms, with the 20-80% quantiles; `speedup_vs_X` is X's median",
         "over the row's; `peak_over_C` is the peak memory the call allocates over sizeof(C).",
+        "",
+        "## Targets",
+        "",
+        headline(results),
         "",
     ]
     for name, result in results.items():

@@ -24,28 +24,43 @@ def _sync(device: str) -> None:
         torch.cuda.synchronize()
 
 
-def measure(
-    fn: Callable[[], object],
+def measure(fn: Callable[[], object], **options) -> dict:
+    """Median and 20/80% quantiles of fn's wall time in ms (options as for measure_together)."""
+    return measure_together({"fn": fn}, **options)["fn"]
+
+
+def measure_together(
+    fns: dict[str, Callable[[], object]],
     *,
     device: str = "cpu",
     warmup: int = 2,
     reps: int = 7,
     min_seconds: float = 0.5,
-    max_reps: int = 50,
-) -> dict:
-    """Median and 20/80% quantiles of fn's wall time in ms, after warm-up; at least `reps` runs and
-    more (up to max_reps) until min_seconds have been spent."""
+    max_reps: int = 1000,
+) -> dict[str, dict]:
+    """{name: median and 20/80% quantiles of fns[name]'s wall time in ms}, the functions called in turn, round
+    after round, so that a ratio between them sees one state of a shared machine. After warm-up: at least `reps`
+    rounds and more (up to max_reps) until min_seconds per function have been spent, so that sub-millisecond
+    calls get hundreds of runs."""
     for _ in range(warmup):
-        fn()
+        for fn in fns.values():
+            fn()
     _sync(device)
-    times, start = [], time.perf_counter()
-    while len(times) < reps or (time.perf_counter() - start < min_seconds and len(times) < max_reps):
-        t0 = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - t0) * 1e3)
-    q = statistics.quantiles(times, n=10, method="inclusive")
-    return {"median_ms": statistics.median(times), "p20_ms": q[1], "p80_ms": q[7], "reps": len(times)}
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    start = time.perf_counter()
+    rounds = 0
+    while rounds < reps or (time.perf_counter() - start < min_seconds * len(fns) and rounds < max_reps):
+        for name, fn in fns.items():
+            t0 = time.perf_counter()
+            fn()
+            _sync(device)
+            times[name].append((time.perf_counter() - t0) * 1e3)
+        rounds += 1
+    out = {}
+    for name, ts in times.items():
+        q = statistics.quantiles(ts, n=10, method="inclusive")
+        out[name] = {"median_ms": statistics.median(ts), "p20_ms": q[1], "p80_ms": q[7], "reps": len(ts)}
+    return out
 
 
 def peak_memory_mb(fn: Callable[[], object], *, device: str = "cpu") -> float:

@@ -5,7 +5,7 @@ import json
 import pytest
 
 from benchmarks.bench_scaling import growth_exponents
-from benchmarks.report import table, write_report
+from benchmarks.report import headline, table, write_report
 
 
 def _rows(time_power, memory_power):
@@ -50,3 +50,15 @@ def test_report_collects_every_result_file(tmp_path):
 def test_report_without_results_says_what_to_run(tmp_path):
     with pytest.raises(FileNotFoundError, match="python -m benchmarks --all"):
         write_report(tmp_path)
+
+
+def test_headline_reads_the_worst_matching_row_against_each_target():
+    rows = [
+        {"provider": "cpu", "mode": "full", "speedup_vs_torch": 3.5, "peak_over_X": 1.9},
+        {"provider": "cpu", "mode": "full", "speedup_vs_torch": 2.5, "peak_over_X": 2.2},
+        {"provider": "torch", "mode": "full", "speedup_vs_torch": 1.0, "peak_over_X": 6.0},
+    ]
+    lines = headline({"motion": {"rows": rows}}).splitlines()
+    assert lines[2] == "| motion | cpu vs torch, forward+backward: speedup_vs_torch >= 3 | 2.5 | NO |"
+    assert lines[3] == "| motion | cpu forward+backward peak over sizeof(X): peak_over_X <= 2 | 2.2 | NO |"
+    assert len(lines) == 4  # benchmarks without results are left out
