@@ -88,13 +88,6 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
         return _fold_result(config.fold, run, report_path)
     clips = fold_clips(config, config.fold)
     if processes.main:
-        if config.val_fraction > 0 and not clips.val:
-            print(
-                f"train: val_fraction {config.val_fraction} holds out no clip of fold {config.fold}'s "
-                f"{len(clips.train)} training clips (round(fraction x class count) is 0 for every class); "
-                "the last epoch is kept instead of the best on validation. Raise --val-fraction to select.",
-                file=sys.stderr,
-            )
         workdir.mkdir(parents=True, exist_ok=True)
         prepare_tokenizer(config, workdir)
     processes.barrier()

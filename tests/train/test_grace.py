@@ -196,7 +196,7 @@ def test_resumed_grace_run_matches_the_uninterrupted_one_bit_for_bit(trained, tm
 
     run, _ = trained
     config = TrainConfig.load(run / "config.yaml").replace(out=str(tmp_path), progress=False)
-    shutil.copytree(run / "tokenizer", tmp_path / "tokenizer")  # build_tiny_tokenizer's ids vary between calls
+    shutil.copytree(run / "tokenizer", tmp_path / "tokenizer")  # the very tokenizer of the run it must match
 
     def crash(info):
         if info["global_step"] == 1:  # after the checkpoint of step 1 (checkpoint_every = 1)
