@@ -1,88 +1,81 @@
-// Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU. Forward: register tiles of dot products over rows where
-// they lie, inverse norms and masks in the epilogue; backward: blocked GEMM over packed panels. fp16/bf16 are
-// converted to float once (forward) or while packing (backward); fp32 accumulation (fp64 for fp64).
+// Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU: blocked GEMM over packed panels forward and backward, the
+// norms summed from the panels and the masks applied in the forward's epilogue. fp16/bf16 are converted while
+// they are packed; fp32 accumulation (fp64 for fp64).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
 #include <cmath>
-#include <type_traits>
 #include <vector>
 
 #include "checks.h"
 #include "cpu/gemm.h"
-#include "cpu/vec.h"
 
 namespace grace_fast::cpu {
 namespace {
 
-constexpr int64_t NC = 48;   // columns of C per forward work item (small enough to balance B = 1)
+constexpr int64_t NC = 3 * NR;  // columns of C per forward work item (small enough to balance B = 1)
 constexpr int64_t MB = 48;   // gradient rows per backward work item
 
-// out[r] = 1 / ||x_r|| for the rows of x [rows, d], 0 for a zero or padded row.
+// sq[c] += sum over the kc depth steps of panel[k][c]^2: squared norms read from a packed panel of width W.
+template <int W, typename Acc>
+void add_squares(const Acc* panel, int kc, Acc* sq) {
+  for (int k = 0; k < kc; ++k, panel += W) {
+    for (int c = 0; c < W; ++c) sq[c] += panel[c] * panel[c];
+  }
+}
+
+// r[i] = 1 / sqrt(sq[i]) for n squared norms, 0 for a zero or padded (mask[i] false) vector.
 template <typename Acc>
-void inverse_norms(const Acc* x, int64_t rows, int64_t d, const bool* mask, Acc* out) {
-  for (int64_t r = 0; r < rows; ++r) {
-    const Acc s = dot(x + r * d, x + r * d, d);
-    out[r] = (mask && !mask[r]) || s == 0 ? Acc(0) : 1 / std::sqrt(s);
-  }
+void inverse_norms(const Acc* sq, int64_t n, const bool* mask, Acc* r) {
+  for (int64_t i = 0; i < n; ++i) r[i] = (mask && !mask[i]) || sq[i] == 0 ? Acc(0) : 1 / std::sqrt(sq[i]);
 }
 
-// x [n] as Acc: x itself, or converted into buf (one vectorised pass, so that norms and packing read floats).
-template <typename T, typename Acc>
-const Acc* as_acc(const T* x, int64_t n, std::vector<Acc>& buf) {
-  if constexpr (std::is_same_v<T, Acc>) {
-    return x;
-  } else {
-    buf.resize(n);
-    to_float(x, buf.data(), n);
-    return buf.data();
-  }
-}
-
+// Per work item (batch b, NC columns of C): U[b] is packed into MR-row panels (once per b and thread) and the
+// V rows into NR-column panels, KC deep, converting fp16/bf16 to Acc as they are packed; the norms are summed
+// from the panels; C = U V^T by the packed GEMM, then 1 - C * ru * rv with the masks in the epilogue.
 template <typename T, typename Acc>
 void forward_kernel(const T* U_, const T* V_, const bool* mask_u, const bool* mask_v, Acc* C, Acc* ru, Acc* rv,
                     int64_t B, int64_t N, int64_t M, int64_t D) {
-  // U and its inverse norms once per batch element: every column block of that element reuses them
-  std::vector<Acc> u_buf;
-  const Acc* U;
-  if constexpr (std::is_same_v<T, Acc>) {
-    U = U_;
-  } else {
-    u_buf.resize(B * N * D);
-    at::parallel_for(0, B * N, 64, [&](int64_t begin, int64_t end) {
-      to_float(U_ + begin * D, u_buf.data() + begin * D, (end - begin) * D);
-    });
-    U = u_buf.data();
-  }
-  at::parallel_for(0, B, 1, [&](int64_t begin, int64_t end) {
-    for (int64_t b = begin; b < end; ++b) {
-      inverse_norms(U + b * N * D, N, D, mask_u ? mask_u + b * N : nullptr, ru + b * N);
-    }
-  });
-  const int64_t col_blocks = (M + NC - 1) / NC;
+  const int64_t col_blocks = (M + NC - 1) / NC, n_pad = (N + MR - 1) / MR * MR;
   at::parallel_for(0, B * col_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> v_buf, rv_loc(NC), valid_v(NC);
+    std::vector<Acc> a_pack(n_pad * D), b_pack(NC * KC), ru_loc(n_pad), sq_v(NC), rv_loc(NC), valid_v(NC);
+    int64_t packed = -1;  // the batch element whose U is in a_pack
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / col_blocks, j0 = (item % col_blocks) * NC;
       const int nc = static_cast<int>(std::min(NC, M - j0));
-      const Acc* Ub = U + b * N * D;
-      const Acc* Vb = as_acc(V_ + (b * M + j0) * D, nc * D, v_buf);
       const bool* mu = mask_u ? mask_u + b * N : nullptr;
       const bool* mv = mask_v ? mask_v + b * M + j0 : nullptr;
+      if (packed != b) {
+        std::fill(ru_loc.begin(), ru_loc.end(), Acc(0));
+        for (int64_t k0 = 0; k0 < D; k0 += KC) {
+          const int kc = static_cast<int>(std::min<int64_t>(KC, D - k0));
+          Acc* a = a_pack.data() + n_pad * k0;
+          pack_a(Mat<T>{U_ + b * N * D, D, 1}, 0, static_cast<int>(N), k0, kc, a);
+          for (int64_t p = 0; p < n_pad; p += MR) add_squares<MR>(a + p * kc, kc, ru_loc.data() + p);
+        }
+        inverse_norms(ru_loc.data(), N, mu, ru_loc.data());
+        packed = b;
+      }
+      if (j0 == 0) std::copy(ru_loc.begin(), ru_loc.begin() + N, ru + b * N);  // one item per b writes ru
       Acc* Cb = C + b * N * M + j0;
-      inverse_norms(Vb, nc, D, mv, rv_loc.data());
+      std::fill(sq_v.begin(), sq_v.end(), Acc(0));
+      for (int64_t k0 = 0; k0 < D; k0 += KC) {
+        const int kc = static_cast<int>(std::min<int64_t>(KC, D - k0));
+        pack_b(Mat<T>{V_ + b * M * D, 1, D}, k0, kc, j0, nc, static_cast<const Acc*>(nullptr), b_pack.data());
+        for (int p = 0; p < nc; p += NR) add_squares<NR>(b_pack.data() + p * kc, kc, sq_v.data() + p);
+        gemm_packed(static_cast<int>(N), nc, kc, a_pack.data() + n_pad * k0, b_pack.data(), Cb, M, k0 > 0);
+      }
+      inverse_norms(sq_v.data(), nc, mv, rv_loc.data());
       for (int q = 0; q < nc; ++q) valid_v[q] = mv && !mv[q] ? 0 : 1;
-      gemm_nt(Ub, static_cast<int>(N), Vb, nc, D, Cb, M);
-      const Acc* ru_b = ru + b * N;
       for (int64_t i = 0; i < N; ++i) {
         Acc* row = Cb + i * M;
         if (mu && !mu[i]) {
           std::fill(row, row + nc, Acc(0));
           continue;
         }
-        const Acc r = ru_b[i];
+        const Acc r = ru_loc[i];
         for (int q = 0; q < nc; ++q) row[q] = valid_v[q] - row[q] * r * rv_loc[q];
       }
       std::copy(rv_loc.begin(), rv_loc.begin() + nc, rv + b * M + j0);

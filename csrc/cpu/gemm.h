@@ -1,7 +1,7 @@
 // A blocked GEMM for the CPU kernels: C[mc, nc] (+)= A[mc, k] B[k, nc] over packed panels in the
 // accumulation type Acc (float, or double for float64 inputs). Operands of any dtype and any strides are
-// converted while they are packed, so callers read fp16/bf16 tensors directly and transposes cost nothing. The inner kernel is compiled for AVX2+FMA
-// and for the baseline ISA and picked at load time (GCC target_clones).
+// converted while they are packed, so callers read fp16/bf16 tensors directly and transposes cost nothing.
+// The inner kernel is compiled for AVX2+FMA and for the baseline ISA and picked at load time (GCC target_clones).
 #pragma once
 #include <ATen/ATen.h>
 
@@ -60,11 +60,6 @@ void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale,
                    kscale ? kscale + k0 : nullptr, out);
   }
 }
-
-// C[m, n] (row stride ldc) = U V^T for U [m, d], V [n, d] with contiguous rows: register tiles of dot products
-// over the full depth, no packing (the cost matrix's forward, where both operands are row-major in d).
-void gemm_nt(const float* u, int m, const float* v, int n, int64_t d, float* c, int64_t ldc);
-void gemm_nt(const double* u, int m, const double* v, int n, int64_t d, double* c, int64_t ldc);
 
 // C[mc, nc] (row stride ldc) = (accumulate ? C : 0) + packed A [mc, kc] x packed B [kc, nc].
 void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
