@@ -3,6 +3,7 @@
 python -m benchmarks --all                        # every op benchmark, the scaling sweep and the end-to-end ones
 python -m benchmarks --op sinkhorn cost           # some of them (the report keeps the others' last results)
 python -m benchmarks --op sinkhorn --base HEAD~3  # also run it on another revision and print the ratio
+python -m benchmarks --op cost --shapes low-latency --base HEAD~3  # some shapes only (printed, not recorded)
 
 A comparison runs the op's tests on both revisions first and refuses to report a speed-up when either fails.
 """
@@ -37,13 +38,19 @@ def available() -> list[str]:
     return [name for name, (module, _) in BENCHMARKS.items() if (ROOT / "benchmarks" / f"{module}.py").exists()]
 
 
-def run_benchmark(name: str, device: str) -> list[dict]:
+def run_benchmark(name: str, device: str, shapes: list[str] | None) -> list[dict]:
+    """Benchmark `name` on every shape, written to results/, or on `shapes` only, printed (a subset is no record)."""
     module = importlib.import_module(f"benchmarks.{BENCHMARKS[name][0]}")
     print(f"\n== {name} ({device}) ==", flush=True)
-    rows = module.run(module.SHAPES, device=device)
+    rows = module.run({k: v for k, v in module.SHAPES.items() if shapes is None or k in shapes}, device=device)
     print_table(rows, module.COLUMNS)
-    print(f"written to {write_results(name + result_suffix(device), rows)}")
+    if shapes is None:
+        print(f"written to {write_results(name + result_suffix(device), rows)}")
     return rows
+
+
+def unknown_shapes(name: str, shapes: list[str]) -> list[str]:
+    return [s for s in shapes if s not in importlib.import_module(f"benchmarks.{BENCHMARKS[name][0]}").SHAPES]
 
 
 def tests_pass(name: str, root: Path, device: str) -> bool:
@@ -68,7 +75,7 @@ def _key(row: dict) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in row.items() if _describes(k)))
 
 
-def compare(name: str, base: str, device: str, rows: list[dict]) -> None:
+def compare(name: str, base: str, device: str, shapes: list[str] | None, rows: list[dict]) -> None:
     """Runs benchmark `name` on revision `base` in a temporary worktree and prints base median / this median."""
     with tempfile.TemporaryDirectory(prefix="grace-fast-base-") as tmp:
         tree = Path(tmp) / "tree"
@@ -80,7 +87,8 @@ def compare(name: str, base: str, device: str, rows: list[dict]) -> None:
             if not tests_pass(name, tree, device):
                 raise SystemExit(f"{name}: the tests fail on {base}; no comparison reported")
             module = f"benchmarks.{BENCHMARKS[name][0]}"
-            subprocess.run([sys.executable, "-m", module, "--device", device], cwd=tree, env=env, check=True)
+            command = [sys.executable, "-m", module, "--device", device, *(["--shapes", *shapes] if shapes else [])]
+            subprocess.run(command, cwd=tree, env=env, check=True)
             base_rows = json.loads(
                 (tree / "benchmarks" / "results" / f"{name}{result_suffix(device)}.json").read_text()
             )
@@ -107,6 +115,7 @@ def main() -> None:
     parser.add_argument("--all", action="store_true", help="every benchmark")
     parser.add_argument("--op", nargs="+", choices=list(BENCHMARKS), default=[])
     parser.add_argument("--base", help="a git revision to compare with (needs --op)")
+    parser.add_argument("--shapes", nargs="+", help="only these shapes of each op (printed, not written to results/)")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     names = available() if args.all else args.op
@@ -115,13 +124,17 @@ def main() -> None:
     missing = [n for n in names if n not in available()]
     if missing:
         parser.error(f"no benchmark script for {missing} in this tree yet (have {available()})")
+    for name in names if args.shapes else []:
+        if unknown := unknown_shapes(name, args.shapes):
+            parser.error(f"{name} has no shape {unknown}")
     if args.base and not all(tests_pass(name, ROOT, args.device) for name in names):
         raise SystemExit("the tests fail on this tree; no comparison reported")
     for name in names:
-        rows = run_benchmark(name, args.device)
+        rows = run_benchmark(name, args.device, args.shapes)
         if args.base:
-            compare(name, args.base, args.device, rows)
-    print(f"\nreport: {write_report(RESULTS, result_suffix(args.device))}")
+            compare(name, args.base, args.device, args.shapes, rows)
+    if not args.shapes:
+        print(f"\nreport: {write_report(RESULTS, result_suffix(args.device))}")
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 """The benchmark report's arithmetic: growth exponents, tables and the report file built from result JSON."""
 
 import json
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 
@@ -62,3 +65,11 @@ def test_headline_reads_the_worst_matching_row_against_each_target():
     assert lines[2] == "| motion | cpu vs torch, forward+backward: speedup_vs_torch >= 3 | 2.5 | NO |"
     assert lines[3] == "| motion | cpu forward+backward peak over sizeof(X): peak_over_X <= 2 | 2.2 | NO |"
     assert len(lines) == 4  # benchmarks without results are left out
+
+
+def test_unknown_shape_is_refused_before_anything_runs():
+    result = subprocess.run(
+        [sys.executable, "-m", "benchmarks", "--op", "cost", "--shapes", "no-such-shape"],
+        capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
+    )  # fmt: skip
+    assert result.returncode == 2 and "cost has no shape ['no-such-shape']" in result.stderr
