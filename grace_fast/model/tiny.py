@@ -12,7 +12,7 @@ folder; the backbones are small random VideoMAE and CLIP text towers.
 
 import os
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
@@ -38,8 +38,9 @@ CORPUS = (
 )
 
 
-def build_tiny_tokenizer(folder: str | os.PathLike, vocab_size: int = 768) -> Path:
-    """Train a CLIP byte-level BPE tokenizer on CORPUS and save it as a CLIP tokenizer folder; returns the folder.
+def build_tiny_tokenizer(folder: str | os.PathLike, vocab_size: int = 768, corpus: Iterable[str] = CORPUS) -> Path:
+    """Train a CLIP byte-level BPE tokenizer on corpus (default CORPUS) and save it as a CLIP tokenizer folder;
+    returns the folder.
 
     Ids: BOS 0, EOS 1 (also the pad token, as in CLIP), then every byte alone and with CLIP's end-of-word suffix
     "</w>" (so any text encodes), then the merged tokens in merge order, at most vocab_size in all (CORPUS gives
@@ -64,7 +65,7 @@ def build_tiny_tokenizer(folder: str | os.PathLike, vocab_size: int = 768) -> Pa
             f"vocab_size must be at least {len(vocab)} (2 special tokens, 2 x 256 bytes), got {vocab_size}"
         )
     words = Counter(
-        word for text in CORPUS for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
+        word for text in corpus for word, _ in pre_tokenizer.pre_tokenize_str(normalizer.normalize_str(text))
     )
     merges = bpe_merges(words, vocab_size - len(vocab))
     for left, right in merges:
@@ -159,3 +160,11 @@ def tiny_config(tokenizer_folder: str | os.PathLike, **overrides: Any) -> GraceC
     }
     values.update(overrides)
     return GraceConfig(**values)
+
+
+def demo_config(tokenizer_folder: str | os.PathLike, **overrides: Any) -> GraceConfig:
+    """The README demo's GRACE: tiny_config on 8 frames (4 tubelets: training takes about 40% less time than on 16
+    frames, at the same test UAR on the synthetic set) with the InfoNCE term weighted 0.1 instead of the paper's
+    0.5: lambdas (1, 0.1, 0.5). At 0.5, InfoNCE learns to pair each clip with its caption while the classifier
+    stays at chance over the demo's 16 epochs."""
+    return tiny_config(tokenizer_folder, **{"frames": 8, "lambdas": (1.0, 0.1, 0.5), **overrides})
