@@ -11,11 +11,11 @@ TORCH_LIBRARY(grace_fast, m) {
   // C [B, N, M] float32/64, a [B, N], b [B, M] (zeros = padding) -> plan, f, g (shifted to <a, f> = <b, g>),
   // n_iter int64 [B], err [B]: the semantics of grace_fast.ops.reference.sinkhorn_reference.
   m.def("sinkhorn_forward(Tensor C, Tensor a, Tensor b, float eps, int max_iter, float tol) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
-  // X [B, T, H, W, D] -> X_out (X's dtype), w [B, T, H, W] and scores [2, B, T, H, W] (tau, sigma) in float32
-  // (float64 for float64 X): the semantics of grace_fast.ops.reference.motion_weights_reference.
-  m.def("motion_weights_forward(Tensor X, float alpha, int window, float temperature, float beta, float eps) -> (Tensor, Tensor, Tensor)");
-  // grad_out [B, T, H, W, D], grad_w [B, T, H, W] (None = zero) -> dX in X's dtype; w and scores from the forward.
-  m.def("motion_weights_backward(Tensor? grad_out, Tensor? grad_w, Tensor X, Tensor w, Tensor scores, float alpha, int window, float temperature, float beta, float eps) -> Tensor");
+  // X [B, T, H, W, D] -> X_out (X's dtype), w [B, T, H, W] float32 (float64 for float64 X): the semantics of
+  // grace_fast.ops.reference.motion_weights_reference.
+  m.def("motion_weights_forward(Tensor X, float alpha, int window, float temperature, float beta, float eps) -> (Tensor, Tensor)");
+  // grad_out [B, T, H, W, D], grad_w [B, T, H, W] (None = zero) -> dX in X's dtype; w from the forward.
+  m.def("motion_weights_backward(Tensor? grad_out, Tensor? grad_w, Tensor X, Tensor w, float alpha, int window, float temperature, float beta, float eps) -> Tensor");
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {

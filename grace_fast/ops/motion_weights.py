@@ -55,7 +55,7 @@ def motion_weights(
     if backend == "torch":
         return motion_weights_reference(X, alpha=alpha, window=window, temperature=temperature, beta=beta)
     fused = torch.ops.grace_fast.motion_weights_forward if backend == "cpu" else _motion_weights_triton
-    X_out, w, _ = fused(X, alpha, window, temperature, beta, NORM_EPS)
+    X_out, w = fused(X, alpha, window, temperature, beta, NORM_EPS)[:2]
     return X_out, w
 
 
@@ -72,35 +72,34 @@ def _alpha(mode: str, alpha: float | None) -> float:
 
 def _forward_fake(X, alpha, window, temperature, beta, eps):
     acc = torch.float64 if X.dtype == torch.float64 else torch.float32
-    B, T, H, W, _ = X.shape
-    return (
-        torch.empty_like(X, memory_format=torch.contiguous_format),
-        X.new_empty(B, T, H, W, dtype=acc),
-        X.new_empty(2, B, T, H, W, dtype=acc),
-    )
+    return torch.empty_like(X, memory_format=torch.contiguous_format), X.new_empty(X.shape[:-1], dtype=acc)
 
 
-def _backward_fake(grad_out, grad_w, X, w, scores, alpha, window, temperature, beta, eps):
+def _triton_forward_fake(X, alpha, window, temperature, beta, eps):
+    X_out, w = _forward_fake(X, alpha, window, temperature, beta, eps)
+    return X_out, w, w.new_empty(2, *w.shape)
+
+
+def _backward_fake(grad_out, grad_w, X, w, *scores_and_params):
     return torch.empty_like(X, memory_format=torch.contiguous_format)
 
 
 def _setup_context(ctx, inputs, output):
     X, *ctx.params = inputs
-    _, w, scores = output
-    ctx.mark_non_differentiable(scores)
+    _, w, *scores = output  # the Triton kernels also return and save their scores; the cpu backward recomputes them
+    ctx.mark_non_differentiable(*scores)
     ctx.set_materialize_grads(False)  # an unused output costs no zero [B, T, H, W, D] gradient
-    ctx.save_for_backward(X, w, scores)
+    ctx.save_for_backward(X, w, *scores)
 
 
-def _register(forward: str, backward) -> None:
+def _register(forward: str, forward_fake, backward) -> None:
     """Fake tensors and autograd of a fused forward op (X, alpha, window, temperature, beta, eps) -> (X_out, w,
-    scores) whose backward op takes (grad_out, grad_w, X, w, scores, alpha, window, temperature, beta, eps)."""
+    *scores) whose backward op takes (grad_out, grad_w, X, w, *scores, alpha, window, temperature, beta, eps)."""
 
-    def _backward(ctx, grad_out, grad_w, _grad_scores):
-        X, w, scores = ctx.saved_tensors
-        return backward(grad_out, grad_w, X, w, scores, *ctx.params), None, None, None, None, None
+    def _backward(ctx, grad_out, grad_w, *_grad_scores):
+        return backward(grad_out, grad_w, *ctx.saved_tensors, *ctx.params), None, None, None, None, None
 
-    torch.library.register_fake(forward)(_forward_fake)
+    torch.library.register_fake(forward)(forward_fake)
     torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
 
 
@@ -134,7 +133,7 @@ def _motion_weights_triton_backward(
 
 
 _motion_weights_triton_backward.register_fake(_backward_fake)
-_register("grace_fast::motion_weights_triton", _motion_weights_triton_backward)
+_register("grace_fast::motion_weights_triton", _triton_forward_fake, _motion_weights_triton_backward)
 if extension_loaded():
     torch.library.register_fake("grace_fast::motion_weights_backward")(_backward_fake)
-    _register("grace_fast::motion_weights_forward", torch.ops.grace_fast.motion_weights_backward)
+    _register("grace_fast::motion_weights_forward", _forward_fake, torch.ops.grace_fast.motion_weights_backward)

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 import grace_fast
+from benchmarks.utils import peak_memory_mb
 from grace_fast.ops import motion_weights
 from grace_fast.ops.motion_weights import MODES
 from grace_fast.ops.reference import motion_weights_reference
@@ -214,6 +215,43 @@ def test_still_clip_has_unit_weights_and_finite_gradients(backend):
     _, w, dX = _with_grads(lambda x: motion_weights(x, backend=backend), X, *grads)
     torch.testing.assert_close(w, torch.ones_like(w))
     assert torch.isfinite(dX).all()
+
+
+def _full_peak_mb(X, backend):
+    """MiB that motion_weights allocates at most in forward plus the backward of random upstream gradients of X_out and
+    w, outputs and dX included (bench_motion's full mode)."""
+    X = X.detach().requires_grad_()
+    upstream = torch.randn_like(X), torch.randn(X.shape[:-1])
+
+    def full():
+        X_out, w = motion_weights(X, backend=backend)
+        torch.autograd.grad((X_out, w), X, upstream)
+
+    return peak_memory_mb(full)
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_backward_keeps_no_per_token_buffer_besides_the_weights(backend):
+    """Twice the clips add exactly their X_out, dX and w to the peak: the backward recomputes the scores instead of
+    saving them, and its other buffers are sized by threads and groups of clips, not by the batch."""
+    shape = (4, 23, 23, 8)  # 2116 tokens per clip: one clip per group
+    small, large = (_full_peak_mb(torch.randn(B, *shape), backend) * 2**20 for B in (2, 4))
+    tokens = 2 * shape[0] * shape[1] * shape[2]
+    assert large - small == tokens * (2 * shape[3] + 1) * 4
+
+
+@pytest.mark.parametrize("backend", CPU)
+def test_forward_backward_peak_memory_is_two_inputs_at_the_benchmark_shape(backend):
+    """X [8, 32, 14, 14, 768] bfloat16 (bench_motion's 64 frames, where w and the scratch weigh most) on 2 threads: the
+    peak is X_out and dX plus less than 0.5 % of X (peak_over_X 2.00)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        X = torch.randn(8, 32, 14, 14, 768, dtype=torch.bfloat16)
+        peak = _full_peak_mb(X, backend) * 2**20 / (X.numel() * X.element_size())
+    finally:
+        torch.set_num_threads(threads)
+    assert peak < 2.005, peak
 
 
 def _slow_under_interpreter(backend: str) -> bool:
