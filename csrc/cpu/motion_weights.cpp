@@ -393,30 +393,30 @@ void clip_weights(A* tau, A* sigma, A* w, int64_t N, int64_t S, const Params& p)
   for (int64_t i = 0; i < N; ++i) w[i] *= scale;
 }
 
+// Group by group, so that X_out is written while the group's X is still in cache.
 template <typename T, typename A>
 void forward_kernel(const T* X, T* X_out, A* w, int64_t B, int64_t F, const Frame& f, const Params& p,
                     const at::TensorOptions& acc) {
-  const int64_t S = f.tokens(), D = f.D, N = F * S;
-  if (F == 1) {
-    std::fill(w, w + B * N, A(1));
-  } else {
-    const int64_t G = group_size(B, N);
-    const at::Tensor inv_count = inverse_counts<A>(f, acc), work = at::empty({2, G * N}, acc);
-    const Scratch<A> scratch(f, acc);
-    A *tau = work.data_ptr<A>(), *sigma = tau + G * N;
-    for (int64_t b0 = 0; b0 < B; b0 += G) {
-      const int64_t clips = std::min(G, B - b0);
-      group_scores<T, A>(X + b0 * N * D, nullptr, nullptr, A(0), clips, F, f, p.spatial(), inv_count.data_ptr<A>(),
+  const int64_t S = f.tokens(), D = f.D, N = F * S, G = group_size(B, N);
+  const at::Tensor inv_count = inverse_counts<A>(f, acc), work = at::empty({2, F > 1 ? G * N : 0}, acc);
+  const Scratch<A> scratch(f, acc);
+  A *tau = work.data_ptr<A>(), *sigma = tau + work.size(1);
+  const A beta = static_cast<A>(p.beta);
+  for (int64_t b0 = 0; b0 < B; b0 += G) {
+    const int64_t clips = std::min(G, B - b0), first = b0 * N;
+    if (F == 1) {
+      std::fill(w + first, w + first + clips * N, A(1));
+    } else {
+      group_scores<T, A>(X + first * D, nullptr, nullptr, A(0), clips, F, f, p.spatial(), inv_count.data_ptr<A>(),
                          scratch, tau, sigma, nullptr);
       at::parallel_for(0, clips, grain(N), [&](int64_t begin, int64_t end) {
-        for (int64_t b = begin; b < end; ++b) clip_weights(tau + b * N, sigma + b * N, w + (b0 + b) * N, N, S, p);
+        for (int64_t b = begin; b < end; ++b) clip_weights(tau + b * N, sigma + b * N, w + first + b * N, N, S, p);
       });
     }
+    at::parallel_for(first, first + clips * N, grain(D), [&](int64_t begin, int64_t end) {
+      for (int64_t row = begin; row < end; ++row) scale_row(X + row * D, 1 + beta * (w[row] - 1), X_out + row * D, D);
+    });
   }
-  const A beta = static_cast<A>(p.beta);
-  at::parallel_for(0, B * N, grain(D), [&](int64_t begin, int64_t end) {
-    for (int64_t row = begin; row < end; ++row) scale_row(X + row * D, 1 + beta * (w[row] - 1), X_out + row * D, D);
-  });
 }
 
 // Gradient of the loss with respect to r = alpha tau_hat + (1 - alpha) sigma_hat of one clip, reduced to the per-token
