@@ -5,6 +5,8 @@ retests only what is missing."""
 import csv
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -97,6 +99,12 @@ def test_a_rerun_redoes_only_what_is_missing_the_same_in_this_process_as_in_a_wo
     assert (retested / "test" / "report.json").is_file()
 
 
-def test_demo_refuses_a_bad_jobs_count(tmp_path):
-    with pytest.raises(ValueError, match="jobs"):
-        demo(tmp_path, jobs=0)
+def test_the_command_refuses_a_bad_jobs_count_with_exit_2_naming_it(tmp_path):
+    done = subprocess.run(
+        [sys.executable, "-m", "grace_fast", "demo", "--out", str(tmp_path / "demo"), "--jobs", "0"],
+        capture_output=True,
+        text=True,
+    )
+    assert (done.returncode, done.stdout) == (2, "")
+    assert "demo: error: jobs must be an integer >= 1, got 0" in done.stderr
+    assert not (tmp_path / "demo").exists()
