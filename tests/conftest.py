@@ -36,3 +36,12 @@ def available(names: tuple[str, ...]) -> list:
 
 def device_of(backend: str) -> str:
     return "cuda" if backend in ("cuda", "triton") and torch.cuda.is_available() else "cpu"
+
+
+@pytest.fixture(scope="module")
+def one_thread():
+    """The module's tests on one torch thread (tiny models run fastest there), restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -28,12 +28,7 @@ CAPTION = "a man smiles"
 TUBELETS, GRID, KEPT = 8, 4, 64  # the tiny model on 16 frames of 32 px: 8 x 4 x 4 tokens, rho 0.5 keeps 64
 
 
-@pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

@@ -4,14 +4,10 @@ cores are shared, two OpenMP threads wait on each other far longer than they com
 import os
 
 import pytest
-import torch
 
 SUBPROCESS_ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
 @pytest.fixture(scope="module", autouse=True)
-def _one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+def _one_thread(one_thread):
+    """Every training test on one torch thread."""
