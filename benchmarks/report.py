@@ -2,7 +2,6 @@
 with their 20-80% spread, ratios against each baseline), the scaling exponents and their plots."""
 
 import json
-import os
 from pathlib import Path
 
 import matplotlib
@@ -12,6 +11,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.bench_scaling import growth_exponents  # noqa: E402
 from benchmarks.utils import RESULTS  # noqa: E402
+from grace_fast.files import write_atomic, write_figure  # noqa: E402
 
 ORDER = ["cost", "sinkhorn", "motion", "scaling", "model", "inference"]
 TIMING = {"median_ms", "p20_ms", "p80_ms", "reps"}
@@ -87,9 +87,7 @@ def scaling_plots(rows: list[dict], out_dir: Path, suffix: str) -> list[Path]:
             ax.legend()
         fig.tight_layout()
         path = out_dir / f"scaling-{series.split()[0].replace(chr(39), '')}{suffix}.png"
-        fig.savefig(path, dpi=100)
-        plt.close(fig)
-        paths.append(path)
+        paths.append(write_figure(fig, path))
     return paths
 
 
@@ -121,7 +119,5 @@ def write_report(out_dir: Path = RESULTS, suffix: str = "") -> Path:
             text.append("")
             text += [f"![{p.stem}]({p.name})" for p in scaling_plots(result["rows"], out_dir, suffix)] + [""]
     path = out_dir / f"REPORT{suffix}.md"
-    tmp = path.with_suffix(".md.tmp")
-    tmp.write_text("\n".join(text))
-    os.replace(tmp, path)
+    write_atomic(path, "\n".join(text).encode())
     return path

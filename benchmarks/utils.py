@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from grace_fast.files import write_atomic
+
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -120,11 +122,8 @@ def add_ratios(rows: list[dict], baselines: list[str], keys: tuple[str, ...]) ->
 
 def write_results(name: str, rows: list[dict], out_dir: Path = RESULTS) -> Path:
     """Writes {"machine": ..., "rows": [...]} to <out_dir>/<name>.json atomically."""
-    out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{name}.json"
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n")
-    os.replace(tmp, path)
+    write_atomic(path, (json.dumps({"machine": machine(), "rows": rows}, indent=1) + "\n").encode())
     return path
 
 

@@ -31,7 +31,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from grace_fast.data.layouts import load_clips  # noqa: E402
 from grace_fast.data.synthetic import make_synthetic  # noqa: E402
-from grace_fast.files import write_atomic  # noqa: E402
+from grace_fast.files import write_atomic, write_figure  # noqa: E402
 from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, demo_config  # noqa: E402
 from grace_fast.train.config import TrainConfig  # noqa: E402
 from grace_fast.train.grace import fold_clips  # noqa: E402
@@ -204,9 +204,7 @@ def _plot(rows: list[dict], path: Path) -> None:
     ax.set(ylabel="% on the test fold", title="GRACE and its ablations on the synthetic set")
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".png.tmp.png"), dpi=100)
-    plt.close(fig)
-    path.with_suffix(".png.tmp.png").replace(path)
+    write_figure(fig, path)
 
 
 def table(summary: dict) -> str:

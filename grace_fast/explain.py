@@ -20,14 +20,13 @@ share of it that one kept visual token receives.
 """
 
 import argparse
-import io
 import os
 from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
-from grace_fast.files import write_atomic
+from grace_fast.files import write_figure
 from grace_fast.predict import Clip, Prediction, Predictor
 
 CELL, LABEL_WIDTH, HEADER, DPI = 1.5, 1.5, 0.8, 100  # inches: one panel, the row labels, the title; dots per inch
@@ -221,11 +220,7 @@ def plot(explanation: Explanation, path: str | os.PathLike, title: str = "", dpi
     for row, label in enumerate(["frame"] + [label for label, _, _ in heats]):
         axes[row, 0].set_ylabel(label, fontsize=8)
     figure.suptitle(heading(e, title), fontsize=9)
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=dpi)
-    plt.close(figure)
-    write_atomic(Path(path), buffer.getvalue())
-    return Path(path)
+    return write_figure(figure, path, dpi=dpi)
 
 
 def heading(explanation: Explanation, title: str = "") -> str:

@@ -1,5 +1,6 @@
 """Atomic file writes shared by every job that leaves files behind: a file is complete or absent, never half written."""
 
+import io
 import os
 import tempfile
 from pathlib import Path
@@ -19,3 +20,14 @@ def write_atomic(path: str | os.PathLike, data: bytes) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def write_figure(figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
+    """Save a matplotlib figure to path as a PNG through write_atomic, then close it; returns the path."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=dpi)
+    plt.close(figure)
+    write_atomic(path, buffer.getvalue())
+    return Path(path)

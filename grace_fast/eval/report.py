@@ -1,6 +1,5 @@
 """Evaluation reports: a JSON file of the metrics and a confusion matrix PNG, each written atomically."""
 
-import io
 import json
 import os
 from collections.abc import Sequence
@@ -10,7 +9,7 @@ from typing import Any
 import numpy as np
 
 from grace_fast.eval.metrics import Metrics
-from grace_fast.files import write_atomic
+from grace_fast.files import write_atomic, write_figure
 
 
 def report_dict(metrics: Metrics, class_names: Sequence[str] | None = None, **extra: Any) -> dict[str, Any]:
@@ -72,10 +71,7 @@ def plot_confusion(
     axes.set_title(title or f"UAR {100 * metrics.uar:.2f}  WAR {100 * metrics.war:.2f}")
     figure.colorbar(image, ax=axes, fraction=0.046, pad=0.04, label="share of the true class")
     figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png", dpi=120)
-    plt.close(figure)
-    write_atomic(Path(path), buffer.getvalue())
+    write_figure(figure, path, dpi=120)
 
 
 def _names(class_names: Sequence[str] | None, num_classes: int) -> list[str]:
