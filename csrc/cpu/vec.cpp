@@ -65,18 +65,6 @@ GRACE_FAST_CLONES void axpy(float alpha, const float* x, float* y, int64_t n) {
   for (; j < n; ++j) y[j] += alpha * x[j];
 }
 
-GRACE_FAST_CLONES void to_float(const c10::BFloat16* x, float* out, int64_t n) {
-  const uint16_t* bits = reinterpret_cast<const uint16_t*>(x);  // bf16 is the top half of a float
-  for (int64_t j = 0; j < n; ++j) {
-    const uint32_t u = static_cast<uint32_t>(bits[j]) << 16;
-    std::memcpy(out + j, &u, sizeof(float));
-  }
-}
-
-GRACE_FAST_CLONES void to_float(const c10::Half* x, float* out, int64_t n) {
-  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<float>(x[j]);
-}
-
 GRACE_FAST_CLONES float exp_affine(const float* c, const float* g, float inv_eps, float shift, float* out,
                                    int64_t n) {
   const v8f ie = splat(inv_eps), sh = splat(shift);

@@ -1,8 +1,6 @@
 // Row primitives for the CPU kernels. The float versions are vectorised (own exp polynomial) and compiled for
 // AVX2+FMA and for the baseline ISA; the double versions are plain loops (float64 is the gradcheck path).
 #pragma once
-#include <c10/util/BFloat16.h>
-#include <c10/util/Half.h>
 
 #include <cstdint>
 
@@ -20,10 +18,6 @@ float max_diff(const float* g, const float* c, int64_t n);
 void max_update(float f, const float* c, float* colmax, int64_t n);
 // colsum_j += exp((f - c_j - colmax_j) * inv_eps)
 void exp_accumulate(float f, const float* c, const float* colmax, float inv_eps, float* colsum, int64_t n);
-
-// out_j = float(x_j)
-void to_float(const c10::BFloat16* x, float* out, int64_t n);
-void to_float(const c10::Half* x, float* out, int64_t n);
 
 double dot(const double* x, const double* y, int64_t n);
 void axpy(double alpha, const double* x, double* y, int64_t n);
