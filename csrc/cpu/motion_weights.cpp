@@ -88,38 +88,38 @@ struct Frame {
   int64_t tokens() const { return H * W; }
 };
 
-// x [n] (n <= DT) as a Row, zero past n
+// x [n] (n <= DT) as a Row, zero past n. Full rows take the path without a stack copy.
 template <typename A>
 ALWAYS_INLINE Row<A> load_row(const A* x, int64_t n) {
-  Row<A> r{};
   if (n == DT) {
+    Row<A> r;
     for (int64_t k = 0; k < Row<A>::K; ++k) r.v[k] = *reinterpret_cast<const Vec<A>*>(x + k * Row<A>::L);
-  } else {
-    for (int64_t j = 0; j < n; ++j) r.v[j / Row<A>::L][j % Row<A>::L] = x[j];
+    return r;
   }
-  return r;
+  A padded[DT] = {};
+  std::copy(x, x + n, padded);
+  return load_row(padded, DT);
 }
 
 ALWAYS_INLINE Row<float> load_row(const c10::BFloat16* x, int64_t n) {  // bf16 is the top half of a float
-  const uint16_t* bits = reinterpret_cast<const uint16_t*>(x);
-  Row<float> r{};
-  for (int64_t k = 0; k < Row<float>::K; ++k) {
-    Bits16 half{};
-    if (n == DT) {
-      half = *reinterpret_cast<const Bits16*>(bits + k * Row<float>::L);
-    } else {
-      for (int64_t j = 0; j < Row<float>::L && k * Row<float>::L + j < n; ++j) half[j] = bits[k * Row<float>::L + j];
+  if (n == DT) {
+    Row<float> r;
+    for (int64_t k = 0; k < Row<float>::K; ++k) {
+      const Bits16 half = *reinterpret_cast<const Bits16*>(x + k * Row<float>::L);
+      const Bits32 wide = __builtin_convertvector(half, Bits32) << 16;
+      std::memcpy(&r.v[k], &wide, sizeof(wide));
     }
-    const Bits32 wide = __builtin_convertvector(half, Bits32) << 16;
-    std::memcpy(&r.v[k], &wide, sizeof(wide));
+    return r;
   }
-  return r;
+  c10::BFloat16 padded[DT] = {};
+  std::copy(x, x + n, padded);
+  return load_row(padded, DT);
 }
 
 ALWAYS_INLINE Row<float> load_row(const c10::Half* x, int64_t n) {
-  Row<float> r{};
-  for (int64_t j = 0; j < n; ++j) r.v[j / Row<float>::L][j % Row<float>::L] = static_cast<float>(x[j]);
-  return r;
+  float padded[DT] = {};
+  for (int64_t j = 0; j < n; ++j) padded[j] = static_cast<float>(x[j]);
+  return load_row(padded, DT);
 }
 
 // out [n] = the first n values of r
@@ -127,28 +127,39 @@ template <typename A>
 ALWAYS_INLINE void store_row(const Row<A>& r, int64_t n, A* out) {
   if (n == DT) {
     for (int64_t k = 0; k < Row<A>::K; ++k) *reinterpret_cast<Vec<A>*>(out + k * Row<A>::L) = r.v[k];
-  } else {
-    for (int64_t j = 0; j < n; ++j) out[j] = r.v[j / Row<A>::L][j % Row<A>::L];
+    return;
   }
+  A padded[DT];
+  store_row(r, DT, padded);
+  std::copy(padded, padded + n, out);
 }
 
 ALWAYS_INLINE void store_row(const Row<float>& r, int64_t n, c10::BFloat16* out) {  // c10's rounding, NaN kept
-  uint16_t* bits = reinterpret_cast<uint16_t*>(out);
-  for (int64_t k = 0; k < Row<float>::K; ++k) {
-    Bits32 u;
-    std::memcpy(&u, &r.v[k], sizeof(u));
-    u = (u + (((u >> 16) & 1) + 0x7FFF)) >> 16;
-    const Bits16 half = __builtin_convertvector(r.v[k] != r.v[k] ? Bits32{} + 0x7FC0 : u, Bits16);
-    if (n == DT) {
-      *reinterpret_cast<Bits16*>(bits + k * Row<float>::L) = half;
-    } else {
-      for (int64_t j = 0; j < Row<float>::L && k * Row<float>::L + j < n; ++j) bits[k * Row<float>::L + j] = half[j];
+  if (n == DT) {
+    for (int64_t k = 0; k < Row<float>::K; ++k) {
+      Bits32 u;
+      std::memcpy(&u, &r.v[k], sizeof(u));
+      u = (u + (((u >> 16) & 1) + 0x7FFF)) >> 16;
+      const Bits16 half = __builtin_convertvector(r.v[k] != r.v[k] ? Bits32{} + 0x7FC0 : u, Bits16);
+      *reinterpret_cast<Bits16*>(out + k * Row<float>::L) = half;
     }
+    return;
   }
+  c10::BFloat16 padded[DT];
+  store_row(r, DT, padded);
+  std::copy(padded, padded + n, out);
 }
 
 ALWAYS_INLINE void store_row(const Row<float>& r, int64_t n, c10::Half* out) {
-  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<c10::Half>(r.v[j / Row<float>::L][j % Row<float>::L]);
+  float values[DT];
+  store_row(r, DT, values);
+  for (int64_t j = 0; j < n; ++j) out[j] = static_cast<c10::Half>(values[j]);
+}
+
+// Hint that the cache line at p is used soon: the strided rows of a tile defeat the hardware's prefetch
+template <typename T>
+ALWAYS_INLINE void prefetch(const T* p) {
+  __builtin_prefetch(p);
 }
 
 // r's DT values folded to one vector of partial sums
@@ -200,10 +211,15 @@ GRACE_FAST_CLONES void frame_scores(const T* x_t, const T* x_prev, const T* grad
   std::fill(lanes, lanes + 3 * S, Vec<A>{});
   for (int64_t d0 = 0; d0 < D; d0 += DT) {
     const int64_t n = std::min(DT, D - d0);
+    const bool more = d0 + DT < D;
     for (int64_t s = 0; s < S; ++s) {
       const int64_t at = s * D + d0;
+      if (more) prefetch(x_t + at + DT);  // the next tile's
       const Row<A> x = load_row(x_t + at, n);
-      if (grad_out) dot_lanes[s] += fold<A>(load_row(grad_out + at, n) * x);
+      if (grad_out) {
+        if (more) prefetch(grad_out + at + DT);
+        dot_lanes[s] += fold<A>(load_row(grad_out + at, n) * x);
+      }
       if (x_prev) {
         delta[s] = x - load_row(x_prev + at, n);
         tau_lanes[s] += fold<A>(delta[s] * delta[s]);
@@ -260,7 +276,10 @@ ALWAYS_INLINE Row<A>* frame_gradient(const T* X, const A* a, const A* c, int64_t
   if (t == 0 || t == F) return nullptr;
   const int64_t S = f.tokens(), D = f.D;
   const T* x_t = X + t * S * D + d0;
-  for (int64_t s = 0; s < S; ++s) delta[s] = load_row(x_t + s * D, n) - load_row(x_t + (s - S) * D, n);
+  for (int64_t s = 0; s < S; ++s) {
+    if (t > 1) prefetch(x_t + (s - 2 * S) * D);  // X_{t-2}: the next step's
+    delta[s] = load_row(x_t + s * D, n) - load_row(x_t + (s - S) * D, n);
+  }
   tile_grad(delta, rows, inv_count, f, spatial, a + t * S, c + t * S, buffer);
   return buffer;
 }
@@ -280,7 +299,11 @@ GRACE_FAST_CLONES void chunk_gradient(const T* X, const T* grad_out, const A* w,
     for (int64_t s = 0; s < S; ++s) {
       const int64_t row = t * S + s, at = row * D + d0;
       Row<A> v{};
-      if (grad_out) v = load_row(grad_out + at, n) * (1 + beta * (w[row] - 1));
+      if (t > t0) prefetch(dX + at - S * D);  // the next step's
+      if (grad_out) {
+        if (t > t0) prefetch(grad_out + at - S * D);
+        v = load_row(grad_out + at, n) * (1 + beta * (w[row] - 1));
+      }
       if (cur) v += cur[s];
       if (next) v -= next[s];
       store_row(v, n, dX + at);
