@@ -27,6 +27,7 @@ SHAPES = {  # (B, T, H, W, D)
     "D1": (1, 3, 4, 4, 1),
     "D77-block-edge": (2, 4, 4, 3, 77),
     "D1000": (1, 2, 2, 3, 1000),
+    "B3-of-groups-of-2": (3, 8, 14, 14, 40),  # the cpu backend's groups of clips, on all threads
 }
 MIXES = {
     "both": ("both", None),
