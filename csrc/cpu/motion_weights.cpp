@@ -31,9 +31,12 @@
 namespace grace_fast::cpu {
 namespace {
 
-constexpr int64_t DT = 16;       // features per tile (the last tile of a frame is padded with zeros)
+// A thread's scratch is TILES tiles of [H W, DT] (50 KB in float32 for 14 x 14 tokens), the backward's work buffer 3
+// floats per token of a group (48 KB, or one clip's); a group of two 16-frame VideoMAE clips splits evenly over two
+// threads. The last tile of a frame is padded with zeros.
+constexpr int64_t DT = 16;       // features per tile
+constexpr int64_t TILES = 4;     // scratch tiles per thread
 constexpr int64_t GROUP = 4096;  // tokens per group of clips (at least one clip)
-constexpr int64_t TILES = 4;     // [H W, DT] scratch tiles per thread
 
 // Vec: one AVX2 register of A, a GCC vector aligned like A (unaligned access)
 template <typename A>
