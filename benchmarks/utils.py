@@ -18,6 +18,8 @@ from torch.profiler import ProfilerActivity, profile
 
 from grace_fast.files import write_atomic
 
+# kineto prints "USDT: ... profiler_start/stop" on stderr around every memory profile unless told otherwise
+os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
