@@ -144,14 +144,15 @@ def print_table(rows: list[dict], columns: list[str]) -> None:
 
 
 def benchmark_main(name: str, doc: str, shapes: dict, run: Callable[..., list[dict]], columns: list[str]) -> None:
-    """The command line of a bench_<op>.py: choose shapes and device, print the table, write results/<name>.json."""
+    """The command line of a bench_<op>.py: choose shapes and device, print the table, write <out>/<name>.json."""
     parser = argparse.ArgumentParser(description=doc, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", nargs="+", choices=list(shapes), default=list(shapes))
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="the folder of the JSON (default: results/)")
     args = parser.parse_args()
     rows = run({k: shapes[k] for k in args.shapes}, device=args.device)
     print_table(rows, columns)
-    print(f"written to {write_results(name + result_suffix(args.device), rows)}")
+    print(f"written to {write_results(name + result_suffix(args.device), rows, args.out)}")
 
 
 def result_suffix(device: str) -> str:

@@ -1,0 +1,89 @@
+"""python -m benchmarks --base: the test gate, the interleaved rounds and the ratios (on stand-in trees)."""
+
+import json
+import textwrap
+
+import pytest
+
+from benchmarks import compare as cmp
+
+
+def tree_with_tests(root, passing: bool):
+    """A stand-in source tree whose cost_matrix tests pass or fail."""
+    test = root / "tests" / "ops" / "test_cost_matrix.py"
+    test.parent.mkdir(parents=True)
+    test.write_text(f"def test_cost():\n    assert {passing}\n")
+    return root
+
+
+def row(shape, provider, median_ms):
+    return {"op": "cost", "provider": provider, "shape": shape, "median_ms": median_ms, "speedup_vs_torch": 9.0}
+
+
+@pytest.mark.parametrize("failing", ["this tree", "base"])
+def test_no_ratio_is_reported_when_either_tree_fails_its_tests(tmp_path, monkeypatch, failing):
+    this = tree_with_tests(tmp_path / "this", passing=failing != "this tree")
+    base = tree_with_tests(tmp_path / "base", passing=failing != "base")
+    runs = []
+    monkeypatch.setattr(cmp, "ROOT", this)
+    monkeypatch.setattr(cmp, "run_in", lambda *args: runs.append(args) or [])
+    with pytest.raises(SystemExit, match=f"the tests fail on {'this tree' if failing == 'this tree' else 'REV'}"):
+        cmp.compare("cost", base, "REV", "cpu", None, rounds=2)
+    assert runs == []  # nothing was timed
+
+
+def test_sides_run_in_turn_and_the_ratio_is_of_medians_over_rounds(tmp_path, monkeypatch):
+    this = tree_with_tests(tmp_path / "this", passing=True)
+    base = tree_with_tests(tmp_path / "base", passing=True)
+    base_ms = iter([10.0, 14.0, 12.0])
+    this_ms = iter([5.0, 4.0, 8.0])
+    calls = []
+
+    def fake_run_in(tree, name, device, shapes, out):
+        calls.append(("this" if tree == this else "base", out is not None))
+        return [row("paper", "cpu", next(this_ms if tree == this else base_ms))]
+
+    monkeypatch.setattr(cmp, "ROOT", this)
+    monkeypatch.setattr(cmp, "run_in", fake_run_in)
+    (out,) = cmp.compare("cost", base, "REV", "cpu", ["paper"], rounds=3)
+    # ABBA order, so that a drift of the machine falls on both sides; only this tree's JSON is redirected
+    assert calls == [("this", True), ("base", False), ("base", False), ("this", True), ("this", True), ("base", False)]
+    assert out["REV_ms"] == 12.0 and out["median_ms"] == 5.0 and out["speedup_vs_base"] == pytest.approx(12 / 5)
+    assert out["lowest"] == pytest.approx(1.5) and out["highest"] == pytest.approx(3.5)  # 12/8 and 14/4
+    assert "speedup_vs_torch" not in out  # the trees' own ratios are not carried over
+
+
+def test_rows_missing_from_a_round_of_either_side_are_left_out():
+    this = [[row("a", "cpu", 1.0), row("b", "cpu", 1.0)], [row("a", "cpu", 2.0), row("b", "cpu", 1.0)]]
+    base = [[row("a", "cpu", 2.0), row("b", "cpu", 3.0)], [row("a", "cpu", 2.0)]]  # b renamed in round 2
+    out = cmp.join_rounds(this, base, "REV")
+    assert [r["shape"] for r in out] == ["a"] and out[0]["speedup_vs_base"] == pytest.approx(2.0 / 1.5)
+
+
+def test_a_revision_without_out_is_read_from_its_own_results(tmp_path):
+    """run_in really runs `python -m benchmarks.bench_cost` in the tree; an old revision ignores --out."""
+    script = tmp_path / "benchmarks" / "bench_cost.py"
+    script.parent.mkdir()
+    (script.parent / "__init__.py").write_text("")
+    script.write_text(
+        textwrap.dedent(f"""
+        import json, pathlib, sys
+        assert sys.argv[1:] == ["--device", "cpu", "--shapes", "paper"], sys.argv
+        out = pathlib.Path("benchmarks/results/cost.json")
+        out.parent.mkdir()
+        out.write_text(json.dumps({{"rows": [{json.dumps(row("paper", "cpu", 3.0))}]}}))
+        """)
+    )
+    assert cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None) == [row("paper", "cpu", 3.0)]
+    script.write_text("raise SystemExit(3)")
+    with pytest.raises(SystemExit, match="the benchmark failed"):
+        cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None)
+
+
+def test_bench_main_writes_its_json_where_out_says(tmp_path, monkeypatch):
+    from benchmarks import bench_cost, utils
+
+    monkeypatch.setattr(bench_cost, "run", lambda shapes, device: [row(s, "torch", 1.0) for s in shapes])
+    monkeypatch.setattr("sys.argv", ["bench_cost", "--shapes", "low-latency", "--out", str(tmp_path)])
+    utils.benchmark_main("cost", "", bench_cost.SHAPES, bench_cost.run, ["provider", "median_ms"])
+    assert json.loads((tmp_path / "cost.json").read_text())["rows"] == [row("low-latency", "torch", 1.0)]
