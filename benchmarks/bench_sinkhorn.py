@@ -7,6 +7,12 @@ Providers: the fast backends (cpu; triton on CUDA), the torch reference (its for
 loop; its backward is the same implicit one), POT's per-problem loop (`ot.sinkhorn(..., method="sinkhorn_log")`,
 numpy and torch backends) and POT's batched solvers (`ot.batch.solve_batch`, log_sinkhorn and plain sinkhorn).
 POT differentiates by unrolling the iterations (grad="autodiff"); the numpy loop has no backward.
+
+On CUDA with the `flash-sinkhorn` package installed, rows of mode "forward from features" compare GRACE's cost and
+plan from features (cost_matrix + sinkhorn, 50 fixed iterations) with flash-sinkhorn's streaming solver, which
+never forms C and returns potentials only. On unit vectors half the squared distance is the cosine cost 1 - cos,
+so `half_cost=True` at the same eps solves the same problem; plan_err (the largest difference of the two plans
+over the largest entry) shows that it does. flash-sinkhorn refuses CPU tensors, so these rows exist on a GPU only.
 """
 
 import numpy as np
@@ -17,7 +23,7 @@ import torch
 
 import grace_fast
 from benchmarks.utils import add_ratios, benchmark_main, measure, peak_memory_mb
-from grace_fast.ops import sinkhorn
+from grace_fast.ops import cost_matrix, sinkhorn
 
 SHAPES = {  # GRACE.md canonical shapes: (B, N, M)
     "paper-rho0.5": (32, 77, 784),
@@ -27,7 +33,8 @@ SHAPES = {  # GRACE.md canonical shapes: (B, N, M)
 }
 EPS = 0.05
 ITERS = {"50 fixed": (50, 0.0), "tol 1e-4": (50, 1e-4)}
-BASELINES = ["torch", "pot-loop-numpy", "pot-loop-torch", "pot-batch-log", "pot-batch-plain"]
+BASELINES = ["torch", "pot-loop-numpy", "pot-loop-torch", "pot-batch-log", "pot-batch-plain", "flash-sinkhorn"]
+FEATURES = 512  # D of the "forward from features" rows
 
 
 def make_case(shape, device="cpu"):
@@ -93,6 +100,48 @@ def run_fn(provider, mode, C, a, b, max_iter, tol):
     return full
 
 
+def unit_features(B, n, device):
+    """[B, n, FEATURES] unit vectors near a few shared directions, so that their cosines spread over [-1, 1]."""
+    basis = torch.randn(8, FEATURES, device=device, generator=torch.Generator(device).manual_seed(0))
+    x = torch.randn(B, n, 8, device=device) @ basis + 0.3 * torch.randn(B, n, FEATURES, device=device)
+    return torch.nn.functional.normalize(x, dim=-1)
+
+
+def flash_plan(f, g, C):
+    """The plan of flash-sinkhorn's (GeomLoss-convention) potentials under uniform weights: a_i b_j exp((f_i + g_j
+    - C_ij) / eps). f: [B, N], g: [B, M], C: [B, N, M]."""
+    N, M = C.shape[-2:]
+    return torch.exp((f[:, :, None] + g[:, None, :] - C) / EPS) / (N * M)
+
+
+def flash_rows(shapes, device) -> list[dict]:
+    """GRACE's cost_matrix + sinkhorn against flash-sinkhorn from the same features, where flash-sinkhorn runs."""
+    try:
+        from flash_sinkhorn import SamplesLoss
+    except ImportError:
+        return []
+    flash = SamplesLoss(
+        "sinkhorn", backend="alternating", eps=EPS, n_iters=50, half_cost=True, potentials=True,
+        use_epsilon_scaling=False, allow_tf32=False,
+    )  # fmt: skip
+    rows = []
+    for shape_name, (B, N, M) in shapes.items():
+        U, V = unit_features(B, N, device), unit_features(B, M, device)
+        fns = {
+            "grace_fast": lambda U=U, V=V: sinkhorn(cost_matrix(U, V), eps=EPS, max_iter=50, tol=0.0),
+            "flash-sinkhorn": lambda U=U, V=V: flash(U, V),
+        }
+        ours = fns["grace_fast"]().plan
+        plan_err = (flash_plan(*fns["flash-sinkhorn"](), cost_matrix(U, V)) - ours).abs().max() / ours.max()
+        for provider, fn in fns.items():
+            row = {"op": "sinkhorn", "provider": provider, "mode": "forward from features", "shape": shape_name}
+            row |= {"B,N,M": f"{B},{N},{M}", "iters": "50 fixed"} | measure(fn, device=device, reps=3, min_seconds=0.3)
+            row["peak_over_C"] = round(peak_memory_mb(fn, device=device) / (B * N * M * 4 / 2**20), 2)
+            row["plan_err"] = float(plan_err) if provider == "flash-sinkhorn" else 0.0
+            rows.append(row)
+    return rows
+
+
 def run(shapes=SHAPES, device="cpu") -> list[dict]:
     rows = []
     for shape_name, shape in shapes.items():
@@ -116,12 +165,13 @@ def run(shapes=SHAPES, device="cpu") -> list[dict]:
                 row |= {"B,N,M": ",".join(map(str, shape)), "iters": f"{max_iter} fixed (memory)"}
                 row["peak_over_C"] = round(peak_memory_mb(fn, device=device) / size_c, 2)
                 rows.append(row)
+    rows += flash_rows(shapes, device) if device == "cuda" else []
     timed = [r for r in rows if "median_ms" in r]
     add_ratios(timed, BASELINES, ("mode", "shape", "iters"))
     return rows
 
 
-COLUMNS = ["provider", "mode", "shape", "iters", "median_ms", "p20_ms", "p80_ms", "peak_over_C"]
+COLUMNS = ["provider", "mode", "shape", "iters", "median_ms", "p20_ms", "p80_ms", "peak_over_C", "plan_err"]
 COLUMNS += [f"speedup_vs_{name}" for name in BASELINES]
 
 

@@ -28,7 +28,7 @@ BENCHMARKS = {  # name -> (module, the tests that must pass before its numbers c
     "model": ("bench_model", ["tests/model"]),
     "inference": ("bench_inference", ["tests/model"]),
 }
-MEASURED = ("median_ms", "p20_ms", "p80_ms", "reps")
+MEASURED = ("median_ms", "p20_ms", "p80_ms", "reps", "plan_err")
 
 
 def tests_pass(name: str, root: Path, device: str) -> bool:

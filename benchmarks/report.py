@@ -42,7 +42,7 @@ def _cell(value) -> str:
 def table(rows: list[dict]) -> str:
     """A markdown table: the rows' descriptive fields, median (p20-p80) in ms, then every other measurement."""
     fields = list(dict.fromkeys(k for r in rows for k in r if k not in TIMING and k != "op"))
-    lead = [f for f in fields if not f.startswith("speedup_vs_") and not f.startswith("peak") and f != "input_mb"]
+    lead = [f for f in fields if not f.startswith(("speedup_vs_", "peak")) and f not in ("input_mb", "plan_err")]
     tail = [f for f in fields if f not in lead]
     header = [*lead, "median ms (p20-p80)", *tail]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
