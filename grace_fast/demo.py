@@ -70,6 +70,7 @@ def demo(
             dataset="synthetic",
             data_root=str(data),
             fold=FOLD,
+            cache_frames=True,
             model=str(model),
             model_overrides=overrides,
             epochs=epochs,

@@ -6,6 +6,10 @@ drawn from a generator seeded by (seed, epoch, index): a sample depends on nothi
 any number of workers, on any DDP rank and after a resume; call `set_epoch` at the start of every epoch (with
 DataLoader workers, leave persistent_workers off so that they see it).
 
+cache=True keeps every clip's decoded frames (all of them, uint8) in memory once it has been read, and samples
+later epochs from there: for small, low-resolution data sets such as the demo's, whose time goes to opening and
+decoding videos. Each DataLoader worker holds its own copy.
+
 Bad files: a clip whose file or frame folder is missing raises VideoReadError naming it when the dataset is
 built, and one that cannot be decoded raises when it is read. With skip_bad=True the missing ones are left out
 and listed in `dataset.skipped`, and an undecodable one comes back as a BadClip that `collate` drops from its
@@ -85,7 +89,8 @@ class Batch:
 class ClipDataset(torch.utils.data.Dataset):
     """Labelled clips as model input: item i is a Sample, or a BadClip when skip_bad is on and the clip cannot
     be decoded. num_frames frames per clip by segment sampling (random within each segment when the transform
-    trains, the centres otherwise); transform crops, resizes and normalises them."""
+    trains, the centres otherwise); transform crops, resizes and normalises them. cache: keep decoded clips in
+    memory (see the module doc); the samples are the same either way."""
 
     def __init__(
         self,
@@ -95,6 +100,7 @@ class ClipDataset(torch.utils.data.Dataset):
         transform: VideoTransform | None = None,
         seed: int = 0,
         skip_bad: bool = False,
+        cache: bool = False,
     ):
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
@@ -103,6 +109,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.transform = transform if transform is not None else VideoTransform()
         self.seed, self.epoch, self.skip_bad = seed, 0, skip_bad
         self.skipped: list[BadClip] = []
+        self.cache: dict[int, np.ndarray] | None = {} if cache else None
         kept = []
         for clip in clips.clips:
             if os.path.exists(clip.path):
@@ -124,12 +131,21 @@ class ClipDataset(torch.utils.data.Dataset):
         clip: Clip = self.clips[index]
         rng = np.random.default_rng([self.seed, self.epoch, index]) if self.transform.train else None
         try:
-            frames = read_clip(clip.path, self.num_frames, sampler=lambda n, t: segment_indices(n, t, rng))
+            frames = self._read(index, lambda n, t: segment_indices(n, t, rng))
         except VideoReadError as error:
             if not self.skip_bad:
                 raise
             return BadClip(clip.id, clip.path, str(error))
         return Sample(self.transform(frames, rng), clip.label, clip.id, clip.caption)
+
+    def _read(self, index: int, sampler) -> np.ndarray:
+        """The sampled frames of clip `index`, [T, H, W, 3] uint8: decoded, or from the cache."""
+        if self.cache is None:
+            return read_clip(self.clips[index].path, self.num_frames, sampler=sampler)
+        if index not in self.cache:
+            self.cache[index] = read_clip(self.clips[index].path, self.num_frames, sampler=lambda n, _: np.arange(n))
+        every = self.cache[index]
+        return every[sampler(len(every), self.num_frames)]
 
 
 def collate(items: list[Sample | BadClip]) -> Batch:

@@ -37,11 +37,13 @@ class TrainConfig:
     (for csv: a folder with train.csv and test.csv, whose labels are indices or names from `classes`).
     `descriptions` names a `grace-fast refine` output (JSONL) whose emotion-aware text replaces the caption of
     each clip it lists (clip ids as the data set names them). `skip_bad` leaves out unreadable clips and lists
-    them in skipped.jsonl instead of stopping. `fold` is the test fold of a k-fold protocol, `folds` ("1-5",
-    "1,3") runs several folds, each into out/fold-K, and reports the mean and (population) std of their test
-    UAR and WAR. `val_fraction` of the training fold, stratified by class and chosen by `seed`, is held out for
-    model selection on `select_metric` (never the test fold); 0 keeps the last epoch. `text`: "caption" aligns
-    each clip's caption (or description), "prompts" the class prompts (low-latency mode).
+    them in skipped.jsonl instead of stopping. `cache_frames` keeps every clip's decoded frames in memory after its
+    first read (per DataLoader worker), for small low-resolution data sets such as the demo's. `fold` is the test
+    fold of a k-fold protocol, `folds` ("1-5", "1,3") runs several folds, each into out/fold-K, and reports the
+    mean and (population) std of their test UAR and WAR. `val_fraction` of the training fold, stratified by class
+    and chosen by `seed`, is held out for model selection on `select_metric` (never the test fold); 0 keeps the
+    last epoch. `text`: "caption" aligns each clip's caption (or description), "prompts" the class prompts
+    (low-latency mode).
 
     Model: `model` is "tiny" (a small random GRACE, built offline), a GraceConfig JSON file, or a checkpoint
     folder to start from; `model_overrides` changes GraceConfig fields (the ablations: motion, alignment, ...).
@@ -66,6 +68,7 @@ class TrainConfig:
     text: str = "caption"
     skip_bad: bool = False
     num_workers: int = 0
+    cache_frames: bool = False
     model: str = "tiny"
     model_overrides: dict[str, Any] = field(default_factory=dict)
     epochs: int = 10

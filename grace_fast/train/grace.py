@@ -165,11 +165,20 @@ def fold_clips(config: TrainConfig, fold: int) -> FoldClips:
 
 
 def clip_dataset(
-    clips: ClipList, model_config: GraceConfig, normalization: Normalization, *, train: bool, seed=0, skip_bad=False
+    clips: ClipList,
+    model_config: GraceConfig,
+    normalization: Normalization,
+    *,
+    train: bool,
+    seed=0,
+    skip_bad=False,
+    cache=False,
 ) -> ClipDataset:
     """A ClipDataset sampling model_config.frames frames at model_config.image_size pixels (train: augmented)."""
     transform = VideoTransform(model_config.image_size, train=train, normalization=normalization)
-    return ClipDataset(clips, num_frames=model_config.frames, transform=transform, seed=seed, skip_bad=skip_bad)
+    return ClipDataset(
+        clips, num_frames=model_config.frames, transform=transform, seed=seed, skip_bad=skip_bad, cache=cache
+    )
 
 
 def grace_loss(model_config: GraceConfig, train: ClipList) -> GraceLoss:

@@ -48,7 +48,16 @@ from grace_fast.train.schedule import build_scheduler
 BEST, METRICS_NAME, CONFIG_NAME, SELECTION_NAME = "best", "metrics.jsonl", "config.yaml", "selection.json"
 SKIPPED_NAME = "skipped.jsonl"
 # fields that may change between a run and its resumption without changing what it computes
-RESUMABLE_CHANGES = ("resume", "progress", "num_workers", "checkpoint_every", "keep_checkpoints", "device", "out")
+RESUMABLE_CHANGES = (
+    "resume",
+    "progress",
+    "num_workers",
+    "cache_frames",
+    "checkpoint_every",
+    "keep_checkpoints",
+    "device",
+    "out",
+)
 
 
 @dataclass

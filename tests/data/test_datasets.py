@@ -69,6 +69,24 @@ def test_collate_stacks_frames_labels_ids_and_captions(clips):
     assert torch.equal(moved.frames, batch.frames) and moved.ids == batch.ids
 
 
+@pytest.mark.parametrize("train", [True, False])
+def test_a_cached_dataset_gives_the_same_samples_and_decodes_each_clip_once(clips, monkeypatch, train):
+    import grace_fast.data.datasets as datasets
+
+    def dataset(cache):
+        return ClipDataset(clips, num_frames=FRAMES, transform=VideoTransform(SIZE, train=train), cache=cache)
+
+    plain, cached = dataset(False), dataset(True)
+    decoded = []
+    monkeypatch.setattr(datasets, "read_clip", lambda path, *a, **k: decoded.append(path) or read_clip(path, *a, **k))
+    for epoch in range(3):
+        plain.set_epoch(epoch), cached.set_epoch(epoch)
+        for i in range(len(clips)):
+            torch.testing.assert_close(cached[i].frames, plain[i].frames, rtol=0, atol=0)
+    assert len(decoded) == 3 * len(clips) + len(clips)  # plain: every epoch; cached: once per clip
+    assert sorted(cached.cache) == list(range(len(clips)))
+
+
 @pytest.fixture
 def broken(clips, tmp_path):
     """The clips with the second one missing and the third one corrupt (copies, not the shared set)."""
@@ -110,6 +128,13 @@ def test_skip_bad_leaves_out_missing_and_corrupt_files_and_lists_them(broken):
     [bad] = batches[0].skipped
     assert (bad.id, bad.path) == (broken[2].id, broken[2].path) and "cannot decode video" in bad.error
     assert batches[1].skipped == []
+
+
+def test_a_cached_dataset_reports_a_corrupt_file_every_time(broken):
+    dataset = ClipDataset(broken, num_frames=FRAMES, transform=VideoTransform(SIZE), skip_bad=True, cache=True)
+    for _ in range(2):
+        assert isinstance(dataset[1], BadClip) and isinstance(dataset[0], Sample)
+    assert sorted(dataset.cache) == [0]
 
 
 def test_a_batch_of_only_bad_clips_is_empty():
