@@ -8,7 +8,8 @@ DataLoader workers, leave persistent_workers off so that they see it).
 
 cache=True keeps every clip's decoded frames (all of them, uint8) in memory once it has been read, and samples
 later epochs from there: for small, low-resolution data sets such as the demo's, whose time goes to opening and
-decoding videos. Each DataLoader worker holds its own copy.
+decoding videos. The cache lives in the process that reads: DataLoader worker processes (not persistent, see
+above) start each epoch with the dataset's, so it pays with num_workers=0.
 
 Bad files: a clip whose file or frame folder is missing raises VideoReadError naming it when the dataset is
 built, and one that cannot be decoded raises when it is read. With skip_bad=True the missing ones are left out

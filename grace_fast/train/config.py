@@ -38,7 +38,7 @@ class TrainConfig:
     `descriptions` names a `grace-fast refine` output (JSONL) whose emotion-aware text replaces the caption of
     each clip it lists (clip ids as the data set names them). `skip_bad` leaves out unreadable clips and lists
     them in skipped.jsonl instead of stopping. `cache_frames` keeps every clip's decoded frames in memory after its
-    first read (per DataLoader worker), for small low-resolution data sets such as the demo's. `fold` is the test
+    first read, for small low-resolution data sets such as the demo's (needs num_workers 0). `fold` is the test
     fold of a k-fold protocol, `folds` ("1-5", "1,3") runs several folds, each into out/fold-K, and reports the
     mean and (population) std of their test UAR and WAR. `val_fraction` of the training fold, stratified by class
     and chosen by `seed`, is held out for model selection on `select_metric` (never the test fold); 0 keeps the
@@ -108,6 +108,8 @@ class TrainConfig:
         for name in ("num_workers", "checkpoint_every", "seed"):
             if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if self.cache_frames and self.num_workers:
+            raise ValueError("cache_frames needs num_workers 0: worker processes would start every epoch uncached")
         if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
             raise ValueError(f"warmup_steps must be None or an integer >= 0, got {self.warmup_steps!r}")
         for name, low, high in (("val_fraction", 0, 1), ("warmup_fraction", 0, 1), ("min_lr_ratio", 0, 1)):
