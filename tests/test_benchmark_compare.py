@@ -60,6 +60,14 @@ def test_rows_missing_from_a_round_of_either_side_are_left_out():
     assert [r["shape"] for r in out] == ["a"] and out[0]["speedup_vs_base"] == pytest.approx(2.0 / 1.5)
 
 
+def test_rows_are_matched_on_what_they_describe_not_on_what_they_measured():
+    def latency(median_ms, p99_ms, reps):
+        return {"provider": "auto", "shape": "tiny", "median_ms": median_ms, "p99_ms": p99_ms, "reps": reps}
+
+    (out,) = cmp.join_rounds([[latency(2.0, 5.0, 100)]], [[latency(3.0, 9.0, 120)]], "REV")
+    assert out["speedup_vs_base"] == pytest.approx(1.5) and "p99_ms" not in out and "reps" not in out
+
+
 def test_a_revision_without_out_is_read_from_its_own_results(tmp_path):
     """run_in really runs `python -m benchmarks.bench_cost` in the tree; an old revision ignores --out."""
     script = tmp_path / "benchmarks" / "bench_cost.py"
