@@ -14,7 +14,7 @@ import importlib
 
 import torch
 
-from benchmarks.compare import BENCHMARKS, ROOT, base_tree, compare
+from benchmarks.compare import BENCHMARKS, ROOT, base_tree, build, check_tests, compare
 from benchmarks.report import write_report
 from benchmarks.utils import RESULTS, print_table, result_suffix, write_results
 
@@ -58,6 +58,9 @@ def main() -> None:
     if args.rounds < 1:
         parser.error("--rounds must be at least 1")
     if args.base:
+        build(ROOT, "this tree")  # what is timed is what is tested: no stale extension
+        for name in names:
+            check_tests(name, ROOT, "this tree", args.device)
         with base_tree(args.base) as tree:
             for name in names:
                 rows = compare(name, tree, args.base, args.device, args.shapes, args.rounds)

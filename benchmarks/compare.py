@@ -31,6 +31,23 @@ BENCHMARKS = {  # name -> (module, the tests that must pass before its numbers c
 MEASURED = ("reps", "plan_err")  # besides every *_ms, speedup_* and peak* field
 
 
+def build(tree: Path, what: str) -> None:
+    """Builds the extension of the source tree in place (a no-op when it is up to date)."""
+    print(f"building the extension of {what} in {tree}", flush=True)
+    command = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
+    env = {**os.environ, "PYTHONPATH": str(tree), "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
+    if subprocess.run(command, cwd=tree, env=env).returncode:
+        raise SystemExit(f"the extension of {what} does not build; no comparison reported")
+
+
+def link_kernels(tree: Path) -> None:
+    """Makes `grace_fast.kernels` (the top-level kernels/ folder, mapped by setup.py) importable from the tree
+    itself; otherwise an editable install's finder would serve this tree's Triton kernels to it."""
+    link = tree / "grace_fast" / "kernels"
+    if (tree / "kernels").is_dir() and not link.exists():
+        link.symlink_to(Path("..") / "kernels", target_is_directory=True)
+
+
 def tests_pass(name: str, root: Path, device: str) -> bool:
     """The benchmark's tests on the tree at root (the Triton interpreter cases are left out on a CPU)."""
     tests = [t for t in BENCHMARKS[name][1] if (root / t).exists()]
@@ -46,17 +63,15 @@ def tests_pass(name: str, root: Path, device: str) -> bool:
 
 @contextlib.contextmanager
 def base_tree(base: str) -> Iterator[Path]:
-    """A temporary git worktree of revision `base` with its extension built in place; removed on exit."""
+    """A temporary git worktree of revision `base` with its extension built in place and its own Triton kernels;
+    removed on exit."""
     with tempfile.TemporaryDirectory(prefix="grace-fast-base-") as tmp:
         tree = Path(tmp) / "tree"
         if subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), base], cwd=ROOT).returncode:
             raise SystemExit(f"--base {base}: git cannot check that revision out")
         try:
-            print(f"building the extension of {base} in {tree}", flush=True)
-            build = [sys.executable, "setup.py", "-q", "build_ext", "--inplace"]
-            env = {**os.environ, "PYTHONPATH": str(tree), "MAX_JOBS": os.environ.get("MAX_JOBS", "2")}
-            if subprocess.run(build, cwd=tree, env=env).returncode:
-                raise SystemExit(f"--base {base}: its extension does not build; no comparison reported")
+            link_kernels(tree)
+            build(tree, base)
             yield tree
         finally:
             subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=ROOT, check=False)
@@ -68,9 +83,12 @@ def run_in(tree: Path, name: str, device: str, shapes: list[str] | None, out: Pa
     module = f"benchmarks.{BENCHMARKS[name][0]}"
     command = [sys.executable, "-m", module, "--device", device, *(["--shapes", *shapes] if shapes else [])]
     command += ["--out", str(out)] if out else []
+    written = (out or tree / "benchmarks" / "results") / f"{name}{result_suffix(device)}.json"
+    written.unlink(missing_ok=True)  # a revision's committed results are no measurement of this run
     if subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}).returncode:
         raise SystemExit(f"{name}: the benchmark failed in {tree}; no comparison reported")
-    written = (out or tree / "benchmarks" / "results") / f"{name}{result_suffix(device)}.json"
+    if not written.is_file():
+        raise SystemExit(f"{name}: the benchmark in {tree} wrote no {written}; no comparison reported")
     return json.loads(written.read_text())["rows"]
 
 
@@ -84,14 +102,15 @@ def key(row: dict) -> tuple:
 
 
 def join_rounds(this: list[list[dict]], base: list[list[dict]], label: str) -> list[dict]:
-    """Rows measured in every round on both sides, with `<label>_ms` (base median over rounds), median_ms (this
-    tree's), speedup_vs_base (their ratio) and its lowest and highest value in one round."""
+    """Timed rows measured in every round on both sides (memory-only rows are left out), with `<label>_ms` (the
+    base's median over rounds), median_ms (this tree's), speedup_vs_base (their ratio) and its lowest and highest
+    value in one round."""
     rounds = list(zip(this, base, strict=True))
-    medians = [({key(r): r["median_ms"] for r in t}, {key(r): r["median_ms"] for r in b}) for t, b in rounds]
+    medians = [tuple({key(r): r["median_ms"] for r in side if "median_ms" in r} for side in pair) for pair in rounds]
     out = []
     for row in this[0]:
         k = key(row)
-        if not all(k in t and k in b for t, b in medians):
+        if "median_ms" not in row or not all(k in t and k in b for t, b in medians):
             continue
         this_ms = statistics.median(t[k] for t, _ in medians)
         base_ms = statistics.median(b[k] for _, b in medians)
@@ -110,12 +129,16 @@ def join_rounds(this: list[list[dict]], base: list[list[dict]], label: str) -> l
     return out
 
 
+def check_tests(name: str, tree: Path, what: str, device: str) -> None:
+    """Refuses (SystemExit) to compare when benchmark `name`'s tests fail on the tree."""
+    if not tests_pass(name, tree, device):
+        raise SystemExit(f"{name}: the tests fail on {what}; no comparison reported")
+
+
 def compare(name: str, tree: Path, label: str, device: str, shapes: list[str] | None, rounds: int) -> list[dict]:
-    """Benchmark `name` on this tree and on `tree` (revision `label`), `rounds` times each in turn; see join_rounds.
-    Refuses (SystemExit) when the benchmark's tests fail on either tree."""
-    for where, what in ((ROOT, "this tree"), (tree, label)):
-        if not tests_pass(name, where, device):
-            raise SystemExit(f"{name}: the tests fail on {what}; no comparison reported")
+    """Benchmark `name` on this tree (its tests already passed: check_tests) and on `tree` (revision `label`),
+    `rounds` times each in turn; see join_rounds. Refuses when the tests fail on `tree`."""
+    check_tests(name, tree, label, device)
     this_rows, base_rows = [], []
     with tempfile.TemporaryDirectory(prefix="grace-fast-this-") as tmp:
         for i in range(rounds):

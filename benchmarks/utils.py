@@ -130,7 +130,9 @@ def write_results(name: str, rows: list[dict], out_dir: Path = RESULTS) -> Path:
 
 
 def print_table(rows: list[dict], columns: list[str]) -> None:
-    """Prints rows as an aligned text table of the given columns (floats to 3 significant digits)."""
+    """Prints rows as an aligned text table of the given columns that some row has (floats to 3 significant
+    digits)."""
+    columns = [c for c in columns if any(r.get(c) is not None for r in rows)]
 
     def cell(v):
         if isinstance(v, float):

@@ -1,7 +1,11 @@
 """python -m benchmarks --base: the test gate, the interleaved rounds and the ratios (on stand-in trees)."""
 
 import json
+import os
+import subprocess
+import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 
@@ -20,16 +24,20 @@ def row(shape, provider, median_ms):
     return {"op": "cost", "provider": provider, "shape": shape, "median_ms": median_ms, "speedup_vs_torch": 9.0}
 
 
-@pytest.mark.parametrize("failing", ["this tree", "base"])
-def test_no_ratio_is_reported_when_either_tree_fails_its_tests(tmp_path, monkeypatch, failing):
-    this = tree_with_tests(tmp_path / "this", passing=failing != "this tree")
-    base = tree_with_tests(tmp_path / "base", passing=failing != "base")
+def test_no_ratio_is_reported_when_this_tree_fails_its_tests(tmp_path):
+    this = tree_with_tests(tmp_path / "this", passing=False)
+    with pytest.raises(SystemExit, match="cost: the tests fail on this tree; no comparison reported"):
+        cmp.check_tests("cost", this, "this tree", "cpu")
+    cmp.check_tests("cost", tree_with_tests(tmp_path / "fixed", passing=True), "this tree", "cpu")
+
+
+def test_nothing_is_timed_when_the_base_fails_its_tests(tmp_path, monkeypatch):
+    base = tree_with_tests(tmp_path / "base", passing=False)
     runs = []
-    monkeypatch.setattr(cmp, "ROOT", this)
     monkeypatch.setattr(cmp, "run_in", lambda *args: runs.append(args) or [])
-    with pytest.raises(SystemExit, match=f"the tests fail on {'this tree' if failing == 'this tree' else 'REV'}"):
+    with pytest.raises(SystemExit, match="cost: the tests fail on REV; no comparison reported"):
         cmp.compare("cost", base, "REV", "cpu", None, rounds=2)
-    assert runs == []  # nothing was timed
+    assert runs == []
 
 
 def test_sides_run_in_turn_and_the_ratio_is_of_medians_over_rounds(tmp_path, monkeypatch):
@@ -53,9 +61,10 @@ def test_sides_run_in_turn_and_the_ratio_is_of_medians_over_rounds(tmp_path, mon
     assert "speedup_vs_torch" not in out  # the trees' own ratios are not carried over
 
 
-def test_rows_missing_from_a_round_of_either_side_are_left_out():
-    this = [[row("a", "cpu", 1.0), row("b", "cpu", 1.0)], [row("a", "cpu", 2.0), row("b", "cpu", 1.0)]]
-    base = [[row("a", "cpu", 2.0), row("b", "cpu", 3.0)], [row("a", "cpu", 2.0)]]  # b renamed in round 2
+def test_rows_missing_from_a_round_of_either_side_and_memory_rows_are_left_out():
+    memory = {"op": "sinkhorn", "provider": "cpu", "shape": "a", "iters": "500 (memory)", "peak_over_C": 2.7}
+    this = [[row("a", "cpu", 1.0), row("b", "cpu", 1.0), memory], [row("a", "cpu", 2.0), row("b", "cpu", 1.0), memory]]
+    base = [[row("a", "cpu", 2.0), row("b", "cpu", 3.0), memory], [row("a", "cpu", 2.0), memory]]  # b renamed
     out = cmp.join_rounds(this, base, "REV")
     assert [r["shape"] for r in out] == ["a"] and out[0]["speedup_vs_base"] == pytest.approx(2.0 / 1.5)
 
@@ -78,11 +87,14 @@ def test_a_revision_without_out_is_read_from_its_own_results(tmp_path):
         import json, pathlib, sys
         assert sys.argv[1:] == ["--device", "cpu", "--shapes", "paper"], sys.argv
         out = pathlib.Path("benchmarks/results/cost.json")
-        out.parent.mkdir()
+        out.parent.mkdir(exist_ok=True)
         out.write_text(json.dumps({{"rows": [{json.dumps(row("paper", "cpu", 3.0))}]}}))
         """)
     )
     assert cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None) == [row("paper", "cpu", 3.0)]
+    script.write_text("pass")  # the committed results of the revision are still there, but were not written now
+    with pytest.raises(SystemExit, match="wrote no .*cost.json"):
+        cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None)
     script.write_text("raise SystemExit(3)")
     with pytest.raises(SystemExit, match="the benchmark failed"):
         cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None)
@@ -95,3 +107,18 @@ def test_bench_main_writes_its_json_where_out_says(tmp_path, monkeypatch):
     monkeypatch.setattr("sys.argv", ["bench_cost", "--shapes", "low-latency", "--out", str(tmp_path)])
     utils.benchmark_main("cost", "", bench_cost.SHAPES, bench_cost.run, ["provider", "median_ms"])
     assert json.loads((tmp_path / "cost.json").read_text())["rows"] == [row("low-latency", "torch", 1.0)]
+
+
+def test_the_base_tree_imports_its_own_triton_kernels(tmp_path):
+    """setup.py maps grace_fast.kernels to kernels/: without the link an editable install serves this tree's."""
+    tree = tmp_path / "tree"
+    subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), "HEAD"], cwd=cmp.ROOT, check=True)
+    try:
+        cmp.link_kernels(tree)
+        where = subprocess.run(
+            [sys.executable, "-c", "import grace_fast.kernels as k; print(k.__path__[0])"],
+            cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+        assert Path(where).resolve() == (tree / "kernels").resolve()
+    finally:
+        subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=cmp.ROOT, check=False)
