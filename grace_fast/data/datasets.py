@@ -6,10 +6,12 @@ drawn from a generator seeded by (seed, epoch, index): a sample depends on nothi
 any number of workers, on any DDP rank and after a resume; call `set_epoch` at the start of every epoch (with
 DataLoader workers, leave persistent_workers off so that they see it).
 
-cache=True keeps every clip's decoded frames (all of them, uint8) in memory once it has been read, and samples
-later epochs from there: for small, low-resolution data sets such as the demo's, whose time goes to opening and
-decoding videos. The cache lives in the process that reads: DataLoader worker processes (not persistent, see
-above) start each epoch with the dataset's, so it pays with num_workers=0.
+cache=True decodes each clip whole on its first read, keeps all its frames in memory (uint8) and samples later
+epochs from there: for small, low-resolution data sets such as the demo's, whose time goes to opening and
+decoding videos. It holds every frame of every clip, and a clip with an unreadable frame is bad even where
+sampling would have skipped that frame; otherwise the samples are the same. The cache lives in the process that
+reads: DataLoader worker processes (not persistent, see above) start each epoch with the dataset's, so it pays
+with num_workers=0.
 
 Bad files: a clip whose file or frame folder is missing raises VideoReadError naming it when the dataset is
 built, and one that cannot be decoded raises when it is read. With skip_bad=True the missing ones are left out
@@ -91,7 +93,7 @@ class ClipDataset(torch.utils.data.Dataset):
     """Labelled clips as model input: item i is a Sample, or a BadClip when skip_bad is on and the clip cannot
     be decoded. num_frames frames per clip by segment sampling (random within each segment when the transform
     trains, the centres otherwise); transform crops, resizes and normalises them. cache: keep decoded clips in
-    memory (see the module doc); the samples are the same either way."""
+    memory (see the module doc)."""
 
     def __init__(
         self,

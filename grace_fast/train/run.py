@@ -103,7 +103,7 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
             train=name == "train",
             seed=config.seed,
             skip_bad=config.skip_bad,
-            cache=config.cache_frames,
+            cache=config.cache_frames and name != "test",  # read once
         )
         for name, part in (("train", clips.train), ("val", clips.val), ("test", clips.test))
         if part is not None

@@ -168,6 +168,24 @@ def test_frame_folders_read_in_natural_order_and_name_a_corrupt_frame(clips, tmp
         read_clip(tmp_path / "empty", 4)
 
 
+def test_a_cached_frame_folder_gives_the_same_samples_but_reads_every_frame(tmp_path):
+    from PIL import Image
+
+    os.makedirs(tmp_path / "clip")
+    for i in range(12):
+        Image.fromarray(np.full((8, 10, 3), 20 * i, np.uint8)).save(tmp_path / "clip" / f"frame_{i + 1}.png")
+    clips = ClipList([Clip("clip", str(tmp_path / "clip"), 0, None)], ["a"])
+
+    def dataset(cache):
+        return ClipDataset(clips, num_frames=4, transform=VideoTransform(SIZE), cache=cache)
+
+    torch.testing.assert_close(dataset(True)[0].frames, dataset(False)[0].frames, rtol=0, atol=0)
+    (tmp_path / "clip" / "frame_1.png").write_bytes(b"broken")  # the evaluation samples frames 2, 5, 8 and 11
+    assert isinstance(dataset(False)[0], Sample)
+    with pytest.raises(VideoReadError, match="cannot decode frame .*frame_1.png"):
+        dataset(True)[0]
+
+
 def test_num_frames_is_checked(clips):
     with pytest.raises(ValueError, match="num_frames must be an integer >= 1, got 0"):
         ClipDataset(clips, num_frames=0)
