@@ -17,7 +17,7 @@ import tempfile
 from collections.abc import Iterator
 from pathlib import Path
 
-from benchmarks.utils import result_suffix
+from benchmarks.utils import describes, result_suffix
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = {  # name -> (module, the tests that must pass before its numbers count)
@@ -28,7 +28,6 @@ BENCHMARKS = {  # name -> (module, the tests that must pass before its numbers c
     "model": ("bench_model", ["tests/model"]),
     "inference": ("bench_inference", ["tests/model"]),
 }
-MEASURED = ("reps", "plan_err")  # besides every *_ms, speedup_* and peak* field
 
 
 def build(tree: Path, what: str) -> None:
@@ -90,11 +89,6 @@ def run_in(tree: Path, name: str, device: str, shapes: list[str] | None, out: Pa
     if not written.is_file():
         raise SystemExit(f"{name}: the benchmark in {tree} wrote no {written}; no comparison reported")
     return json.loads(written.read_text())["rows"]
-
-
-def describes(field: str) -> bool:
-    """A row's field that names what was measured, not a measurement."""
-    return field not in MEASURED and not field.endswith("_ms") and not field.startswith(("speedup", "peak"))
 
 
 def key(row: dict) -> tuple:

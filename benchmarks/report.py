@@ -10,7 +10,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.bench_scaling import growth_exponents  # noqa: E402
-from benchmarks.utils import RESULTS  # noqa: E402
+from benchmarks.utils import RESULTS, describes  # noqa: E402
 from grace_fast.files import write_atomic, write_figure  # noqa: E402
 
 ORDER = ["cost", "sinkhorn", "motion", "scaling", "model", "inference"]
@@ -42,7 +42,7 @@ def _cell(value) -> str:
 def table(rows: list[dict]) -> str:
     """A markdown table: the rows' descriptive fields, median (p20-p80) in ms, then every other measurement."""
     fields = list(dict.fromkeys(k for r in rows for k in r if k not in TIMING and k != "op"))
-    lead = [f for f in fields if not f.startswith(("speedup_vs_", "peak")) and f not in ("input_mb", "plan_err")]
+    lead = [f for f in fields if describes(f)]
     tail = [f for f in fields if f not in lead]
     header = [*lead, "median ms (p20-p80)", *tail]
     lines = ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]

@@ -112,6 +112,15 @@ def machine() -> dict:
     return info
 
 
+MEASURED = ("reps", "plan_err", "input_mb")  # besides every *_ms, speedup_* and peak* field
+
+
+def describes(field: str) -> bool:
+    """A row's field that names what was measured, not a measurement (the report's leading columns, the keys that
+    match rows across runs)."""
+    return field not in MEASURED and not field.endswith("_ms") and not field.startswith(("speedup", "peak"))
+
+
 def add_ratios(rows: list[dict], baselines: list[str], keys: tuple[str, ...]) -> list[dict]:
     """Adds `speedup_vs_<baseline>` = baseline median / row median to rows sharing the values of `keys`."""
     medians = {(r["provider"], *(r[k] for k in keys)): r["median_ms"] for r in rows}
