@@ -15,8 +15,30 @@ has_torch() {
     2>/dev/null
 }
 if ! has_torch; then
+  # A CI run failed with a full disk in pip; say what is needed before pip does.
+  need_mb=5120
+  free_mb=$(df -Pm "$(dirname "$CUDA_VENV")" | awk 'NR == 2 {print $4}')
+  if ((free_mb < need_mb)); then
+    echo "cuda_check: the CUDA torch venv needs $need_mb MB free under $(dirname "$CUDA_VENV"), $free_mb MB are" >&2
+    exit 1
+  fi
   python3 -m venv "$CUDA_VENV"
-  "$py" -m pip install -q "torch==$TORCH_VERSION" ninja
+  # torch and its requirements (markers evaluated) but Triton: 0.9 GB that a compile check never loads
+  "$py" -m pip install -q --no-deps "torch==$TORCH_VERSION"
+  mapfile -t deps < <("$py" - <<'PY'
+import importlib.metadata
+
+from pip._vendor.packaging.requirements import Requirement
+
+for req in map(Requirement, importlib.metadata.requires("torch")):
+    if req.name != "triton" and (req.marker is None or req.marker.evaluate({"extra": ""})):
+        extras = f"[{','.join(sorted(req.extras))}]" if req.extras else ""
+        print(f"{req.name}{extras}{req.specifier}")
+PY
+  )
+  ((${#deps[@]})) || { echo "cuda_check: no requirements read from torch $TORCH_VERSION" >&2; exit 1; }
+  "$py" -m pip install -q "${deps[@]}" ninja
+  echo "cuda_check: venv $(du -sh "$CUDA_VENV" | cut -f1), $(df -Pm "$(dirname "$CUDA_VENV")" | awk 'NR == 2 {print $4}') MB left"
 fi
 "$py" -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'"
 export PATH=$CUDA_VENV/bin:$PATH  # torch.utils.cpp_extension runs `ninja` from PATH
