@@ -37,6 +37,7 @@ for req in map(Requirement, importlib.metadata.requires("torch")):
 PY
   )
   ((${#deps[@]})) || { echo "cuda_check: no requirements read from torch $TORCH_VERSION" >&2; exit 1; }
+  echo "cuda_check: installing ${deps[*]} ninja (pip will warn that torch requires triton: left out on purpose)"
   "$py" -m pip install -q "${deps[@]}" ninja
   echo "cuda_check: venv $(du -sh "$CUDA_VENV" | cut -f1), $(df -Pm "$(dirname "$CUDA_VENV")" | awk 'NR == 2 {print $4}') MB left"
 fi
