@@ -6,7 +6,7 @@ python -m benchmarks --op sinkhorn --base HEAD~3  # compare with another revisio
 python -m benchmarks --op cost --shapes low-latency --base HEAD~3  # some shapes only (printed, not recorded)
 
 A comparison runs the op's tests on both revisions first and refuses to report a speed-up when either fails; then
-it runs both sides in turn, --rounds times, and prints each row's ratio with its lowest and highest round.
+it runs both sides in turn, --rounds times, and prints each row's ratio with its lowest and highest round and a verdict.
 """
 
 import argparse

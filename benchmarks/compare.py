@@ -3,7 +3,8 @@
 REV is checked out in a temporary worktree and its extension built there. The benchmark's tests must pass on both
 trees, or no ratio is reported. Both sides then run as fresh processes, in turn, for a few rounds (this, base;
 base, this; ...), so that a drift of the shared machine falls on both; a row's ratio is the base's median over
-rounds / this tree's, with the lowest and highest per-round ratio beside it. A baseline provider whose code is the
+rounds / this tree's, with the lowest and highest per-round ratio beside it and a verdict that takes sides only
+when every round agrees. A baseline provider whose code is the
 same on both sides (POT, an unchanged reference) shows the noise of the run: its ratio should be about 1.
 """
 
@@ -97,8 +98,8 @@ def key(row: dict) -> tuple:
 
 def join_rounds(this: list[list[dict]], base: list[list[dict]], label: str) -> list[dict]:
     """Timed rows measured in every round on both sides (memory-only rows are left out), with `<label>_ms` (the
-    base's median over rounds), median_ms (this tree's), speedup_vs_base (their ratio) and its lowest and highest
-    value in one round."""
+    base's median over rounds), median_ms (this tree's), speedup_vs_base (their ratio), its lowest and highest
+    value in one round, and a verdict: "faster" or "slower" only when every round says so, else "unclear"."""
     rounds = list(zip(this, base, strict=True))
     medians = [tuple({key(r): r["median_ms"] for r in side if "median_ms" in r} for side in pair) for pair in rounds]
     out = []
@@ -109,6 +110,7 @@ def join_rounds(this: list[list[dict]], base: list[list[dict]], label: str) -> l
         this_ms = statistics.median(t[k] for t, _ in medians)
         base_ms = statistics.median(b[k] for _, b in medians)
         per_round = [b[k] / t[k] for t, b in medians]
+        lowest, highest = min(per_round), max(per_round)
         described = {f: v for f, v in row.items() if describes(f)}
         out.append(
             {
@@ -116,8 +118,9 @@ def join_rounds(this: list[list[dict]], base: list[list[dict]], label: str) -> l
                 f"{label}_ms": base_ms,
                 "median_ms": this_ms,
                 "speedup_vs_base": base_ms / this_ms,
-                "lowest": min(per_round),
-                "highest": max(per_round),
+                "lowest": lowest,
+                "highest": highest,
+                "verdict": "faster" if lowest > 1 else "slower" if highest < 1 else "unclear",
             }
         )
     return out

@@ -112,7 +112,14 @@ def machine() -> dict:
     return info
 
 
-MEASURED = ("reps", "plan_err", "input_mb")  # besides every *_ms, speedup_* and peak* field
+MEASURED = (
+    "reps",
+    "plan_err",
+    "input_mb",
+    "lowest",
+    "highest",
+    "verdict",
+)  # besides every *_ms, speedup_* and peak* field
 
 
 def describes(field: str) -> bool:

@@ -58,7 +58,19 @@ def test_sides_run_in_turn_and_the_ratio_is_of_medians_over_rounds(tmp_path, mon
     assert calls == [("this", True), ("base", False), ("base", False), ("this", True), ("this", True), ("base", False)]
     assert out["REV_ms"] == 12.0 and out["median_ms"] == 5.0 and out["speedup_vs_base"] == pytest.approx(12 / 5)
     assert out["lowest"] == pytest.approx(1.5) and out["highest"] == pytest.approx(3.5)  # 12/8 and 14/4
+    assert out["verdict"] == "faster"
     assert "speedup_vs_torch" not in out  # the trees' own ratios are not carried over
+
+
+@pytest.mark.parametrize(
+    ("base_ms", "verdict"),
+    [([2.0, 2.5], "faster"), ([0.5, 0.9], "slower"), ([0.9, 1.5], "unclear"), ([1.0, 1.2], "unclear")],
+)
+def test_the_verdict_takes_a_side_only_when_every_round_does(base_ms, verdict):
+    (out,) = cmp.join_rounds(
+        [[row("a", "cpu", 1.0)], [row("a", "cpu", 1.0)]], [[row("a", "cpu", ms)] for ms in base_ms], "REV"
+    )
+    assert out["verdict"] == verdict
 
 
 def test_rows_missing_from_a_round_of_either_side_and_memory_rows_are_left_out():
