@@ -33,7 +33,7 @@ def _extensions():
     kind = cpp_extension.CppExtension
     if with_cuda:
         sources += sorted(glob.glob("csrc/cuda/*.cu"))
-        extra["nvcc"] = ["-O3", "--use_fast_math", "-lineinfo"]
+        extra["nvcc"] = ["-O3", "-lineinfo"]  # no --use_fast_math: it flushes subnormals, approximates rsqrt/exp/log
         kind = cpp_extension.CUDAExtension
     ext = kind(
         "grace_fast._C",

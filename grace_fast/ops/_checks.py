@@ -42,3 +42,12 @@ def check_devices(**tensors: torch.Tensor) -> None:
     devices = {name: t.device for name, t in tensors.items()}
     if len(set(devices.values())) > 1:
         raise ValueError(f"inputs must be on one device, got {devices}")
+
+
+def refuse_double_backward(op: str, *tensors: torch.Tensor | None) -> None:
+    """Called in a backward whose fused kernel has no autograd of its own: a graph built through it
+    (create_graph=True) would give wrong second derivatives, so say so instead."""
+    if torch.is_grad_enabled() and any(t is not None and t.requires_grad for t in tensors):
+        raise RuntimeError(
+            f"{op}: the fused kernels have no double backward (create_graph=True); use backend='torch' for it"
+        )

@@ -3,7 +3,7 @@
 import torch
 
 from grace_fast._backends import extension_loaded, resolve
-from grace_fast.ops._checks import check_devices, check_float, check_mask, check_same
+from grace_fast.ops._checks import check_devices, check_float, check_mask, check_same, refuse_double_backward
 from grace_fast.ops.reference.cost_matrix import cost_matrix_reference
 
 BACKENDS = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "torch")}
@@ -55,8 +55,11 @@ if extension_loaded():
         return U.new_empty(B, N, M, dtype=acc), U.new_empty(B, N, dtype=acc), V.new_empty(B, M, dtype=acc)
 
     @torch.library.register_fake("grace_fast::cost_matrix_backward")
-    def _backward_fake(grad_C, U, V, ru, rv):
-        return torch.empty_like(U), torch.empty_like(V)
+    def _backward_fake(grad_C, U, V, ru, rv):  # the kernels write contiguous gradients, whatever U's strides
+        return (
+            torch.empty_like(U, memory_format=torch.contiguous_format),
+            torch.empty_like(V, memory_format=torch.contiguous_format),
+        )
 
     def _setup_context(ctx, inputs, output):
         U, V, _, _ = inputs
@@ -66,6 +69,7 @@ if extension_loaded():
 
     def _backward(ctx, grad_C, _grad_ru, _grad_rv):
         U, V, ru, rv = ctx.saved_tensors
+        refuse_double_backward("cost_matrix", grad_C, U, V)
         dU, dV = torch.ops.grace_fast.cost_matrix_backward(grad_C, U, V, ru, rv)
         return dU, dV, None, None
 

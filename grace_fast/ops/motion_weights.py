@@ -5,7 +5,7 @@ import math
 import torch
 
 from grace_fast._backends import extension_loaded, resolve
-from grace_fast.ops._checks import check_float
+from grace_fast.ops._checks import check_float, refuse_double_backward
 from grace_fast.ops.reference.motion_weights import NORM_EPS, motion_weights_reference
 
 BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
@@ -97,6 +97,7 @@ def _register(forward: str, forward_fake, backward) -> None:
     *scores) whose backward op takes (grad_out, grad_w, X, w, *scores, alpha, window, temperature, beta, eps)."""
 
     def _backward(ctx, grad_out, grad_w, *_grad_scores):
+        refuse_double_backward("motion_weights", grad_out, grad_w, *ctx.saved_tensors)
         return backward(grad_out, grad_w, *ctx.saved_tensors, *ctx.params), None, None, None, None, None
 
     torch.library.register_fake(forward)(forward_fake)

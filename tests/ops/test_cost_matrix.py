@@ -164,6 +164,34 @@ def test_opcheck(backend):
             torch.library.opcheck(torch.ops.grace_fast.cost_matrix_forward.default, (U, V, *masks))
 
 
+@pytest.mark.parametrize("backend", FAST)
+def test_opcheck_backward_on_strided_inputs(backend):
+    """The kernels write contiguous gradients whatever U's strides; the fake tensors must say so (inductor checks
+    the strides)."""
+    device = device_of(backend)
+    U = torch.randn(5, 2, 8, device=device).transpose(0, 1)
+    V = torch.randn(2, 7, 8, device=device)
+    C, ru, rv = torch.ops.grace_fast.cost_matrix_forward(U, V, None, None)
+    torch.library.opcheck(torch.ops.grace_fast.cost_matrix_backward.default, (torch.randn_like(C), U, V, ru, rv))
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_double_backward_is_exact_or_refused(backend):
+    """The reference is differentiable twice; the kernels' backward is not, and says so instead of being wrong."""
+    device = device_of(backend)
+    U = torch.randn(2, 3, 4, dtype=torch.float64, device=device, requires_grad=True)
+    V = torch.randn(2, 5, 4, dtype=torch.float64, device=device, requires_grad=True)
+
+    def fn(u, v):
+        return cost_matrix(u, v, backend=backend)
+
+    if backend == "torch":
+        assert torch.autograd.gradgradcheck(fn, (U, V))
+    else:
+        with pytest.raises(RuntimeError, match="no double backward"):
+            torch.autograd.gradgradcheck(fn, (U, V))
+
+
 @pytest.mark.parametrize("backend", ALL)
 def test_torch_compile_fullgraph(backend):
     device = device_of(backend)

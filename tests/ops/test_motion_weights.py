@@ -288,6 +288,21 @@ def test_opcheck(backend, dtype):
 
 
 @pytest.mark.parametrize("backend", ALL)
+def test_double_backward_is_exact_or_refused(backend):
+    """The reference is differentiable twice; the kernels' backward is not, and says so instead of being wrong."""
+    X = torch.randn(1, 3, 2, 2, 3, dtype=torch.float64, device=device_of(backend), requires_grad=True)
+
+    def fn(x):
+        return motion_weights(x, temperature=0.5, beta=0.7, backend=backend)
+
+    if backend == "torch":
+        assert torch.autograd.gradgradcheck(fn, (X,))
+    else:
+        with pytest.raises(RuntimeError, match="no double backward"):
+            torch.autograd.gradgradcheck(fn, (X,))
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_torch_compile_fullgraph(backend):
     X = torch.randn(2, 3, 4, 4, 8, device=device_of(backend), requires_grad=True)
 
