@@ -132,12 +132,13 @@ def _forward(C, a, b, eps, max_iter, tol, backend):
 def _sinkhorn_op(
     C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int, tol: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    plan, f, g, n_iter, err = _forward(C, a, b, eps, max_iter, tol, backend)
-    B, N, M = C.shape
-    # <P, C> row by row (short dot products keep float32 accurate) without materialising P * C
-    cost = torch.bmm(plan.reshape(B * N, 1, M), C.reshape(B * N, M, 1)).view(B, N).sum(1)
-    # value = <P, C> + eps sum P (log P - 1) with log P = (f_i + g_j - C_ij) / eps on the support
-    value = (f * plan.sum(2)).sum(1) + (g * plan.sum(1)).sum(1) - eps * plan.sum(dim=(1, 2))
+    with torch.autocast(C.device.type, enabled=False):  # autocast would run the bmm below in bf16
+        plan, f, g, n_iter, err = _forward(C, a, b, eps, max_iter, tol, backend)
+        B, N, M = C.shape
+        # <P, C> row by row (short dot products keep float32 accurate) without materialising P * C
+        cost = torch.bmm(plan.reshape(B * N, 1, M), C.reshape(B * N, M, 1)).view(B, N).sum(1)
+        # value = <P, C> + eps sum P (log P - 1) with log P = (f_i + g_j - C_ij) / eps on the support
+        value = (f * plan.sum(2)).sum(1) + (g * plan.sum(1)).sum(1) - eps * plan.sum(dim=(1, 2))
     return plan, cost, f, g, value, n_iter, err
 
 
@@ -191,21 +192,22 @@ def _backward(ctx, grad_plan, grad_cost, grad_f, grad_g, grad_value, _grad_n_ite
     """Adjoint of the fixed point F(f, g) = (P 1 - a, P^T 1 - b) = 0, P = exp((f + g - C) / eps)."""
     C, a, b, P, f, g = ctx.saved_tensors
     eps = ctx.eps
-    W = torch.addcmul(grad_plan, C, grad_cost[:, None, None]).mul_(P)  # [B, N, M]: dL/dP * P
-    h_f = W.sum(2) / eps + torch.where(a > 0, grad_f, 0)  # padded potentials are constant 0
-    h_g = W.sum(1) / eps + torch.where(b > 0, grad_g, 0)
-    # the outputs are shifted to <a, f> = <b, g>: project h onto the loads that this gauge sees
-    delta = h_f.sum(1, keepdim=True) - h_g.sum(1, keepdim=True)
-    h_f = h_f - delta / 2 * a
-    h_g = h_g + delta / 2 * b
-    lam_f, lam_g = _solve_dual(P, eps * h_f, eps * h_g)
-    # grad_C = (P * (lam_f + lam_g) - W) / eps + (grad_cost + grad_value) P, written into W: no other [B, N, M]
-    grad_C = W.mul_(-1 / eps)
-    grad_C.addcmul_(P, lam_f[:, :, None] / eps + (grad_cost + grad_value)[:, None, None])
-    grad_C.addcmul_(P, lam_g[:, None, :] / eps)
-    grad_a = lam_f + (grad_value[:, None] - delta / 2) * f
-    grad_b = lam_g + (grad_value[:, None] + delta / 2) * g
-    return grad_C, grad_a, grad_b, None, None, None, None
+    with torch.autocast(C.device.type, enabled=False):  # the dual solve is near singular: no bf16 matmuls
+        W = torch.addcmul(grad_plan, C, grad_cost[:, None, None]).mul_(P)  # [B, N, M]: dL/dP * P
+        h_f = W.sum(2) / eps + torch.where(a > 0, grad_f, 0)  # padded potentials are constant 0
+        h_g = W.sum(1) / eps + torch.where(b > 0, grad_g, 0)
+        # the outputs are shifted to <a, f> = <b, g>: project h onto the loads that this gauge sees
+        delta = h_f.sum(1, keepdim=True) - h_g.sum(1, keepdim=True)
+        h_f = h_f - delta / 2 * a
+        h_g = h_g + delta / 2 * b
+        lam_f, lam_g = _solve_dual(P, eps * h_f, eps * h_g)
+        # grad_C = (P * (lam_f + lam_g) - W) / eps + (grad_cost + grad_value) P, written into W: no other [B, N, M]
+        grad_C = W.mul_(-1 / eps)
+        grad_C.addcmul_(P, lam_f[:, :, None] / eps + (grad_cost + grad_value)[:, None, None])
+        grad_C.addcmul_(P, lam_g[:, None, :] / eps)
+        grad_a = lam_f + (grad_value[:, None] - delta / 2) * f
+        grad_b = lam_g + (grad_value[:, None] + delta / 2) * g
+        return grad_C, grad_a, grad_b, None, None, None, None
 
 
 _sinkhorn_op.register_autograd(_backward, setup_context=_setup_context)

@@ -179,6 +179,21 @@ def test_half_precision_costs_are_computed_in_float32(backend, dtype):
     torch.testing.assert_close(out.plan, expected[0], atol=1e-6, rtol=1e-4)
 
 
+@pytest.mark.parametrize("backend", ALL)
+def test_autocast_changes_nothing(backend):
+    """Training runs under bf16 autocast: the solver, its cost and its backward stay in float32."""
+    C, a, b = _problem(2, 7, 33, device=device_of(backend))
+    upstream = [torch.randn_like(x) for x in sinkhorn(C, a, b, backend=backend)[:5]]
+    expected = sinkhorn(C, a, b, backend=backend)
+    expected_grads = _loss_grads(functools.partial(sinkhorn, backend=backend), C, a, b, upstream)
+    with torch.autocast(C.device.type, dtype=torch.bfloat16):
+        out = sinkhorn(C, a, b, backend=backend)
+        grads = _loss_grads(functools.partial(sinkhorn, backend=backend), C, a, b, upstream)
+    for got, want in zip((*out, *grads), (*expected, *expected_grads), strict=True):
+        assert got.dtype == want.dtype
+        torch.testing.assert_close(got, want, atol=0, rtol=0)
+
+
 def _loss_grads(fn, C, a, b, upstream):
     C, a, b = (x.detach().requires_grad_() for x in (C, a, b))
     out = fn(C, a, b)
