@@ -22,12 +22,12 @@ def _has_kernel(op: str, key: str) -> bool:
     return _EXTENSION_ERROR is None and torch._C._dispatch_has_kernel_for_dispatch_key(f"grace_fast::{op}", key)
 
 
+_INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"  # Triton kernels run on CPU tensors, in numpy
 _AVAILABLE = {
     "torch": True,
     "cpu": _has_kernel("cost_matrix_forward", "CPU"),
     "cuda": _has_kernel("cost_matrix_forward", "CUDA") and torch.cuda.is_available(),
-    "triton": importlib.util.find_spec("triton") is not None
-    and (torch.cuda.is_available() or os.environ.get("TRITON_INTERPRET") == "1"),
+    "triton": importlib.util.find_spec("triton") is not None and (torch.cuda.is_available() or _INTERPRET),
 }
 
 
@@ -64,4 +64,6 @@ def resolve(op: str, backend: str, device: torch.device, supported: dict[str, tu
                 f"({_EXTENSION_ERROR}). Build it with: {BUILD_COMMAND}"
             )
         raise RuntimeError(f"{op}: backend={backend!r} is not available here; available: {backends()}")
+    if backend == "triton" and device.type == "cpu" and not _INTERPRET:
+        raise ValueError(f"{op}: backend='triton' runs on CUDA tensors (CPU tensors only under TRITON_INTERPRET=1)")
     return backend

@@ -13,6 +13,8 @@ import torch
 import triton
 import triton.language as tl
 
+from grace_fast.kernels.launch import on_device_of
+
 _DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 _INTERPRETED = os.environ.get("TRITON_INTERPRET") == "1"
 # the interpreter pays per block, not per element: larger blocks there
@@ -385,6 +387,7 @@ def _acc(X: torch.Tensor) -> torch.dtype:
     return torch.float64 if X.dtype == torch.float64 else torch.float32
 
 
+@on_device_of("X")
 def motion_weights_triton(
     X: torch.Tensor, alpha: float, window: int, temperature: float, beta: float, eps: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -418,6 +421,7 @@ def motion_weights_triton(
     return X_out, w, scores
 
 
+@on_device_of("X")
 def motion_weights_triton_backward(
     grad_out: torch.Tensor | None,
     grad_w: torch.Tensor | None,

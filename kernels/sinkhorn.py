@@ -7,6 +7,8 @@ import torch
 import triton
 import triton.language as tl
 
+from grace_fast.kernels.launch import on_device_of
+
 _DTYPES = {torch.float32: tl.float32, torch.float64: tl.float64}
 _TILE = 16384 if os.environ.get("TRITON_INTERPRET") == "1" else 2048
 
@@ -202,6 +204,7 @@ def _block_sizes(N: int, M: int) -> tuple[int, int, int]:
     return block_n, block_m, min(max(tile // 256, 1), 8)
 
 
+@on_device_of("C")
 def sinkhorn_triton(
     C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int, tol: float
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
