@@ -39,17 +39,17 @@ def _window_sum(
     """Sum over the clipped window around each token of ptr[token, offs_d], minus other_ptr[token, offs_d] if DIFF."""
     R: tl.constexpr = WINDOW // 2
     total = tl.zeros([h.shape[0], offs_d.shape[0]], DTYPE)
-    for dy in tl.static_range(WINDOW):
-        for dx in tl.static_range(WINDOW):
-            hh = h + (dy - R)
-            ww = w + (dx - R)
-            ok = in_s & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
-            offs = (hh * W + ww)[:, None] * D + offs_d[None, :]  # [BLOCK_S, BLOCK_D]
-            mask = ok[:, None] & in_d[None, :]
-            value = tl.load(ptr + offs, mask=mask, other=0).to(DTYPE)
-            if DIFF:
-                value -= tl.load(other_ptr + offs, mask=mask, other=0).to(DTYPE)
-            total += value
+    # a loop, not tl.static_range: unrolled, the compiler hoists all WINDOW^2 loads and spills registers
+    for tap in range(WINDOW * WINDOW):
+        hh = h + (tap // WINDOW - R)
+        ww = w + (tap % WINDOW - R)
+        ok = in_s & (hh >= 0) & (hh < H) & (ww >= 0) & (ww < W)
+        offs = (hh * W + ww)[:, None] * D + offs_d[None, :]  # [BLOCK_S, BLOCK_D]
+        mask = ok[:, None] & in_d[None, :]
+        value = tl.load(ptr + offs, mask=mask, other=0).to(DTYPE)
+        if DIFF:
+            value -= tl.load(other_ptr + offs, mask=mask, other=0).to(DTYPE)
+        total += value
     return total
 
 
