@@ -71,7 +71,7 @@ setup(
     package_data={"grace_fast.text": ["*.json"]},
     entry_points={"console_scripts": ["grace-fast = grace_fast.cli:main"]},
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pot==0.9.7", "ruff", "triton>=3.4"],
+        "test": ["pytest>=8", "pytest-benchmark>=4", "pot==0.9.7", "ruff", "triton>=3.9,<3.10"],
         "gpu-bench": ["flash-sinkhorn>=0.4.1"],  # a baseline of benchmarks/bench_sinkhorn.py on CUDA only
     },
     ext_modules=ext_modules,

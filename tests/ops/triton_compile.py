@@ -1,27 +1,24 @@
 """Compiles the Triton kernels for a real GPU, without one: `python -m tests.ops.triton_compile --arch 90`.
 
-The launchers run on CPU tensors of the canonical shapes with every kernel replaced by a recorder of its launches
-(arguments, constexprs, num_warps), so the block sizes and specialisations are the GPU's; each distinct launch is
-then compiled by triton.compile down to a cubin (ptxas included) for sm_<arch>. The interpreter never compiles
-anything, so this is what shows that the kernels are valid Triton for the hardware. Run without TRITON_INTERPRET.
+The launchers run on CPU tensors of the canonical shapes with every kernel replaced by a recorder of its launches,
+so the block sizes are the GPU's. Each distinct launch is specialised by Triton's own runtime binder (argument
+types, divisibility, constexprs: what a launch on the GPU would compile) and compiled down to a cubin for sm_<arch>,
+in a fresh cache so that ptxas runs; its register count and spills are printed, and any spill fails the run. The
+interpreter never compiles anything, so this is what shows that the kernels are valid Triton for the hardware.
+Uses the runtime's internals of Triton 3.9 (setup.py pins it for the tests). Run without TRITON_INTERPRET.
 """
 
 import argparse
+import contextlib
+import io
 import os
-import time
+import re
+import sys
+import tempfile
 from collections.abc import Callable
 from types import ModuleType
 
 import torch
-
-TYPES = {
-    torch.float32: "fp32",
-    torch.float16: "fp16",
-    torch.bfloat16: "bf16",
-    torch.float64: "fp64",
-    torch.int64: "i64",
-}
-OPTIONS = ("num_warps", "num_stages")
 
 
 class _Recorder:
@@ -50,31 +47,6 @@ def record(module: ModuleType, calls: Callable[[], None]) -> list[tuple]:
     return launches
 
 
-def specialise(kernel, args: tuple, kwargs: dict) -> tuple[dict, dict, dict, dict]:
-    """(signature, constexprs, attributes, options) of a launch, as the runtime would specialise it: tensors are
-    pointers aligned to 16 bytes, Python ints i32 (divisible by 16 when they are), floats fp32."""
-    values = dict(zip(kernel.arg_names, args, strict=False)) | {k: v for k, v in kwargs.items() if k not in OPTIONS}
-    signature, constexprs, attributes = {}, {}, {}
-    for i, (name, param) in enumerate(zip(kernel.arg_names, kernel.params, strict=True)):
-        value = values[name]
-        if param.is_constexpr:
-            signature[name], constexprs[name] = "constexpr", value
-        elif isinstance(value, torch.Tensor):
-            signature[name], attributes[(i,)] = "*" + TYPES[value.dtype], [["tt.divisibility", 16]]
-        elif isinstance(value, bool):
-            signature[name] = "i1"
-        elif isinstance(value, int):
-            signature[name] = "i32" if -(2**31) <= value < 2**31 else "i64"
-            if value % 16 == 0:
-                attributes[(i,)] = [["tt.divisibility", 16]]
-        elif isinstance(value, float):
-            signature[name] = "fp32"
-        else:
-            raise TypeError(f"{kernel.__name__}: argument {name} of type {type(value).__name__}")
-    options = {"num_warps": kwargs.get("num_warps", 4), "num_stages": kwargs.get("num_stages", 3)}
-    return signature, constexprs, attributes, options
-
-
 def sinkhorn_launches() -> list[tuple]:
     from grace_fast.kernels import sinkhorn as ks
 
@@ -92,7 +64,7 @@ def motion_weights_launches() -> list[tuple]:
     from grace_fast.kernels import motion_weights as km
 
     def calls():
-        for dtype in (torch.float32, torch.bfloat16):
+        for dtype in (torch.float32, torch.bfloat16, torch.float16, torch.float64):
             X = torch.randn(1, 8, 14, 14, 768, dtype=dtype)
             for alpha, window in ((0.5, 3), (0.5, 5), (1.0, 3)):
                 X_out, w, scores = km.motion_weights_triton(X, alpha, window, 1.0, 1.0, 1e-6)
@@ -102,35 +74,56 @@ def motion_weights_launches() -> list[tuple]:
     return record(km, calls)
 
 
+def compile_launch(kernel, args: tuple, kwargs: dict, backend, target) -> tuple[str, object]:
+    """(the launch's specialisation key, its compiled kernel), as JITFunction.run would compile it."""
+    import triton
+    from triton.compiler.compiler import ASTSource
+    from triton.runtime.jit import create_function_from_signature
+
+    binder = create_function_from_signature(kernel.signature, kernel.params, backend)
+    bound, specialization, options = binder(*args, **kwargs)
+    options, signature, constexprs, attrs = kernel._pack_args(backend, kwargs, bound, specialization, options)
+    key = repr((kernel.__name__, specialization, sorted(options.__dict__.items())))
+    return key, lambda: triton.compile(ASTSource(kernel, signature, constexprs, attrs), target, options.__dict__)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--arch", type=int, default=90, help="compute capability, e.g. 80 (A100) or 90 (H100)")
     args = parser.parse_args()
     if os.environ.get("TRITON_INTERPRET") == "1":
         raise SystemExit("run without TRITON_INTERPRET=1: the interpreter compiles nothing")
-    import triton
+    os.environ["TRITON_DUMP_PTXAS_LOG"] = "1"  # ptxas's report goes to stdout, where it is read per launch
+    os.environ["TRITON_CACHE_DIR"] = tempfile.mkdtemp(prefix="triton-compile-")
     from triton.backends.compiler import GPUTarget
-    from triton.compiler.compiler import ASTSource
+    from triton.compiler import make_backend
 
     target = GPUTarget("cuda", args.arch, 32)
-    seen = set()
+    backend = make_backend(target)
+    seen, spilling = set(), 0
     for kernel, launch_args, kwargs in sinkhorn_launches() + motion_weights_launches():
-        signature, constexprs, attributes, options = specialise(kernel, launch_args, kwargs)
-        key = (kernel.__name__, *(tuple(sorted(map(str, d.items()))) for d in (signature, constexprs, options)))
+        key, compile_it = compile_launch(kernel, launch_args, kwargs, backend, target)
         if key in seen:
             continue
         seen.add(key)
-        start = time.perf_counter()
-        compiled = triton.compile(ASTSource(kernel, signature, constexprs, attributes), target=target, options=options)
+        with contextlib.redirect_stdout(io.StringIO()) as log:
+            compiled = compile_it()
         assert compiled.asm.get("cubin"), f"{kernel.__name__}: no cubin"
-        described = ", ".join(f"{k}={v}" for k, v in constexprs.items() if k != "DTYPE")
-        pointers = sorted({t for t in signature.values() if t.startswith("*")})
+        registers = re.search(r"Used (\d+) registers", log.getvalue())
+        spills = re.search(r"(\d+) bytes spill stores", log.getvalue())
+        if registers is None or spills is None:
+            raise SystemExit(f"{kernel.__name__}: no ptxas report in\n{log.getvalue()}")
+        spilling += int(spills[1]) > 0
+        constexprs = {k: v for k, v in kwargs.items() if k.isupper() and k != "DTYPE"}
+        pointers = sorted({str(a.dtype).removeprefix("torch.") for a in launch_args if isinstance(a, torch.Tensor)})
         print(
-            f"sm_{args.arch} {kernel.__name__} {'/'.join(pointers)} {described} num_warps={options['num_warps']}: "
-            f"{compiled.metadata.shared} B shared, {time.perf_counter() - start:.1f} s",
+            f"sm_{args.arch} {kernel.__name__} {'/'.join(pointers)} {constexprs} "
+            f"num_warps={compiled.metadata.num_warps}: {registers[1]} registers, {spills[1]} B spilled, "
+            f"{compiled.metadata.shared} B shared",
             flush=True,
         )
-    print(f"compiled {len(seen)} launches for sm_{args.arch}")
+    print(f"compiled {len(seen)} launches for sm_{args.arch}, {spilling} with register spills")
+    sys.exit(1 if spilling else 0)
 
 
 if __name__ == "__main__":
