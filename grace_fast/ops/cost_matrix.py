@@ -3,6 +3,7 @@
 import torch
 
 from grace_fast._backends import extension_loaded, resolve
+from grace_fast.ops._autocast import no_autocast
 from grace_fast.ops._checks import check_devices, check_float, check_mask, check_same, refuse_double_backward
 from grace_fast.ops.reference.cost_matrix import cost_matrix_reference
 
@@ -39,7 +40,8 @@ def cost_matrix(
     check_mask("mask_v", mask_v, V.shape[:2], "[B, M]", V.device)
     backend = resolve("cost_matrix", backend, U.device, BACKENDS)
     if backend == "torch":
-        return cost_matrix_reference(U, V, mask_u, mask_v)
+        with no_autocast(U.device):  # C is float32 on every backend
+            return cost_matrix_reference(U, V, mask_u, mask_v)
     dtype = torch.promote_types(U.dtype, V.dtype)
     C, _, _ = torch.ops.grace_fast.cost_matrix_forward(U.to(dtype), V.to(dtype), mask_u, mask_v)
     return C

@@ -5,6 +5,7 @@ from typing import NamedTuple
 import torch
 
 from grace_fast._backends import resolve
+from grace_fast.ops._autocast import no_autocast
 from grace_fast.ops._checks import check_float, check_mask
 from grace_fast.ops.reference.sinkhorn import sinkhorn_reference
 
@@ -132,7 +133,7 @@ def _forward(C, a, b, eps, max_iter, tol, backend):
 def _sinkhorn_op(
     C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int, tol: float, backend: str
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
-    with torch.autocast(C.device.type, enabled=False):  # autocast would run the bmm below in bf16
+    with no_autocast(C.device):  # autocast would run the bmm below in bf16
         plan, f, g, n_iter, err = _forward(C, a, b, eps, max_iter, tol, backend)
         B, N, M = C.shape
         # <P, C> row by row (short dot products keep float32 accurate) without materialising P * C
@@ -192,7 +193,7 @@ def _backward(ctx, grad_plan, grad_cost, grad_f, grad_g, grad_value, _grad_n_ite
     """Adjoint of the fixed point F(f, g) = (P 1 - a, P^T 1 - b) = 0, P = exp((f + g - C) / eps)."""
     C, a, b, P, f, g = ctx.saved_tensors
     eps = ctx.eps
-    with torch.autocast(C.device.type, enabled=False):  # the dual solve is near singular: no bf16 matmuls
+    with no_autocast(C.device):  # the dual solve is near singular: no bf16 matmuls
         W = torch.addcmul(grad_plan, C, grad_cost[:, None, None]).mul_(P)  # [B, N, M]: dL/dP * P
         h_f = W.sum(2) / eps + torch.where(a > 0, grad_f, 0)  # padded potentials are constant 0
         h_g = W.sum(1) / eps + torch.where(b > 0, grad_g, 0)

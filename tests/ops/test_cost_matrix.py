@@ -193,6 +193,23 @@ def test_double_backward_is_exact_or_refused(backend):
 
 
 @pytest.mark.parametrize("backend", ALL)
+def test_autocast_changes_nothing(backend):
+    """Training runs under bf16 autocast: C stays float32, with the same values and gradients, on every backend."""
+    U, V, mask_u, mask_v = _inputs(2, 5, 9, 16, torch.float32, device_of(backend), masked=True)
+    grad = torch.randn(2, 5, 9, device=U.device)
+
+    def forward_backward(autocast):
+        u, v = U.detach().requires_grad_(), V.detach().requires_grad_()
+        with torch.autocast(U.device.type, dtype=torch.bfloat16, enabled=autocast):
+            C = cost_matrix(u, v, mask_u, mask_v, backend=backend)
+        return (C, *torch.autograd.grad(C, (u, v), grad))  # backward outside autocast, as torch.amp advises
+
+    for g, e in zip(forward_backward(True), forward_backward(False), strict=True):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
+
+
+@pytest.mark.parametrize("backend", ALL)
 def test_torch_compile_fullgraph(backend):
     device = device_of(backend)
     U = torch.randn(2, 5, 8, device=device, requires_grad=True)

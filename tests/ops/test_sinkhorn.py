@@ -194,6 +194,14 @@ def test_autocast_changes_nothing(backend):
         torch.testing.assert_close(got, want, atol=0, rtol=0)
 
 
+def test_backward_runs_on_meta_tensors():
+    """Autocast does not exist for meta tensors: the backward must not ask to turn it off there."""
+    C = torch.rand(2, 3, 4, device="meta", requires_grad=True)
+    a, b = torch.full((2, 3), 1 / 3, device="meta"), torch.full((2, 4), 1 / 4, device="meta")
+    torch.ops.grace_fast.sinkhorn(C, a, b, 0.05, 50, 1e-4, "torch")[1].sum().backward()
+    assert C.grad.shape == C.shape and C.grad.device.type == "meta"
+
+
 def _loss_grads(fn, C, a, b, upstream):
     C, a, b = (x.detach().requires_grad_() for x in (C, a, b))
     out = fn(C, a, b)
