@@ -3,8 +3,8 @@
 REV is checked out in a temporary worktree and its extension built there. The benchmark's tests must pass on both
 trees, or no ratio is reported. Both sides then run as fresh processes, in turn, for a few rounds (this, base;
 base, this; ...), so that a drift of the shared machine falls on both; a row's ratio is the base's median over
-rounds / this tree's, with the lowest and highest per-round ratio beside it and a verdict that takes sides only
-when every round agrees. A baseline provider whose code is the
+rounds / this tree's, with the lowest and highest per-round ratio beside it and a verdict that takes a side only
+when at least 3 rounds all agree by more than 10%. A baseline provider whose code is the
 same on both sides (POT, an unchanged reference) shows the noise of the run: its ratio should be about 1.
 """
 
@@ -96,10 +96,25 @@ def key(row: dict) -> tuple:
     return tuple(sorted((k, str(v)) for k, v in row.items() if describes(k)))
 
 
+VERDICT_ROUNDS, VERDICT_MARGIN = 3, 0.1  # fewer rounds, or a ratio within 10% of 1 in any round: "unclear"
+
+
+def verdict(lowest: float, highest: float, rounds: int) -> str:
+    """A row's verdict: "faster" or "slower" when every one of at least VERDICT_ROUNDS rounds says so by more than
+    VERDICT_MARGIN, else "unclear". On symmetric noise, a row whose code did not change lands on one side of 1 in all
+    of 3 rounds one time in 4; beyond a 10% margin each time, far more rarely (process-to-process noise is 10-25% on
+    a shared 2-core machine)."""
+    if rounds >= VERDICT_ROUNDS and lowest > 1 + VERDICT_MARGIN:
+        return "faster"
+    if rounds >= VERDICT_ROUNDS and highest < 1 - VERDICT_MARGIN:
+        return "slower"
+    return "unclear"
+
+
 def join_rounds(this: list[list[dict]], base: list[list[dict]], label: str) -> list[dict]:
     """Timed rows measured in every round on both sides (memory-only rows are left out), with `<label>_ms` (the
     base's median over rounds), median_ms (this tree's), speedup_vs_base (their ratio), its lowest and highest
-    value in one round, and a verdict: "faster" or "slower" only when every round says so, else "unclear"."""
+    value in one round, and its verdict (see verdict)."""
     rounds = list(zip(this, base, strict=True))
     medians = [tuple({key(r): r["median_ms"] for r in side if "median_ms" in r} for side in pair) for pair in rounds]
     out = []
@@ -120,7 +135,7 @@ def join_rounds(this: list[list[dict]], base: list[list[dict]], label: str) -> l
                 "speedup_vs_base": base_ms / this_ms,
                 "lowest": lowest,
                 "highest": highest,
-                "verdict": "faster" if lowest > 1 else "slower" if highest < 1 else "unclear",
+                "verdict": verdict(lowest, highest, len(per_round)),
             }
         )
     return out

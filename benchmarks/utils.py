@@ -112,14 +112,8 @@ def machine() -> dict:
     return info
 
 
-MEASURED = (
-    "reps",
-    "plan_err",
-    "input_mb",
-    "lowest",
-    "highest",
-    "verdict",
-)  # besides every *_ms, speedup_* and peak* field
+# fields that are measurements, besides every *_ms, speedup_* and peak* field
+MEASURED = ("reps", "plan_err", "input_mb", "lowest", "highest", "verdict")
 
 
 def describes(field: str) -> bool:
