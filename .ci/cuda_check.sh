@@ -17,6 +17,7 @@ has_torch() {
 if ! has_torch; then
   # A CI run failed with a full disk in pip; say what is needed before pip does.
   need_mb=5120
+  mkdir -p "$(dirname "$CUDA_VENV")"
   free_mb=$(df -Pm "$(dirname "$CUDA_VENV")" | awk 'NR == 2 {print $4}')
   if ((free_mb < need_mb)); then
     echo "cuda_check: the CUDA torch venv needs $need_mb MB free under $(dirname "$CUDA_VENV"), $free_mb MB are" >&2
@@ -24,6 +25,7 @@ if ! has_torch; then
   fi
   python3 -m venv "$CUDA_VENV"
   # torch and its requirements (markers evaluated) but Triton: 0.9 GB that a compile check never loads
+  export PIP_NO_CACHE_DIR=1  # no second copy of the wheels in ~/.cache
   "$py" -m pip install -q --no-deps "torch==$TORCH_VERSION"
   mapfile -t deps < <("$py" - <<'PY'
 import importlib.metadata

@@ -1,5 +1,6 @@
 """kernels.launch: the Triton launchers run with their tensors' CUDA device current (Triton launches on the current
-device, not on the tensors'); stand-ins play cuda:1 on this machine without a GPU."""
+device, not on the tensors'; stand-ins play cuda:1 on this machine without a GPU), and never get CPU tensors
+outside the interpreter."""
 
 import contextlib
 import importlib
@@ -8,6 +9,7 @@ import pytest
 import torch
 
 from grace_fast.kernels.launch import on_device_of
+from grace_fast.ops import sinkhorn
 
 
 class _OnCuda1:
@@ -64,4 +66,14 @@ def test_cpu_tensors_change_no_device(devices_made_current):
 def test_every_launcher_is_wrapped(module, launcher):
     pytest.importorskip("triton")
     fn = getattr(importlib.import_module(f"grace_fast.kernels.{module}"), launcher)
-    assert fn.__wrapped__.__name__ == launcher and fn.__code__ is not fn.__wrapped__.__code__
+    assert fn.__wrapped__.__name__ == launcher  # on_device_of's wrapper
+
+
+def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch):
+    """On a CUDA machine "triton" is available, but CPU tensors must not reach its kernels: a clear error instead."""
+    from grace_fast import _backends
+
+    monkeypatch.setattr(_backends, "_INTERPRET", False)
+    monkeypatch.setitem(_backends._AVAILABLE, "triton", True)
+    with pytest.raises(ValueError, match=r"backend='triton' runs on CUDA tensors \(CPU tensors only under"):
+        sinkhorn(torch.rand(2, 3, 4), backend="triton")

@@ -346,13 +346,3 @@ A0, B0 = torch.full((2, 3), 1 / 3), torch.full((2, 4), 1 / 4)
 def test_bad_input_is_named(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         sinkhorn(*args, **kwargs)
-
-
-def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch):
-    """On a CUDA machine "triton" is available, but CPU tensors must not reach its kernels: a clear error instead."""
-    from grace_fast import _backends
-
-    monkeypatch.setattr(_backends, "_INTERPRET", False)
-    monkeypatch.setitem(_backends._AVAILABLE, "triton", True)
-    with pytest.raises(ValueError, match=r"backend='triton' runs on CUDA tensors \(CPU tensors only under"):
-        sinkhorn(C0, backend="triton")
