@@ -4,8 +4,8 @@ REV is checked out in a temporary worktree and its extension built there. The be
 trees, or no ratio is reported. Both sides then run as fresh processes, in turn, for a few rounds (this, base;
 base, this; ...), so that a drift of the shared machine falls on both; a row's ratio is the base's median over
 rounds / this tree's, with the lowest and highest per-round ratio beside it and a verdict that takes a side only
-when at least 3 rounds all agree by more than 10%. A baseline provider whose code is the
-same on both sides (POT, an unchanged reference) shows the noise of the run: its ratio should be about 1.
+when at least 3 rounds all agree by more than 10%. A baseline provider whose code is the same on both sides (POT,
+an unchanged reference) shows the noise of the run: its ratio should be about 1.
 """
 
 import contextlib

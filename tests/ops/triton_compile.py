@@ -74,8 +74,8 @@ def motion_weights_launches() -> list[tuple]:
     return record(km, calls)
 
 
-def compile_launch(kernel, args: tuple, kwargs: dict, backend, target) -> tuple[str, object]:
-    """(the launch's specialisation key, its compiled kernel), as JITFunction.run would compile it."""
+def compile_launch(kernel, args: tuple, kwargs: dict, backend, target) -> tuple[str, Callable[[], object]]:
+    """(the launch's specialisation key, a function compiling it), specialised as JITFunction.run would do it."""
     import triton
     from triton.compiler.compiler import ASTSource
     from triton.runtime.jit import create_function_from_signature
