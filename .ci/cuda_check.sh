@@ -18,9 +18,9 @@ if ! has_torch; then
   # A CI run failed with a full disk in pip; say what is needed before pip does.
   need_mb=5120
   mkdir -p "$(dirname "$CUDA_VENV")"
-  free_mb=$(df -Pm "$(dirname "$CUDA_VENV")" | awk 'NR == 2 {print $4}')
-  if ((free_mb < need_mb)); then
-    echo "cuda_check: the CUDA torch venv needs $need_mb MB free under $(dirname "$CUDA_VENV"), $free_mb MB are" >&2
+  free_mb() { df -Pm "$(dirname "$CUDA_VENV")" | awk 'NR == 2 {print $4}'; }
+  if (($(free_mb) < need_mb)); then
+    echo "cuda_check: the CUDA torch venv needs $need_mb MB free under $(dirname "$CUDA_VENV"), $(free_mb) MB are" >&2
     exit 1
   fi
   python3 -m venv "$CUDA_VENV"
@@ -41,7 +41,7 @@ PY
   ((${#deps[@]})) || { echo "cuda_check: no requirements read from torch $TORCH_VERSION" >&2; exit 1; }
   echo "cuda_check: installing ${deps[*]} ninja (pip will warn that torch requires triton: left out on purpose)"
   "$py" -m pip install -q "${deps[@]}" ninja
-  echo "cuda_check: venv $(du -sh "$CUDA_VENV" | cut -f1), $(df -Pm "$(dirname "$CUDA_VENV")" | awk 'NR == 2 {print $4}') MB left"
+  echo "cuda_check: venv $(du -sh "$CUDA_VENV" | cut -f1), $(free_mb) MB left"
 fi
 "$py" -c "import torch; assert torch.version.cuda, 'torch ' + torch.__version__ + ' is not a CUDA build'"
 export PATH=$CUDA_VENV/bin:$PATH  # torch.utils.cpp_extension runs `ninja` from PATH
