@@ -52,8 +52,7 @@ setup(
     name="grace_fast",
     version="0.1.0",
     description="Fast ops and model stack for GRACE dynamic facial expression recognition",
-    packages=[*find_packages(include=["grace_fast", "grace_fast.*"]), "grace_fast.kernels"],
-    package_dir={"grace_fast.kernels": "kernels"},
+    packages=find_packages(include=["grace_fast", "grace_fast.*"]),
     python_requires=">=3.10",
     install_requires=[
         "torch>=2.13",

@@ -41,8 +41,8 @@ def build(tree: Path, what: str) -> None:
 
 
 def link_kernels(tree: Path) -> None:
-    """Makes `grace_fast.kernels` (the top-level kernels/ folder, mapped by setup.py) importable from the tree
-    itself; otherwise an editable install's finder would serve this tree's Triton kernels to it."""
+    """Makes `grace_fast.kernels` importable from a revision that kept it in a top-level kernels/ folder (mapped by
+    its setup.py): otherwise an editable install's finder would serve this tree's Triton kernels to it."""
     link = tree / "grace_fast" / "kernels"
     if (tree / "kernels").is_dir() and not link.exists():
         link.symlink_to(Path("..") / "kernels", target_is_directory=True)

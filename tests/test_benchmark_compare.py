@@ -127,7 +127,7 @@ def test_bench_main_writes_its_json_where_out_says(tmp_path, monkeypatch):
 
 
 def test_the_base_tree_imports_its_own_triton_kernels(tmp_path):
-    """setup.py maps grace_fast.kernels to kernels/: without the link an editable install serves this tree's."""
+    """Revisions before the move of kernels/ into the package need the link; later ones have it in the tree."""
     tree = tmp_path / "tree"
     subprocess.run(["git", "worktree", "add", "--detach", "-q", str(tree), "HEAD"], cwd=cmp.ROOT, check=True)
     try:
@@ -136,6 +136,6 @@ def test_the_base_tree_imports_its_own_triton_kernels(tmp_path):
             [sys.executable, "-c", "import grace_fast.kernels as k; print(k.__path__[0])"],
             cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(tree)}, capture_output=True, text=True, check=True,
         ).stdout.strip()  # fmt: skip
-        assert Path(where).resolve() == (tree / "kernels").resolve()
+        assert Path(where).resolve().is_relative_to(tree.resolve())
     finally:
         subprocess.run(["git", "worktree", "remove", "--force", str(tree)], cwd=cmp.ROOT, check=False)
