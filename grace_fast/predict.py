@@ -3,8 +3,9 @@
 
 A clip is a video file (or a folder of frame images), a uint8 frames array/tensor [T, H, W, 3], or model-ready
 frames [T, 3, S, S] float (already normalised). The clip is sampled uniformly to the model's frame count,
-centre-cropped, resized and normalised as in evaluation. By default the text is the class prompts (the
-low-latency mode: their encodings are cached after the first call); pass captions to align those instead.
+centre-cropped, resized and normalised as in evaluation. By default every class is scored by its own prompt and
+the auxiliary head predicts (the low-latency mode: the prompts' encodings are cached after the first call); pass
+captions to align those instead, for the main head.
 
 >>> predictor = Predictor.from_pretrained("runs/demo/best")  # doctest: +SKIP
 >>> predictor.predict("clip.mp4")  # doctest: +SKIP

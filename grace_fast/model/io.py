@@ -13,7 +13,7 @@ from pathlib import Path
 import torch
 
 from grace_fast.files import write_atomic
-from grace_fast.model.config import GraceConfig
+from grace_fast.model.config import GraceConfig, check_definition
 from grace_fast.model.text import load_tokenizer
 
 CONFIG_NAME = "config.json"
@@ -51,7 +51,9 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
     """Load the GraceModel saved in folder; overrides change config fields before the model is built.
 
     A weights file that does not fit the requested config raises a ValueError naming the config fields that
-    differ from those the weights were saved with and the mismatching tensors.
+    differ from those the weights were saved with and the mismatching tensors. A config.json, or weights, of another
+    definition of the method (GraceConfig.definition; written before definition 2 they have none) raise a ValueError
+    that names what changed: their weights belong to a different model.
     """
     from safetensors import safe_open
     from safetensors.torch import load_file
@@ -65,6 +67,8 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
     config = GraceConfig.load(folder / CONFIG_NAME).replace(tokenizer=str(folder), **overrides)
     with safe_open(folder / WEIGHTS_NAME, framework="pt") as f:
         saved_json = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    if saved_json is not None:
+        check_definition(json.loads(saved_json).get("definition", 1), f"the weights {folder / WEIGHTS_NAME}")
     model = GraceModel(config, tokenizer=load_tokenizer(folder), load_pretrained=False)
     state = load_file(folder / WEIGHTS_NAME)
     problems = _state_mismatch(model.state_dict(), state)

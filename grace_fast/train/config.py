@@ -42,8 +42,8 @@ class TrainConfig:
     fold of a k-fold protocol, `folds` ("1-5", "1,3") runs several folds, each into out/fold-K, and reports the
     mean and (population) std of their test UAR and WAR. `val_fraction` of the training fold, stratified by class
     and chosen by `seed`, is held out for model selection on `select_metric` (never the test fold); 0 keeps the
-    last epoch. `text`: "caption" aligns each clip's caption (or description), "prompts" the class prompts
-    (low-latency mode).
+    last epoch. `text`: "caption" aligns each clip's caption (or description), "prompts" trains the class-prompt
+    mode (the low-latency mode: every class scored by its own prompt, no caption).
 
     Model: `model` is "tiny" (a small random GRACE, built offline), a GraceConfig JSON file, or a checkpoint
     folder to start from; `model_overrides` changes GraceConfig fields (the ablations: motion, alignment, ...).
