@@ -27,7 +27,7 @@ import grace_fast
 from benchmarks.utils import add_ratios, benchmark_main, measure, peak_memory_mb
 from grace_fast.ops import cost_matrix, sinkhorn
 
-SHAPES = {  # GRACE.md canonical shapes: (B, N, M)
+SHAPES = {  # docs/method.md canonical shapes: (B, N, M)
     "paper-rho0.5": (32, 77, 784),
     "paper-all-tokens": (32, 77, 1568),
     "long-clip-64f": (8, 77, 3136),

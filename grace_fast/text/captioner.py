@@ -1,4 +1,4 @@
-"""CATE step 1 (GRACE.md section 3): an initial caption per clip, from Video-LLaVA run through transformers from a
+"""CATE step 1 (docs/method.md section 3): an initial caption per clip, from Video-LLaVA run through transformers from a
 local folder, or imported from a file (MAFW ships English captions).
 
 The folder holds what `save_pretrained` writes for VideoLlavaForConditionalGeneration, its tokenizer and its

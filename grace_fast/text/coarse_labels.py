@@ -1,4 +1,4 @@
-"""CATE step 2 (GRACE.md section 3): the top-k (k = 2) emotions of each clip from a baseline classifier.
+"""CATE step 2 (docs/method.md section 3): the top-k (k = 2) emotions of each clip from a baseline classifier.
 
 The classifier is any callable `logits = classify(frames)`, frames [B, T, 3, H, W] float32 in [0, 1] (the
 classifier normalises them its own way), logits [B, C] in the class order of the data set (Lexicon.classes).

@@ -1,4 +1,4 @@
-"""CATE refinement (GRACE.md section 3, step 4): caption + coarse labels + action units -> one emotion-aware
+"""CATE refinement (docs/method.md section 3, step 4): caption + coarse labels + action units -> one emotion-aware
 description, from an LLM behind any OpenAI-compatible endpoint, or from the deterministic template without one.
 
 Requests run in a bounded thread pool at temperature 0, each with a timeout, retried with exponential backoff

@@ -31,7 +31,7 @@ TEXT_MODES = ("caption", "prompts")
 
 @dataclass
 class TrainConfig:
-    """A training run (GRACE.md section 6): data, model, optimisation and bookkeeping.
+    """A training run (docs/method.md section 6): data, model, optimisation and bookkeeping.
 
     Data: `dataset` names a loader of grace_fast.data (synthetic, dfew, ferv39k, mafw, csv) reading `data_root`
     (for csv: a folder with train.csv and test.csv, whose labels are indices or names from `classes`).
