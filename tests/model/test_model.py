@@ -65,6 +65,12 @@ def test_class_prompt_mode_predicts_with_the_auxiliary_head(make_model):
     torch.testing.assert_close(captioned.aux_logits, out.aux_logits)
 
 
+def test_without_class_prompts_the_auxiliary_head_is_linear(make_model):
+    out = make_model(class_prompts=None)(clips(2), TEXTS[:2])
+    assert out.class_logits is None and out.classes is None and out.caption is not None
+    torch.testing.assert_close(out.aux_logits, make_model().aux_head.classifier(out.video_embedding))
+
+
 def test_each_class_is_scored_by_its_own_prompt(make_model):
     """Class c's score in the batched class-prompt call is the similarity of the clip with prompt c as its caption."""
     model = make_model()
