@@ -6,12 +6,12 @@ caption, G = C for the class prompts (B x C problems in one call, `align_classes
 - plan P [R, M]: how the text's mass, a_i = 1 / n on each of its n valid tokens, is spread over the visual tokens;
 - mass q = P^T 1 [M]: the text-conditioned visual mass (it sums to 1);
 - v_txt [d]: the aligned visual feature;
-- similarity s = <P, 1 - C>, C_ij = 1 - cos(U_i, V_j) (ops.cost_matrix): the plan-weighted cosine similarity; for
-  "ot" it is s_ot, the similarity that scores a class by its prompt.
+- similarity s = <P, 1 - C>, C_ij = 1 - cos(U_i, V_j) (ops.cost_matrix; for "cosine" the row of the pooled text):
+  the plan-weighted cosine similarity; for "ot" it is s_ot, the similarity that scores a class by its prompt.
 
 | alignment | plan P | v_txt |
 | --- | --- | --- |
-| "ot" | semi-relaxed entropic OT: a exact, b relaxed by tau_b KL(q, b) | sum_j q_j V_j |
+| "ot" | semi-relaxed entropic OT: a exact, b relaxed by tau_b KL(q || b) | sum_j q_j V_j |
 | "ot_balanced" | balanced entropic OT (tau_b = inf): q = b whatever the text | sum_j b_j V_j, the visual mean |
 | "cross_attention" | a_i A_ij, A the text tokens' head-averaged attention on V | pool of the attention outputs |
 | "cosine" | one row, the pooled sentence: softmax_j(cos(pool(U), V_j) / cosine_temperature) | sum_j q_j V_j |
