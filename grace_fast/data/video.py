@@ -8,7 +8,6 @@
 """
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
@@ -18,6 +17,8 @@ import av
 import decord
 import numpy as np
 import torch
+
+from grace_fast.files import temporary_file
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
@@ -44,8 +45,7 @@ def write_mp4(path: str | os.PathLike, frames, fps: float) -> None:
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_file(path)
     try:
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from grace_fast.files import write_atomic
+from grace_fast.files import save_safetensors, temporary_file, write_atomic
 from grace_fast.model.config import GraceConfig
 from grace_fast.model.text import load_tokenizer
 
@@ -23,8 +23,6 @@ CONFIG_METADATA_KEY = "grace_config"
 
 def save_pretrained(model, folder: str | os.PathLike) -> None:
     """Write model's tokenizer files, config.json and model.safetensors into folder (created if missing)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tokenizer."))
@@ -37,13 +35,12 @@ def save_pretrained(model, folder: str | os.PathLike) -> None:
     config_json = model.config.to_json()
     write_atomic(folder / CONFIG_NAME, config_json.encode())
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_file(folder / WEIGHTS_NAME)
     try:
-        save_file(state, tmp, metadata={"format": "pt", CONFIG_METADATA_KEY: config_json})
+        save_safetensors(state, tmp, metadata={"format": "pt", CONFIG_METADATA_KEY: config_json})
         os.replace(tmp, folder / WEIGHTS_NAME)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 

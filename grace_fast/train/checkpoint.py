@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from grace_fast.files import save_safetensors
 from grace_fast.train.distributed import Processes
 
 CHECKPOINTS = "checkpoints"
@@ -64,10 +65,8 @@ def save_checkpoint(
     processes.barrier()
     _save_torch(rank_state, staging / f"rank-{processes.rank}.pt")
     if processes.main:
-        from safetensors.torch import save_file
-
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-        save_file(state, staging / MODEL_NAME)
+        save_safetensors(state, staging / MODEL_NAME)
         _fsync(staging / MODEL_NAME)
         _save_torch(trainer, staging / TRAINER_NAME)
     processes.barrier()
@@ -114,10 +113,9 @@ def export_model(model: nn.Module, folder: Path) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(staging)
     else:
-        from safetensors.torch import save_file
-
         staging.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, staging / MODEL_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_safetensors(state, staging / MODEL_NAME)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.rename(folder, old)
