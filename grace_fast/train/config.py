@@ -11,6 +11,7 @@ True
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import types
@@ -92,7 +93,8 @@ class TrainConfig:
     progress: bool = True
 
     def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, parse_field(f.name, getattr(self, f.name)))
         choices_of = (
             ("dataset", DATASETS),
             ("amp", AMP_MODES),
@@ -103,14 +105,14 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "accumulation", "fold", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("num_workers", "checkpoint_every", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
         if self.cache_frames and self.num_workers:
             raise ValueError("cache_frames needs num_workers 0: worker processes would start every epoch uncached")
-        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be None or an integer >= 0, got {self.warmup_steps!r}")
         for name, low, high in (("val_fraction", 0, 1), ("warmup_fraction", 0, 1), ("min_lr_ratio", 0, 1)):
             value = getattr(self, name)
@@ -120,10 +122,8 @@ class TrainConfig:
             raise ValueError(
                 f"need lr > 0, weight_decay >= 0, grad_clip >= 0; got {self.lr}, {self.weight_decay}, {self.grad_clip}"
             )
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping of GraceConfig fields, got {self.model_overrides!r}")
         self.fold_list()  # checks folds
 
     def fold_list(self) -> list[int]:
@@ -148,9 +148,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        _check_names(values)
         return cls(**values)
 
     @classmethod
@@ -176,6 +174,86 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.2 floats without a dot (1e-3); YAML 1.1 reads them as strings
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def parse_field(name: str, value: Any) -> Any:
+    """value as the type of TrainConfig field `name`: a string of that type parsed ("1e-3" for a float, "no" for a
+    bool, "a,b" for a list of names), numbers widened (3 -> 3.0, or "3" for a string); anything else raises a
+    ValueError naming the field, the value and the type expected."""
+    annotation = _FIELD_TYPES[name]
+    if value is None and _is_optional(annotation):
+        return None
+    kind = _plain_type(annotation)
+    if kind is dict:
+        if isinstance(value, dict):
+            return value
+        raise ValueError(f"{name} must be a mapping, got {value!r}")
+    if kind is list:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple) and all(_is_scalar(v) for v in value):
+            return [str(v) for v in value]
+        raise ValueError(f"{name} must be a list of names or one comma-separated string, got {value!r}")
+    if kind is tuple:
+        count = len(typing.get_args(annotation))
+        if isinstance(value, list | tuple) and len(value) == count:
+            try:
+                return tuple(_number(v) for v in value)
+            except ValueError:
+                pass
+        raise ValueError(f"{name} must be {count} numbers, got {value!r}")
+    try:
+        return {bool: _boolean, int: _integer, float: _number, str: _string}[kind](value)
+    except ValueError:
+        expected = {bool: "true or false (or yes/no, on/off)", int: "an integer", float: "a number", str: "a string"}
+        raise ValueError(f"{name} must be {expected[kind]}, got {value!r}") from None
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[value.lower()]
+    raise ValueError
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        return int(value)
+    raise ValueError
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, str | int | float) and not isinstance(value, bool) and not math.isnan(float(value)):
+        return float(value)
+    raise ValueError
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _check_names(values: dict[str, Any]) -> None:
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}")
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -188,7 +266,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"--config: {path} is not valid YAML or JSON: {error}") from error
     if not isinstance(values, dict):
         raise ValueError(f"--config: {path} must hold a mapping of TrainConfig fields, got {type(values).__name__}")
-    return values
+    try:
+        _check_names(values)
+        return {name: parse_field(name, value) for name, value in values.items()}
+    except ValueError as error:
+        raise ValueError(f"--config {path}: {error}") from None
 
 
 def parse_value(text: str) -> Any:
