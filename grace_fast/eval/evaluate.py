@@ -162,7 +162,7 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
     from grace_fast.data.datasets import collate
     from grace_fast.model import GraceModel
     from grace_fast.train import distributed
-    from grace_fast.train.grace import GraceClassifier, clip_dataset, load_normalization, split_clips
+    from grace_fast.train.grace import GraceClassifier, clip_dataset, load_normalization, split_clips, warn_missing
     from grace_fast.train.loop import amp_dtype, collect_predictions
 
     if args.data_root is None:
@@ -182,6 +182,8 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
             )
         normalization = load_normalization(args.checkpoint)
         dataset = clip_dataset(clips, grace.config, normalization, train=False, skip_bad=args.skip_bad)
+        if processes.main:
+            warn_missing(args.split, dataset)
         model = GraceClassifier(grace, args.text, normalization).to(processes.device)
         predicted = collect_predictions(
             model,
@@ -200,7 +202,8 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
 
 
 def _summary_line(report: dict[str, Any], out) -> str:
+    skipped = f" ({len(report['skipped'])} skipped as unreadable)" if report.get("skipped") else ""
     return (
         f"evaluate: UAR {100 * report['uar']:.2f}  WAR {100 * report['war']:.2f}  on {report['num_samples']} clips"
-        f" -> {Path(out) / REPORT_NAME}, {Path(out) / CONFUSION_NAME}"
+        f"{skipped} -> {Path(out) / REPORT_NAME}, {Path(out) / CONFUSION_NAME}"
     )

@@ -14,6 +14,7 @@ A run folder holds config.yaml, metrics.jsonl (one line per finished epoch), che
 
 import contextlib
 import dataclasses
+import json
 import math
 import signal
 import threading
@@ -135,6 +136,9 @@ class _Trainer:
             self._resume(found[-1])
         else:
             _seed_everything(derive_seed(config.seed, PROCESS_STREAM, processes.rank))
+        # clips the data sets left out when they were built (skip_bad: files missing on disk)
+        missing = [*getattr(train_set, "skipped", []), *getattr(val_set, "skipped", [])]
+        self.state.skipped = _merge_skipped(self.state.skipped, missing)
         if processes.main:
             run.mkdir(parents=True, exist_ok=True)
             config.save(run / CONFIG_NAME)
@@ -356,7 +360,8 @@ def collect_predictions(
     progress: bool = True,
 ) -> Predictions:
     """Run model over dataset, each rank a shard, and gather the predictions on every rank (grouped by rank).
-    The model is put in eval mode and back into the mode it had."""
+    The skipped clips are those the data set left out when it was built (its .skipped) and those its batches
+    skipped. The model is put in eval mode and back into the mode it had."""
     was_training = model.training
     model.eval()
     loader = DataLoader(
@@ -388,7 +393,7 @@ def collect_predictions(
         torch.cat(labels).numpy(),
         torch.cat(probs).numpy(),
         [i for part in parts for i in part[2]],
-        [s for part in parts for s in part[3]],
+        [*getattr(dataset, "skipped", []), *[s for part in parts for s in part[3]]],
     )
 
 
@@ -419,6 +424,15 @@ def _mean_terms(per_rank: list[dict[str, float]]) -> dict[str, float]:
     steps = sum(s.get("steps", 0) for s in per_rank)
     names = [name for name in per_rank[0] if name != "steps"]
     return {f"train_{name}": sum(s[name] for s in per_rank) / steps for name in names} if steps else {}
+
+
+def record_skipped(run: Path, new: list) -> None:
+    """Add skipped clips (e.g. the test split's) to the run's skipped.jsonl, each clip once."""
+    path = run / SKIPPED_NAME
+    known = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+    merged = _merge_skipped(known, new)
+    if merged:
+        write_jsonl(path, merged)
 
 
 def _merge_skipped(known: list[dict[str, Any]], new: list) -> list[dict[str, Any]]:

@@ -37,15 +37,18 @@ from grace_fast.train.grace import (
     grace_loss,
     load_normalization,
     prepare_tokenizer,
+    warn_missing,
 )
 from grace_fast.train.loop import (
     BEST,
     CONFIG_NAME,
     SELECTION_NAME,
+    SKIPPED_NAME,
     amp_dtype,
     check_same_run,
     collect_predictions,
     fit,
+    record_skipped,
 )
 
 TEST_DIR, SUMMARY_NAME = "test", "summary.json"
@@ -108,6 +111,9 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
         for name, part in (("train", clips.train), ("val", clips.val), ("test", clips.test))
         if part is not None
     }
+    if processes.main:
+        for name, dataset in datasets.items():
+            warn_missing(f"fold {config.fold} {name}", dataset)
     result = fit(
         config,
         model,
@@ -141,6 +147,7 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
             write_evaluation(
                 run / TEST_DIR, predicted, clips.classes, title=title, fold=config.fold, best_epoch=result.best_epoch
             )
+            record_skipped(run, predicted.skipped)
         processes.barrier()
         test = report_path
     return _fold_result(config.fold, run, test)
@@ -152,6 +159,7 @@ def _fold_result(fold: int, run: Path, test_report: Path | None) -> dict[str, An
     if test_report is not None:
         report = json.loads(Path(test_report).read_text())
         test = {"uar": report["uar"], "war": report["war"], "num_samples": report["num_samples"]}
+    skipped = run / SKIPPED_NAME
     return {
         "fold": fold,
         "run": str(run),
@@ -159,6 +167,7 @@ def _fold_result(fold: int, run: Path, test_report: Path | None) -> dict[str, An
         "best_epoch": val.get("epoch"),
         "val": val,
         "test": test,
+        "skipped": len(skipped.read_text().splitlines()) if skipped.is_file() else 0,
         "interrupted": False,
     }
 
@@ -199,6 +208,9 @@ def run(args: argparse.Namespace) -> int:
         test = result["test"]
         scores = f"test UAR {100 * test['uar']:.2f} WAR {100 * test['war']:.2f}" if test else "no test split"
         print(f"fold {result['fold']}: best epoch {result['best_epoch']}, {scores} -> {result['best_checkpoint']}")
+        if result["skipped"]:
+            listed = Path(result["run"]) / SKIPPED_NAME
+            print(f"fold {result['fold']}: {result['skipped']} clips skipped as unreadable, listed in {listed}")
     if len(summary["folds"]) > 1 and summary["mean"]:
         mean, std = summary["mean"], summary["std"]
         print(
