@@ -1,4 +1,5 @@
-"""Atomic file writes shared by every job that leaves files behind: a file is complete or absent, never half written.
+"""Atomic file writes shared by every job that leaves files behind: a file is complete or absent, never half written;
+and the readers of checkpoint files, whose errors name the file.
 
 Files are shared artefacts (data sets, checkpoints, reports): each gets the permissions open() would give it,
 0666 less the umask, although tempfile.mkstemp and safetensors make theirs 0600.
@@ -8,6 +9,9 @@ import io
 import os
 import tempfile
 from pathlib import Path
+from typing import Any
+
+from grace_fast.errors import CheckpointError
 
 
 def temporary_file(path: str | os.PathLike) -> Path:
@@ -31,6 +35,50 @@ def save_safetensors(tensors: dict, path: str | os.PathLike, metadata: dict[str,
 
     save_file(tensors, path, metadata=metadata)
     os.chmod(path, shared_mode())
+
+
+def read_safetensors(path: str | os.PathLike) -> dict:
+    """The tensors of a safetensors file, on the CPU; raises CheckpointError naming the file when it is truncated or
+    is not one."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(path, device="cpu")
+    except SafetensorError as error:
+        raise CheckpointError(_unreadable(path, error)) from None
+
+
+def safetensors_metadata(path: str | os.PathLike) -> dict[str, str]:
+    """The metadata of a safetensors file's header; raises CheckpointError naming the file as read_safetensors."""
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(path, framework="pt") as file:
+            return file.metadata() or {}
+    except SafetensorError as error:
+        raise CheckpointError(_unreadable(path, error)) from None
+
+
+def read_torch(path: str | os.PathLike) -> Any:
+    """torch.load of a file of tensors and plain values (weights_only), on the CPU; raises CheckpointError naming
+    the file when it is truncated or corrupt."""
+    import torch
+
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except OSError:
+        raise
+    except Exception as error:  # a damaged file gives RuntimeError, EOFError, KeyError or UnpicklingError
+        raise CheckpointError(_unreadable(path, error)) from None
+
+
+def _unreadable(path: str | os.PathLike, error: Exception) -> str:
+    """The message of a checkpoint file that cannot be read. torch's own suggests loading it with
+    weights_only=False, which runs whatever code a corrupt or foreign file holds: it is left out."""
+    text = str(error).strip()
+    reason = text.split(". ")[0].splitlines()[0] if text and "weights_only" not in text else "not tensors and values"
+    return f"checkpoint file {path} cannot be read: truncated or corrupt ({type(error).__name__}: {reason})"
 
 
 def shared_mode() -> int:

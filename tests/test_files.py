@@ -1,6 +1,7 @@
 """Files the package writes are shared artefacts: their permissions follow the umask, as open() would give them."""
 
 import os
+import pickle
 import stat
 
 import numpy as np
@@ -52,3 +53,31 @@ def test_every_file_of_a_training_checkpoint_and_export_gives_the_mode_open_woul
     export_model(model, tmp_path / "best")
     files = [*folder.iterdir(), *(tmp_path / "best").iterdir()]
     assert len(files) == 4 and {path.name: mode(path) for path in files} == {p.name: 0o666 & ~umask for p in files}
+
+
+DAMAGE = {  # name -> how a good file is damaged
+    "truncated": lambda data: data[: len(data) // 2],
+    "garbage": lambda data: b"garbage" * 50,
+    "empty": lambda data: b"",
+    "pickled-code": lambda data: pickle.dumps(print),  # a whole pickle, but of code, not of values
+}
+CASES = [("safetensors", d) for d in ("truncated", "garbage", "empty")] + [("torch", d) for d in DAMAGE]
+
+
+@pytest.mark.parametrize("kind, damage", CASES, ids=[f"{k}-{d}" for k, d in CASES])
+def test_a_damaged_checkpoint_file_raises_naming_it_and_never_suggests_weights_only_false(tmp_path, kind, damage):
+    import torch
+
+    from grace_fast.errors import CheckpointError
+    from grace_fast.files import read_safetensors, read_torch, save_safetensors
+
+    path = tmp_path / f"state.{kind}"
+    if kind == "safetensors":
+        save_safetensors({"w": torch.zeros(64)}, path)
+    else:
+        torch.save({"w": torch.zeros(64), "step": 3}, path)
+    path.write_bytes(DAMAGE[damage](path.read_bytes()))
+    read = read_safetensors if kind == "safetensors" else read_torch
+    with pytest.raises(CheckpointError, match=f"checkpoint file {path} cannot be read") as error:
+        read(path)
+    assert "weights_only" not in str(error.value) and error.value.__cause__ is None

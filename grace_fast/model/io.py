@@ -12,7 +12,7 @@ from pathlib import Path
 
 import torch
 
-from grace_fast.files import save_safetensors, temporary_file, write_atomic
+from grace_fast.files import read_safetensors, safetensors_metadata, save_safetensors, temporary_file, write_atomic
 from grace_fast.model.config import GraceConfig
 from grace_fast.model.text import load_tokenizer
 
@@ -48,11 +48,9 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
     """Load the GraceModel saved in folder; overrides change config fields before the model is built.
 
     A weights file that does not fit the requested config raises a ValueError naming the config fields that
-    differ from those the weights were saved with and the mismatching tensors.
+    differ from those the weights were saved with and the mismatching tensors; one that cannot be read raises
+    CheckpointError naming it.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from grace_fast.model.model import GraceModel
 
     folder = Path(folder)
@@ -60,10 +58,9 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} is not a GRACE checkpoint: {name} is missing")
     config = GraceConfig.load(folder / CONFIG_NAME).replace(tokenizer=str(folder), **overrides)
-    with safe_open(folder / WEIGHTS_NAME, framework="pt") as f:
-        saved_json = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    saved_json = safetensors_metadata(folder / WEIGHTS_NAME).get(CONFIG_METADATA_KEY)
     model = GraceModel(config, tokenizer=load_tokenizer(folder), load_pretrained=False)
-    state = load_file(folder / WEIGHTS_NAME)
+    state = read_safetensors(folder / WEIGHTS_NAME)
     problems = _state_mismatch(model.state_dict(), state)
     if problems:
         raise ValueError(

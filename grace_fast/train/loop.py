@@ -17,6 +17,7 @@ import dataclasses
 import json
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -30,6 +31,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from grace_fast.errors import CheckpointError
 from grace_fast.eval.metrics import classification_metrics
 from grace_fast.eval.report import write_report
 from grace_fast.text.jobs import write_jsonl
@@ -133,7 +135,7 @@ class _Trainer:
         if found and not config.resume:
             raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or a new --out")
         if found:
-            self._resume(found[-1])
+            self._resume(found)
         else:
             _seed_everything(derive_seed(config.seed, PROCESS_STREAM, processes.rank))
         # clips the data sets left out when they were built (skip_bad: files missing on disk)
@@ -299,8 +301,33 @@ class _Trainer:
             self.run_dir, self.state.global_step, self.processes, self.model, trainer, rank_state, keep
         )
 
-    def _resume(self, folder: Path) -> None:
-        trainer, rank_state = ckpt.load_checkpoint(folder, self.model, self.processes.rank)
+    def _resume(self, found: list[Path]) -> None:
+        """Continue from the newest of the checkpoints found that every process can read. Newer ones with a file
+        that cannot be read (truncated or corrupt) are set aside as step-N.corrupt with a warning naming the file;
+        when none can be read, the newest one's CheckpointError is raised and nothing is set aside."""
+        unreadable: list[tuple[Path, CheckpointError | None]] = []
+        for folder in reversed(found):
+            try:
+                trainer, rank_state = ckpt.load_checkpoint(folder, self.model, self.processes.rank)
+                error = None
+            except CheckpointError as raised:
+                error = raised
+            if not self.processes.any(error is not None):
+                break
+            unreadable.append((folder, error))
+        else:
+            error = next((e for _, e in unreadable if e is not None), None)
+            reason = str(error) if error else f"checkpoint {found[-1]} cannot be read by another process"
+            raise CheckpointError(f"{reason}; no earlier checkpoint of {self.run_dir} can be read either")
+        self.processes.barrier()
+        for bad, error in unreadable:
+            if error is not None:
+                print(
+                    f"warning: {error}; set aside as {bad.name}.corrupt, resuming from {folder.name}", file=sys.stderr
+                )
+            if self.processes.main:
+                ckpt.set_aside(bad)
+        self.processes.barrier()
         _check_resumable(trainer, self.config, self.processes, folder)
         if rank_state is None:
             raise ValueError(f"checkpoint {folder} has no state for rank {self.processes.rank}")

@@ -26,6 +26,7 @@ from grace_fast.data.datasets import collate
 from grace_fast.data.video import VideoReadError
 from grace_fast.eval.evaluate import write_evaluation
 from grace_fast.eval.report import write_report
+from grace_fast.files import read_safetensors
 from grace_fast.model.io import WEIGHTS_NAME
 from grace_fast.train import distributed
 from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
@@ -129,9 +130,7 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
         return {"fold": config.fold, "run": str(run), "interrupted": True}
     test = None
     if "test" in datasets:
-        from safetensors.torch import load_file
-
-        grace.load_state_dict(load_file(run / BEST / WEIGHTS_NAME))
+        grace.load_state_dict(read_safetensors(run / BEST / WEIGHTS_NAME))
         predicted = collect_predictions(
             model,
             datasets["test"],
