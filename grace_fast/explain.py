@@ -26,6 +26,7 @@ from pathlib import Path
 
 import torch
 
+from grace_fast.arguments import integer
 from grace_fast.files import write_figure
 from grace_fast.predict import Clip, Prediction, Predictor
 
@@ -243,24 +244,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="a trained GRACE checkpoint folder (e.g. RUN/best)")
     parser.add_argument("--out", help="the PNG to write (default: <clip stem>.explain.png in the current folder)")
     parser.add_argument("--caption", help="a text to align with the clip (default: the class prompts, as predict)")
-    parser.add_argument("--top-k", type=int, default=3, help="text tokens drawn, the most concentrated first")
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--top-k", type=integer(0), default=3, help="text tokens drawn, the most concentrated first")
+    parser.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda or cuda:N")
 
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast explain`: print the prediction and the top tokens, write the PNG."""
-    from grace_fast.data.video import VideoReadError
-
-    if args.top_k < 0:
-        raise SystemExit(f"explain: --top-k must be >= 0, got {args.top_k}")
-    try:
-        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    except FileNotFoundError as error:
-        raise SystemExit(f"explain: --checkpoint: {error}") from None
-    try:
-        explanation = explain(predictor, args.clip, args.caption, args.top_k)
-    except VideoReadError as error:
-        raise SystemExit(f"explain: {error}") from None
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
+    explanation = explain(predictor, args.clip, args.caption, args.top_k)
     out = Path(args.out) if args.out else Path(f"{Path(args.clip).stem}.explain.png")
     plot(explanation, out, title=Path(args.clip).name)
     print(heading(explanation, args.clip))

@@ -18,12 +18,13 @@ import decord
 import numpy as np
 import torch
 
+from grace_fast.errors import UserError
 from grace_fast.files import temporary_file
 
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video file is missing, unreadable or has no frames; the message names the file."""
 
 

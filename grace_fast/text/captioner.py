@@ -24,7 +24,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
 
+from grace_fast.arguments import integer
 from grace_fast.data.video import list_videos, read_frames
+from grace_fast.errors import UserError
 from grace_fast.text.cache import Cache
 from grace_fast.text.jobs import CACHE_NAME, Summary, fingerprint, process_videos, write_jsonl
 
@@ -230,14 +232,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output captions JSONL ({clip, caption} per line)")
     parser.add_argument("--model", help="local Video-LLaVA folder (with --videos)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="generation prompt, with the video token once")
-    parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per clip")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
+    parser.add_argument("--frames", type=integer(1), default=8, help="frames sampled uniformly per clip")
+    parser.add_argument("--batch-size", type=integer(1), default=4, help="clips per generation batch")
+    parser.add_argument("--max-new-tokens", type=integer(1), default=96, help="longest caption, in tokens")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside --out)")
     parser.add_argument("--id-field", default="clip", help="clip id column/field of an imported file")
     parser.add_argument("--caption-field", default="caption", help="caption column/field of an imported file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -248,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         Summary(done=len(captions)).report("caption")
         return 0
     if not args.model:
-        raise SystemExit("caption: --model (a local Video-LLaVA folder) is required with --videos")
+        raise UserError("--model (a local Video-LLaVA folder) is required with --videos")
     dtype = DTYPES[args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")]
     clips = list_videos(args.videos)
     captioner = Captioner(
@@ -261,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
-        captions, summary = caption_clips(clips, captioner, cache, batch_size=args.batch_size)
+        captions, summary = caption_clips(clips, captioner, cache, batch_size=args.batch_size, progress=not args.quiet)
     write_jsonl(
         out, [{"clip": clip, "video": path, "caption": captions[clip]} for clip, path in clips if clip in captions]
     )

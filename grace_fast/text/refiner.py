@@ -16,7 +16,6 @@ import argparse
 import json
 import os
 import random
-import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -30,6 +29,8 @@ import openai
 from openai.types.chat import ChatCompletion
 from tqdm import tqdm
 
+from grace_fast.arguments import integer, positive
+from grace_fast.errors import UserError
 from grace_fast.text.cache import Cache, cache_key
 from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, read_jsonl, write_jsonl
 from grace_fast.text.lexicon import DEFAULT_PATH, Lexicon
@@ -39,7 +40,7 @@ DEFAULT_MODEL = "gpt-4o-mini"
 FATAL_STATUS = (401, 403, 404)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(UserError, RuntimeError):
     """The endpoint refuses every request (bad key, no access, unknown model or URL): the run stops."""
 
 
@@ -322,17 +323,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=f"model name (default: $OPENAI_MODEL or {DEFAULT_MODEL})")
     parser.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
     parser.add_argument("--template", action="store_true", help="use the deterministic template, not an endpoint")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=4, help="retries per request after the first attempt")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each retry")
-    parser.add_argument("--max-backoff", type=float, default=30.0, help="longest retry wait in seconds")
+    parser.add_argument("--concurrency", type=integer(1), default=8, help="requests in flight at once")
+    parser.add_argument("--timeout", type=positive, default=60.0, help="seconds per request, all of it")
+    parser.add_argument("--retries", type=integer(0), default=4, help="retries per request after the first attempt")
+    parser.add_argument("--backoff", type=positive, default=1.0, help="first retry wait in seconds, doubled each retry")
+    parser.add_argument("--max-backoff", type=positive, default=30.0, help="longest retry wait in seconds")
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside --out)")
     parser.add_argument("--lexicon", default=str(DEFAULT_PATH), help="lexicon JSON (default: the built-in one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """`grace-fast refine`: exit 0 when every clip is described, 1 when some failed, 2 when the endpoint refuses."""
+    """`grace-fast refine`: exit 0 when every clip is described, 1 when some failed; the endpoint refusing requests
+    (EndpointError) is a user error."""
     lexicon = Lexicon.load(args.lexicon)
     endpoint = None
     if not args.template:
@@ -357,11 +360,8 @@ def run(args: argparse.Namespace) -> int:
             summary.failed[record["clip"]] = f"no coarse labels in {labels_path}"
     out = Path(args.out)
     with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
-        try:
-            records, result = refine_clips(clips, Refiner(lexicon, endpoint), cache, concurrency=args.concurrency)
-        except EndpointError as error:
-            print(f"refine: stopped: {error}", file=sys.stderr)
-            return 2
+        refiner = Refiner(lexicon, endpoint)
+        records, result = refine_clips(clips, refiner, cache, concurrency=args.concurrency, progress=not args.quiet)
     write_jsonl(out, [records[c.clip] for c in clips if c.clip in records])
     summary.done, summary.cached = result.done, result.cached
     summary.failed.update(result.failed)

@@ -16,14 +16,12 @@ import argparse
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from grace_fast.data.datasets import collate
-from grace_fast.data.video import VideoReadError
 from grace_fast.eval.evaluate import write_evaluation
 from grace_fast.eval.report import write_report
 from grace_fast.files import read_safetensors
@@ -187,17 +185,15 @@ def _summary(results: list[dict[str, Any]], folds: list[int]) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bars"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast train`: exit 0 when every fold finished, 130 when a SIGINT/SIGTERM stopped it (resumable)."""
-    try:
-        config = config_from_args(args)
-        summary = train(config)
-    except (ValueError, FileExistsError, FileNotFoundError, VideoReadError) as error:
-        # what the user can fix (a config, a folder, a file); anything else keeps its traceback
-        print(f"train: error: {error}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
+    summary = train(config)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the main process reports
         return 130 if summary["interrupted"] else 0
     if summary["interrupted"]:

@@ -139,7 +139,8 @@ def test_the_cli_exits_2_on_401_and_writes_no_output(tmp_path, capsys):
         args = ["--base-url", server.url, "--api-key", "bad", "--retries", "3", "--concurrency", "1"]
         code = main(["refine", *_io_args(tmp_path), *args])
     assert code == 2 and len(server.bodies) == 1
-    assert "refine: stopped: the endpoint" in capsys.readouterr().err
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("grace-fast refine: error: the endpoint") and "HTTP 401" in last
     assert not (tmp_path / "refined.jsonl").exists()
 
 
