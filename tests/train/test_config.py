@@ -109,6 +109,15 @@ def test_strings_of_the_fields_type_are_parsed(tmp_path):
     assert config.classes == ["happy", "sad"] and parse("--classes", "a,b").classes == ["a", "b"]
 
 
+def test_every_field_flag_has_help_with_its_default():
+    parser = argparse.ArgumentParser()
+    add_config_arguments(parser)
+    helps = {action.dest: action.help for action in parser._actions}
+    for f in dataclasses.fields(TrainConfig):
+        assert helps[f.name] and helps[f.name].endswith(")") and "(default: " in helps[f.name], f.name
+    assert helps["lr"].endswith("(default: 0.0001)") and helps["skip_bad"].endswith("(default: false)")
+
+
 def test_unknown_fields_are_named(tmp_path):
     path = tmp_path / "c.yaml"
     path.write_text("epoch: 3\n")
