@@ -29,6 +29,7 @@ from grace_fast.model.io import WEIGHTS_NAME
 from grace_fast.train import distributed
 from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
 from grace_fast.train.grace import (
+    FoldClips,
     GraceClassifier,
     build_model,
     clip_dataset,
@@ -65,12 +66,14 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
     processes = distributed.start(config.device)
     try:
         folds = config.fold_list()
+        # every fold's splits are read before any fold trains: a fold the data set lacks fails at once
+        clips = {fold: fold_clips(config, fold) for fold in folds}
         out = Path(config.out)
         results = []
         for fold in folds:
             run = out / f"fold-{fold}" if config.folds is not None else out
             fold_config = config.replace(fold=fold, folds=None, out=str(run))
-            result = _train_fold(fold_config, run, processes, out, on_step)
+            result = _train_fold(fold_config, clips[fold], run, processes, out, on_step)
             results.append(result)
             if result["interrupted"]:
                 break
@@ -83,12 +86,11 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
             distributed.stop()
 
 
-def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
+def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
     report_path = run / TEST_DIR / "report.json"
     if config.resume and report_path.is_file() and (run / BEST / SELECTION_NAME).is_file():
         check_same_run(TrainConfig.load(run / CONFIG_NAME), config, run)
         return _fold_result(config.fold, run, report_path)
-    clips = fold_clips(config, config.fold)
     if processes.main:
         workdir.mkdir(parents=True, exist_ok=True)
         prepare_tokenizer(config, workdir)

@@ -207,6 +207,13 @@ def test_train_command_names_what_to_fix(data, trained, capsys):
     assert "batch_size must be an integer >= 1, got 0" in capsys.readouterr().err
 
 
+def test_folds_the_data_set_lacks_are_refused_before_any_fold_trains(data, tmp_path, capsys):
+    args = ["--data-root", str(data), "--out", str(tmp_path / "run"), "--folds", "1-9", "--epochs", "1"]
+    assert main(["train", *args]) == 2
+    assert capsys.readouterr().err == "grace-fast train: error: fold must be one of [1, 2, 3, 4, 5], got 6\n"
+    assert not (tmp_path / "run").exists()
+
+
 def test_descriptions_replace_the_captions_of_the_clips_they_name(data, tmp_path):
     clips = synthetic(data, fold=1, split="test")
     path = tmp_path / "refined.jsonl"
