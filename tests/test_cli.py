@@ -2,6 +2,7 @@
 file, a bad value) exits 2 with one line on stderr naming what to fix and no traceback; bugs keep theirs."""
 
 import json
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -15,6 +16,7 @@ from grace_fast import __version__
 from grace_fast.cli import COMMANDS, main
 from grace_fast.model import GraceModel
 from grace_fast.model.tiny import build_tiny_tokenizer, tiny_config
+from grace_fast.train.grace import GraceClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -26,7 +28,9 @@ def files(tmp_path_factory) -> Path:
     and corrupt captions, coarse labels, lexicon, config and synthetic-set manifest."""
     root = tmp_path_factory.mktemp("inputs")
     torch.manual_seed(0)
-    GraceModel(tiny_config(build_tiny_tokenizer(root / "tokenizer"))).save_pretrained(root / "checkpoint")
+    GraceClassifier(GraceModel(tiny_config(build_tiny_tokenizer(root / "tokenizer")))).save_pretrained(
+        root / "checkpoint"
+    )
     (root / "corrupt").mkdir()
     for path in (root / "checkpoint").iterdir():
         (root / "corrupt" / path.name).write_bytes(path.read_bytes())
@@ -145,6 +149,26 @@ def test_a_user_error_is_one_line_on_stderr_and_exit_2(files, capsys, command, a
     assert "Traceback" not in out + err
     (line,) = err.splitlines()
     assert code == 2 and line.startswith(f"grace-fast {command}: error: ") and names in line
+
+
+CHECKPOINT_FILES = [
+    "config.json",
+    "model.safetensors",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "preprocessor_config.json",
+]
+
+
+@pytest.mark.parametrize("name", CHECKPOINT_FILES)
+def test_any_corrupt_file_of_a_checkpoint_is_a_user_error_naming_it(files, tmp_path, capsys, name):
+    folder = tmp_path / "checkpoint"
+    shutil.copytree(files / "checkpoint", folder)
+    assert sorted(path.name for path in folder.iterdir()) == sorted(CHECKPOINT_FILES)
+    (folder / name).write_text("{garbage")
+    assert main(["predict", "clip.mp4", "--checkpoint", str(folder)]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("grace-fast predict: error: ") and str(folder) in line
 
 
 @pytest.mark.parametrize("debug", [["--debug", "predict"], ["predict", "--debug"]], ids=["before", "after"])
