@@ -14,7 +14,6 @@ A run folder holds config.yaml, metrics.jsonl (one line per finished epoch), che
 
 import contextlib
 import dataclasses
-import json
 import math
 import signal
 import sys
@@ -66,7 +65,8 @@ RESUMABLE_CHANGES = (
 @dataclass
 class FitResult:
     """What fit() did: the run folder, the exported best model (None if no epoch finished), the selected
-    epoch and its validation metrics, the per-epoch history, and whether a stop request ended it early."""
+    epoch and its validation metrics, the per-epoch history, whether a stop request ended it early, and the
+    records of the clips skipped as unreadable (those of skipped.jsonl)."""
 
     run: Path
     best_checkpoint: Path | None
@@ -75,6 +75,7 @@ class FitResult:
     history: list[dict[str, Any]]
     global_step: int
     interrupted: bool = False
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -360,6 +361,7 @@ class _Trainer:
             history=list(state.history),
             global_step=state.global_step,
             interrupted=interrupted,
+            skipped=list(state.skipped),
         )
 
 
@@ -453,13 +455,12 @@ def _mean_terms(per_rank: list[dict[str, float]]) -> dict[str, float]:
     return {f"train_{name}": sum(s[name] for s in per_rank) / steps for name in names} if steps else {}
 
 
-def record_skipped(run: Path, new: list) -> None:
-    """Add skipped clips (e.g. the test split's) to the run's skipped.jsonl, each clip once."""
-    path = run / SKIPPED_NAME
-    known = [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+def write_skipped(run: Path, known: list[dict[str, Any]], new: list) -> None:
+    """Write run/skipped.jsonl: the skipped-clip records known (a FitResult's) and new skipped clips (e.g. the
+    test split's), each clip once."""
     merged = _merge_skipped(known, new)
     if merged:
-        write_jsonl(path, merged)
+        write_jsonl(run / SKIPPED_NAME, merged)
 
 
 def _merge_skipped(known: list[dict[str, Any]], new: list) -> list[dict[str, Any]]:

@@ -48,7 +48,7 @@ from grace_fast.train.loop import (
     check_same_run,
     collect_predictions,
     fit,
-    record_skipped,
+    write_skipped,
 )
 
 TEST_DIR, SUMMARY_NAME = "test", "summary.json"
@@ -146,7 +146,7 @@ def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, wor
             write_evaluation(
                 run / TEST_DIR, predicted, clips.classes, title=title, fold=config.fold, best_epoch=result.best_epoch
             )
-            record_skipped(run, predicted.skipped)
+            write_skipped(run, result.skipped, predicted.skipped)
         processes.barrier()
         test = report_path
     return _fold_result(config.fold, run, test)
