@@ -8,6 +8,10 @@
 
 import argparse
 import math
+import re
+
+DEVICE = re.compile(r"auto|cpu|cuda(:\d+)?")  # auto: the GPU when there is one
+DEVICE_HELP = "auto (the GPU when there is one), cpu, cuda or cuda:N"
 
 
 def integer(minimum: int):
@@ -23,6 +27,20 @@ def integer(minimum: int):
         return value
 
     return parse
+
+
+def device(text: str) -> str:
+    """An argparse type: a device of DEVICE that this machine has; auto becomes cuda when there is a GPU, else cpu."""
+    import torch
+
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if not DEVICE.fullmatch(text):
+        raise argparse.ArgumentTypeError(f"expected {DEVICE_HELP}, got {text!r}")
+    if text.startswith("cuda") and int(text.partition(":")[2] or 0) >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise argparse.ArgumentTypeError(f"{text!r} asked for, but this machine has {count} CUDA devices")
+    return text
 
 
 def positive(text: str) -> float:

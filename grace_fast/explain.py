@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from grace_fast.arguments import integer
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.files import write_figure
 from grace_fast.predict import Clip, Prediction, Predictor
 
@@ -245,7 +245,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", help="the PNG to write (default: <clip stem>.explain.png in the current folder)")
     parser.add_argument("--caption", help="a text to align with the clip (default: the class prompts, as predict)")
     parser.add_argument("--top-k", type=integer(0), default=3, help="text tokens drawn, the most concentrated first")
-    parser.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from grace_fast.arguments import integer
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.errors import UserError
 
 Clip = str | os.PathLike | np.ndarray | torch.Tensor
@@ -151,7 +151,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption", action="append", help="a caption per clip, in order (default: class prompts)")
     parser.add_argument("--top-k", type=integer(1), default=3, help="classes shown per clip")
     parser.add_argument("--batch-size", type=integer(1), default=8, help="clips per batch")
-    parser.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda or cuda:N")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
 
 

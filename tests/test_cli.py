@@ -171,6 +171,27 @@ def test_any_corrupt_file_of_a_checkpoint_is_a_user_error_naming_it(files, tmp_p
     assert line.startswith("grace-fast predict: error: ") and str(folder) in line
 
 
+DEVICE_COMMANDS = {  # command -> arguments besides --device that get it past argparse
+    "predict": lambda f: ["clip.mp4", *checkpoint_args(f, "checkpoint")],
+    "explain": lambda f: ["clip.mp4", *checkpoint_args(f, "checkpoint")],
+    "evaluate": lambda f: [*checkpoint_args(f, "checkpoint"), "--data-root", str(f), "--out", str(f / "e")],
+    "caption": lambda f: ["--videos", str(f / "videos"), "--model", str(f), "--out", str(f / "o.jsonl")],
+    "coarse-labels": lambda f: (
+        ["--videos", str(f / "videos"), "--dataset", "dfew", "--classifier", "m:f"] + ["--out", str(f / "l")]
+    ),
+    "train": lambda f: ["--data-root", str(f), "--out", str(f / "run")],
+}
+
+
+@pytest.mark.parametrize("device", ["gpu", "cuda:99"])
+@pytest.mark.parametrize("command", DEVICE_COMMANDS)
+def test_a_device_this_machine_lacks_is_refused_before_work_starts(files, capsys, command, device):
+    assert main([command, *DEVICE_COMMANDS[command](files), "--device", device]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"grace-fast {command}: error: ") and repr(device) in line
+    assert not (files / "run").exists()
+
+
 @pytest.mark.parametrize("debug", [["--debug", "predict"], ["predict", "--debug"]], ids=["before", "after"])
 def test_debug_shows_the_traceback_of_a_user_error(files, debug):
     with pytest.raises(FileNotFoundError, match="is not a GRACE checkpoint"):

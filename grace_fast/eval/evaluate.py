@@ -16,7 +16,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from grace_fast.arguments import integer
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.layouts import LOADERS
 from grace_fast.errors import UserError
 from grace_fast.eval.metrics import classification_metrics
@@ -133,7 +133,7 @@ def add_arguments(parser) -> None:
     data.add_argument("--batch-size", type=integer(1), default=8, help="clips per batch")
     data.add_argument("--num-workers", type=integer(0), default=0, help="DataLoader worker processes")
     data.add_argument("--skip-bad", action="store_true", help="leave out unreadable clips (listed in the report)")
-    data.add_argument("--device", default="auto", help="auto (the GPU if there is one), cpu, cuda or cuda:N")
+    data.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     data.add_argument(
         "--amp",
         default="auto",

@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
 
-from grace_fast.arguments import integer
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.video import list_videos, read_frames
 from grace_fast.errors import UserError
 from grace_fast.text.cache import Cache
@@ -235,7 +235,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=integer(1), default=8, help="frames sampled uniformly per clip")
     parser.add_argument("--batch-size", type=integer(1), default=4, help="clips per generation batch")
     parser.add_argument("--max-new-tokens", type=integer(1), default=96, help="longest caption, in tokens")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside --out)")
     parser.add_argument("--id-field", default="clip", help="clip id column/field of an imported file")

@@ -20,7 +20,7 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
-from grace_fast.arguments import integer
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.video import list_videos, read_frames
 from grace_fast.errors import UserError
 from grace_fast.text.cache import Cache
@@ -117,7 +117,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--frames", type=integer(1), default=16, help="frames sampled uniformly per clip")
     parser.add_argument("--size", type=integer(1), default=224, help="frame height and width fed to the classifier")
     parser.add_argument("--batch-size", type=integer(1), default=8, help="clips per classifier call")
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside the output)")
     parser.add_argument("--lexicon", default=str(DEFAULT_PATH), help="lexicon JSON (default: the built-in one)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")

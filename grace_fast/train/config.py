@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from grace_fast.arguments import DEVICE, DEVICE_HELP
 from grace_fast.files import write_atomic
 
 DATASETS = ("synthetic", "dfew", "ferv39k", "mafw", "csv")
@@ -86,7 +87,7 @@ class TrainConfig:
     amp: str = _field("auto", "autocast: auto is bf16 on GPU and fp32 on CPU; bf16, fp16 (with a scaler) or off")
     select_metric: str = _field("uar", "the validation metric that selects the epoch: uar or war")
     seed: int = _field(0, "seeds the weights, the validation split, the data order and the augmentation")
-    device: str = _field("auto", "auto (the GPU when there is one), cpu, cuda or cuda:N")
+    device: str = _field("auto", DEVICE_HELP)
     out: str = _field("runs/grace", "the run folder")
     checkpoint_every: int = _field(
         50, "optimiser steps between resumable checkpoints, besides one at each epoch end; 0: epoch ends only"
@@ -113,6 +114,8 @@ class TrainConfig:
         for name in ("num_workers", "checkpoint_every", "seed"):
             if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be {DEVICE_HELP}, got {self.device!r}")
         if self.cache_frames and self.num_workers:
             raise ValueError("cache_frames needs num_workers 0: worker processes would start every epoch uncached")
         if self.warmup_steps is not None and self.warmup_steps < 0:

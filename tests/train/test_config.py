@@ -51,8 +51,9 @@ def test_saved_config_loads_back_equal(tmp_path):
         ({"folds": "0-2"}, "distinct folds >= 1"),
         ({"lr": 0}, "need lr > 0"),
         ({"cache_frames": True, "num_workers": 2}, "cache_frames needs num_workers 0"),
+        ({"device": "gpu"}, "device must be auto .* cuda:N, got 'gpu'"),
     ],
-    ids=["amp", "dataset", "batch-size", "val-fraction", "folds-syntax", "fold-zero", "lr", "cache-workers"],
+    ids=["amp", "dataset", "batch-size", "val-fraction", "folds-syntax", "fold-zero", "lr", "cache-workers", "device"],
 )
 def test_bad_values_raise_naming_the_field(changes, message):
     with pytest.raises(ValueError, match=message):
