@@ -8,7 +8,8 @@ error: MESSAGE`, the message naming the argument, file or line to fix. Exit 130:
 (rerun to continue). A user error is a bad argument (argparse's, or a check before the work starts), or an
 exception of these types: UserError (grace_fast.errors; CheckpointError, VideoReadError and EndpointError are
 ones), OSError (a file or folder missing, unreadable or unwritable) and a ValueError that a `raise` statement of
-grace_fast raised (its checks of arguments, configs and file contents). Any other exception, a ValueError from a
+grace_fast raised (its checks of arguments, configs and file contents), in this process or in a worker
+process of a ProcessPoolExecutor. Any other exception, a ValueError from a
 library or a failed unpacking in grace_fast included, is a bug and keeps its traceback; `--debug` shows the
 traceback of user errors too.
 """
@@ -16,6 +17,7 @@ traceback of user errors too.
 import argparse
 import dis
 import importlib
+import re
 import sys
 from pathlib import Path
 
@@ -36,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 USER_ERROR = 2
 PACKAGE = str(Path(__file__).resolve().parent)
+REMOTE_FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')  # file and source line
 
 
 class Parser(argparse.ArgumentParser):
@@ -80,7 +83,11 @@ def is_user_error(error: Exception) -> bool:
 
 
 def _raised_by_grace_fast(error: Exception) -> bool:
-    """Whether a `raise` statement in grace_fast's code raised error (the instruction it was raised at)."""
+    """Whether a `raise` statement in grace_fast's code raised error: the instruction of its innermost frame, or
+    for an error of a ProcessPoolExecutor worker (the demo's variants), the source line of the worker's."""
+    if type(error.__cause__).__name__ == "_RemoteTraceback":
+        frames = REMOTE_FRAME.findall(error.__cause__.tb)
+        return bool(frames) and frames[-1][0].startswith(PACKAGE) and frames[-1][1].startswith("raise ")
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next

@@ -192,6 +192,26 @@ def test_a_device_this_machine_lacks_is_refused_before_work_starts(files, capsys
     assert not (files / "run").exists()
 
 
+def test_a_value_error_of_a_worker_process_is_the_users_when_grace_fast_raised_it(files, monkeypatch, capsys):
+    from concurrent.futures import ProcessPoolExecutor
+
+    from grace_fast.data.layouts import _check_choice
+
+    def in_worker(function, *args):
+        def run(_):
+            with ProcessPoolExecutor(1) as pool:
+                return pool.submit(function, *args).result()
+
+        return run
+
+    monkeypatch.setattr("grace_fast.predict.run", in_worker(_check_choice, "fold", 6, (1, 2)))
+    assert main(["predict", "a.mp4", *checkpoint_args(files, "checkpoint")]) == 2
+    assert capsys.readouterr().err == "grace-fast predict: error: fold must be one of [1, 2], got 6\n"
+    monkeypatch.setattr("grace_fast.predict.run", in_worker(int, "x"))
+    with pytest.raises(ValueError, match="invalid literal"):
+        main(["predict", "a.mp4", *checkpoint_args(files, "checkpoint")])
+
+
 @pytest.mark.parametrize("debug", [["--debug", "predict"], ["predict", "--debug"]], ids=["before", "after"])
 def test_debug_shows_the_traceback_of_a_user_error(files, debug):
     with pytest.raises(FileNotFoundError, match="is not a GRACE checkpoint"):
