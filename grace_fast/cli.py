@@ -9,7 +9,7 @@ error: MESSAGE`, the message naming the argument, file or line to fix. Exit 130:
 exception of these types: UserError (grace_fast.errors; CheckpointError, VideoReadError and EndpointError are
 ones), OSError (a file or folder missing, unreadable or unwritable) and a ValueError that a `raise` statement of
 grace_fast raised (its checks of arguments, configs and file contents), in this process or in a worker
-process of a ProcessPoolExecutor. Any other exception, a ValueError from a
+process (a ProcessPoolExecutor's or a DataLoader's). Any other exception, a ValueError from a
 library or a failed unpacking in grace_fast included, is a bug and keeps its traceback; `--debug` shows the
 traceback of user errors too.
 """
@@ -38,6 +38,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
 }
 USER_ERROR = 2
 PACKAGE = str(Path(__file__).resolve().parent)
+DATALOADER_TRACEBACK = "Original Traceback (most recent call last):"
 REMOTE_FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')  # file and source line
 
 
@@ -84,9 +85,10 @@ def is_user_error(error: Exception) -> bool:
 
 def _raised_by_grace_fast(error: Exception) -> bool:
     """Whether a `raise` statement in grace_fast's code raised error: the instruction of its innermost frame, or
-    for an error of a ProcessPoolExecutor worker (the demo's variants), the source line of the worker's."""
-    if type(error.__cause__).__name__ == "_RemoteTraceback":
-        frames = REMOTE_FRAME.findall(error.__cause__.tb)
+    for an error of a worker process, the source line of the worker's innermost frame."""
+    remote = _worker_traceback(error)
+    if remote is not None:
+        frames = REMOTE_FRAME.findall(remote)
         return bool(frames) and frames[-1][0].startswith(PACKAGE) and frames[-1][1].startswith("raise ")
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
@@ -97,11 +99,19 @@ def _raised_by_grace_fast(error: Exception) -> bool:
     return any(raising)
 
 
+def _worker_traceback(error: Exception) -> str | None:
+    """The traceback, as text, of an error raised in a worker process: a ProcessPoolExecutor's (the demo's
+    variants) brings it as the cause, a DataLoader's in the message; None for an error of this process."""
+    if type(error.__cause__).__name__ == "_RemoteTraceback":
+        return error.__cause__.tb
+    return str(error) if DATALOADER_TRACEBACK in str(error) else None
+
+
 def _one_line(error: Exception) -> str:
-    """error's message on one line. An error re-raised from a DataLoader worker carries the worker's traceback in
-    its message: its last line is the message."""
+    """error's message on one line; for an error from a DataLoader worker, the last line of its message, which
+    is the worker's message after its traceback."""
     lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if "Original Traceback (most recent call last):" in lines:
+    if DATALOADER_TRACEBACK in lines:
         lines = [lines[-1].partition(": ")[2] or lines[-1]]
     return " ".join(lines) or type(error).__name__
 

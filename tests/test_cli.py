@@ -192,22 +192,44 @@ def test_a_device_this_machine_lacks_is_refused_before_work_starts(files, capsys
     assert not (files / "run").exists()
 
 
-def test_a_value_error_of_a_worker_process_is_the_users_when_grace_fast_raised_it(files, monkeypatch, capsys):
-    from concurrent.futures import ProcessPoolExecutor
+class Calls(torch.utils.data.Dataset):
+    """Item i is function(*args): a data set whose reading raises what function raises."""
 
+    def __init__(self, function, *args):
+        self.function, self.args = function, args
+
+    def __len__(self) -> int:
+        return 1
+
+    def __getitem__(self, index):
+        return self.function(*self.args)
+
+
+def in_process_pool(function, *args):
+    def run(_):
+        from concurrent.futures import ProcessPoolExecutor
+
+        with ProcessPoolExecutor(1) as pool:
+            return pool.submit(function, *args).result()
+
+    return run
+
+
+def in_data_loader(function, *args):
+    def run(_):
+        return next(iter(torch.utils.data.DataLoader(Calls(function, *args), num_workers=1)))
+
+    return run
+
+
+@pytest.mark.parametrize("worker", [in_process_pool, in_data_loader], ids=["process-pool", "data-loader"])
+def test_a_value_error_of_a_worker_process_is_the_users_when_grace_fast_raised_it(files, monkeypatch, capsys, worker):
     from grace_fast.data.layouts import _check_choice
 
-    def in_worker(function, *args):
-        def run(_):
-            with ProcessPoolExecutor(1) as pool:
-                return pool.submit(function, *args).result()
-
-        return run
-
-    monkeypatch.setattr("grace_fast.predict.run", in_worker(_check_choice, "fold", 6, (1, 2)))
+    monkeypatch.setattr("grace_fast.predict.run", worker(_check_choice, "fold", 6, (1, 2)))
     assert main(["predict", "a.mp4", *checkpoint_args(files, "checkpoint")]) == 2
     assert capsys.readouterr().err == "grace-fast predict: error: fold must be one of [1, 2], got 6\n"
-    monkeypatch.setattr("grace_fast.predict.run", in_worker(int, "x"))
+    monkeypatch.setattr("grace_fast.predict.run", worker(int, "x"))
     with pytest.raises(ValueError, match="invalid literal"):
         main(["predict", "a.mp4", *checkpoint_args(files, "checkpoint")])
 
