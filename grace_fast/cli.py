@@ -8,10 +8,10 @@ error: MESSAGE`, the message naming the argument, file or line to fix. Exit 130:
 (rerun to continue). A user error is a bad argument (argparse's, or a check before the work starts), or an
 exception of these types: UserError (grace_fast.errors; CheckpointError, VideoReadError and EndpointError are
 ones), OSError (a file or folder missing, unreadable or unwritable) and a ValueError that a `raise` statement of
-grace_fast raised (its checks of arguments, configs and file contents), in this process or in a worker
-process (a ProcessPoolExecutor's or a DataLoader's). Any other exception, a ValueError from a
-library or a failed unpacking in grace_fast included, is a bug and keeps its traceback; `--debug` shows the
-traceback of user errors too.
+grace_fast raised (its checks of arguments, configs and file contents), in this process or in a worker process
+(a ProcessPoolExecutor's or a DataLoader's). Any other exception, a ValueError from a library or from a failed
+unpacking in grace_fast included, is a bug and keeps its traceback; `--debug` shows the traceback of user
+errors too.
 """
 
 import argparse
@@ -37,6 +37,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("grace_fast.train.run", "train GRACE (one fold or the k-fold protocol), select on validation, test"),
 }
 USER_ERROR = 2
+DEBUG_HELP = "show the traceback of user errors too"
 PACKAGE = str(Path(__file__).resolve().parent)
 DATALOADER_TRACEBACK = "Original Traceback (most recent call last):"
 REMOTE_FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')  # file and source line
@@ -53,12 +54,12 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
     parser = Parser(prog="grace-fast", description="GRACE dynamic facial expression recognition.")
     parser.add_argument("--version", action="version", version=f"grace-fast {__version__}")
-    parser.add_argument("--debug", action="store_true", help="show the traceback of user errors too")
+    parser.add_argument("--debug", action="store_true", help=DEBUG_HELP)
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
     chosen = next((word for word in argv if not word.startswith("-")), None)
     for name, (module, help_text) in COMMANDS.items():
         command = sub.add_parser(name, help=help_text, description=help_text)
-        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+        command.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help=DEBUG_HELP)
         if name == chosen:
             job = importlib.import_module(module)
             job.add_arguments(command)
