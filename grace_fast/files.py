@@ -77,8 +77,10 @@ def _unreadable(path: str | os.PathLike, error: Exception) -> str:
     """The message of a checkpoint file that cannot be read. torch's own suggests loading it with
     weights_only=False, which runs whatever code a corrupt or foreign file holds: it is left out."""
     text = str(error).strip()
-    reason = text.split(". ")[0].splitlines()[0] if text and "weights_only" not in text else "not tensors and values"
-    return f"checkpoint file {path} cannot be read: truncated or corrupt ({type(error).__name__}: {reason})"
+    if "weights_only" in text:
+        text = "it holds more than tensors and plain values"
+    reason = f": {text.split('. ')[0].splitlines()[0]}" if text else ""
+    return f"checkpoint file {path} cannot be read: truncated or corrupt ({type(error).__name__}{reason})"
 
 
 def shared_mode() -> int:
