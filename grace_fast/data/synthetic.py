@@ -19,7 +19,7 @@ The output folder (read back by `layouts.synthetic`)::
     DIR/annotations.jsonl     every clip's parameters (label, fps, action units, nuisances, caption)
     DIR/synthetic.json        the arguments; a rerun with other arguments into DIR is refused
 
-Everything follows from (seed, clips, size): the same arguments give the same frames and annotations. Clips are
+Everything follows from (seed, clips, size): the same arguments give byte-identical files (`write_mp4`). Clips are
 written atomically and a rerun skips those already there, so an interrupted run is finished by running it again;
 the annotation files are written last.
 
