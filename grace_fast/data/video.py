@@ -31,7 +31,9 @@ class VideoReadError(UserError, RuntimeError):
 def write_mp4(path: str | os.PathLike, frames, fps: float) -> None:
     """Write frames [T, H, W, 3] uint8 RGB (numpy or torch) to an H.264 mp4 (yuv420p), atomically.
 
-    H and W must be even (yuv420p halves the chroma planes). The file appears complete or not at all.
+    H and W must be even (yuv420p halves the chroma planes). The file appears complete or not at all. The same
+    frames and fps give the same bytes in any process and on any number of cores (libx264 runs its C code on one
+    thread; see the README, "The synthetic set", for what may differ between machines).
     """
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
@@ -51,7 +53,11 @@ def write_mp4(path: str | os.PathLike, frames, fps: float) -> None:
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": "18"}
+            # x264's AVX-512 code reads memory it has not written (in its MB-tree pass), so that with its assembly
+            # the bytes followed whatever the heap held; its C code does not, nor does it change with the CPU
+            stream.options = {"crf": "18", "x264-params": "no-asm=1"}
+            # by default a frame is cut into one slice per core (from 128 px up), so the bytes followed the core count
+            stream.codec_context.thread_count = 1
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             container.mux(stream.encode())
