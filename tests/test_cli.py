@@ -52,9 +52,6 @@ def checkpoint_args(files: Path, folder: str) -> list[str]:
     return ["--checkpoint", str(files / folder)]
 
 
-MANIFEST_BY_DET = pytest.mark.xfail(
-    strict=True, reason="make-synthetic reading a corrupt synthetic.json is being reworked on the det branch"
-)
 # (command, case) -> (arguments given the inputs folder, what the error line must name[, marks])
 CASES = {
     ("caption", "missing"): (lambda f: ["--import", str(f / "none.csv"), "--out", str(f / "o.jsonl")], "none.csv"),
@@ -67,7 +64,6 @@ CASES = {
     ("demo", "corrupt"): (
         lambda f: ["--out", str(f / "demo-made"), "--clips", "35"],
         "synthetic.json",
-        MANIFEST_BY_DET,
     ),
     ("demo", "bad-value"): (lambda f: ["--out", str(f / "demo"), "--jobs", "0"], "jobs"),
     ("coarse-labels", "missing"): (
@@ -107,7 +103,6 @@ CASES = {
     ("make-synthetic", "corrupt"): (
         lambda f: ["--out", str(f / "made"), "--clips", "35"],
         "synthetic.json",
-        MANIFEST_BY_DET,
     ),
     ("make-synthetic", "bad-value"): (lambda f: ["--out", str(f / "set"), "--size", "31"], "size"),
     ("predict", "missing"): (lambda f: ["clip.mp4", *checkpoint_args(f, "none")], "none"),

@@ -38,7 +38,6 @@ import hashlib
 import io
 import json
 import os
-import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -336,13 +335,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`grace-fast make-synthetic`: exit 0 once every clip and annotation file is written, 2 for what the user can
-    fix (a bad argument, an --out it did not make or made with other arguments, a --size decord cannot read)."""
-    try:
-        summary = make_synthetic(args.out, args.clips, args.seed, size=args.size, progress=not args.quiet)
-    except (ValueError, VideoReadError) as error:
-        print(f"make-synthetic: error: {error}", file=sys.stderr)
-        return 2
+    """`grace-fast make-synthetic`: exit 0 once every clip and annotation file is written. A bad argument, an --out
+    it did not make or made with other arguments, or a --size decord cannot read are user errors (exit 2)."""
+    summary = make_synthetic(args.out, args.clips, args.seed, size=args.size, progress=not args.quiet)
     print(f"make-synthetic: {summary['written']} clips written, {summary['skipped']} already there, in {args.out}")
     return 0
 
@@ -525,7 +520,12 @@ def _claim(out: Path, arguments: dict) -> None:
     synthetic.json first, so that a folder holding any of our files holds it."""
     manifest = out / "synthetic.json"
     if manifest.is_file():
-        previous = json.loads(manifest.read_text())
+        try:
+            previous = json.loads(manifest.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{manifest} is not the JSON that make-synthetic writes ({error}); choose another --out"
+            ) from error
         if previous != arguments:
             changed = {k: (previous.get(k), v) for k, v in arguments.items() if previous.get(k) != v}
             raise ValueError(

@@ -306,7 +306,7 @@ def test_cli_make_synthetic_writes_a_set_and_refuses_other_arguments_with_one_li
     assert sorted(os.listdir(tmp_path / "Clip" / "original")) == ["1.mp4", "2.mp4", "3.mp4"]
     refused = subprocess.run([*command, "--seed", "6", "--size", "32", "--quiet"], capture_output=True, text=True)
     assert refused.returncode == 2
-    assert refused.stderr.startswith("make-synthetic: error: ") and "'seed': (5, 6)" in refused.stderr
+    assert refused.stderr.startswith("grace-fast make-synthetic: error: ") and "'seed': (5, 6)" in refused.stderr
     assert len(refused.stderr.splitlines()) == 1
 
 
@@ -316,7 +316,7 @@ def test_cli_make_synthetic_refuses_a_folder_it_did_not_make_with_one_line_and_e
     refused = subprocess.run(command, capture_output=True, text=True)
     assert refused.returncode == 2
     assert refused.stderr == (
-        f"make-synthetic: error: out {tmp_path} is not an empty folder and holds no synthetic.json, so make-synthetic"
+        f"grace-fast make-synthetic: error: out {tmp_path} is not an empty folder and holds no synthetic.json, so make-synthetic"
         " did not make it; choose a new or empty --out\n"
     )
     assert os.listdir(tmp_path) == ["notes.txt"]
