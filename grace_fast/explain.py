@@ -28,6 +28,7 @@ from pathlib import Path
 
 import torch
 
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.files import write_figure
 from grace_fast.model.alignment import Aligned
 from grace_fast.predict import Clip, Prediction, Predictor
@@ -280,27 +281,17 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--caption", help="a text to align with the clip (default: the class prompts, as predict)")
     parser.add_argument(
         "--top-k",
-        type=int,
+        type=integer(0),
         default=3,
         help="text tokens drawn, the most concentrated first (and without --caption, classes whose q is drawn)",
     )
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast explain`: print the prediction and the top tokens, write the PNG."""
-    from grace_fast.data.video import VideoReadError
-
-    if args.top_k < 0:
-        raise SystemExit(f"explain: --top-k must be >= 0, got {args.top_k}")
-    try:
-        predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
-    except FileNotFoundError as error:
-        raise SystemExit(f"explain: --checkpoint: {error}") from None
-    try:
-        explanation = explain(predictor, args.clip, args.caption, args.top_k)
-    except VideoReadError as error:
-        raise SystemExit(f"explain: {error}") from None
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
+    explanation = explain(predictor, args.clip, args.caption, args.top_k)
     out = Path(args.out) if args.out else Path(f"{Path(args.clip).stem}.explain.png")
     plot(explanation, out, title=Path(args.clip).name)
     print(heading(explanation, args.clip))
