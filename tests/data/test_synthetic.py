@@ -316,7 +316,7 @@ def test_cli_make_synthetic_refuses_a_folder_it_did_not_make_with_one_line_and_e
     refused = subprocess.run(command, capture_output=True, text=True)
     assert refused.returncode == 2
     assert refused.stderr == (
-        f"grace-fast make-synthetic: error: out {tmp_path} is not an empty folder and holds no synthetic.json, so make-synthetic"
-        " did not make it; choose a new or empty --out\n"
+        f"grace-fast make-synthetic: error: out {tmp_path} is not an empty folder and holds no synthetic.json, so"
+        " make-synthetic did not make it; choose a new or empty --out\n"
     )
     assert os.listdir(tmp_path) == ["notes.txt"]
