@@ -1,5 +1,6 @@
 """sinkhorn: batched entropic OT by log-domain Sinkhorn, with an implicit backward (GRACE.md section 4)."""
 
+import math
 from typing import NamedTuple
 
 import torch
@@ -116,7 +117,7 @@ def _check_values(C, a, b) -> None:
             )
 
 
-def _forward(C, a, b, eps, max_iter, tol, backend):
+def _forward(C, a, b, eps, max_iter, tol, backend, tau_a=math.inf, tau_b=math.inf):
     """Backend dispatch: (plan, f, g, n_iter, err) with f, g gauge-shifted so that <a, f> = <b, g>."""
     if backend == "torch":
         with torch.no_grad():
@@ -125,8 +126,8 @@ def _forward(C, a, b, eps, max_iter, tol, backend):
     if backend == "triton":
         from grace_fast.kernels.sinkhorn import sinkhorn_triton
 
-        return sinkhorn_triton(C, a, b, eps, max_iter, tol)
-    return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol)
+        return sinkhorn_triton(C, a, b, eps, max_iter, tol, tau_a, tau_b)
+    return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol, tau_a, tau_b)
 
 
 @torch.library.custom_op("grace_fast::sinkhorn", mutates_args=())
