@@ -8,16 +8,20 @@ import torch
 from grace_fast._backends import resolve
 from grace_fast.ops._autocast import no_autocast
 from grace_fast.ops._checks import check_float, check_mask
-from grace_fast.ops.reference.sinkhorn import sinkhorn_reference
+from grace_fast.ops.reference.sinkhorn import marginal_penalty, sinkhorn_reference
 
 BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
+RELAXED_BACKENDS = {"cpu": ("torch",), "cuda": ("torch",)}  # until the kernels take tau_a, tau_b
 MARGINAL_TOL = 1e-5
 
 
 class SinkhornResult(NamedTuple):
     """plan [B, N, M]; cost [B] = <plan, C>; f [B, N], g [B, M] dual potentials (plan = exp((f_i + g_j - C_ij) / eps)
-    on valid entries, shifted so that <a, f> = <b, g>); value [B] = cost + eps * sum plan (log plan - 1);
-    n_iter [B] int64; err [B] the final L1 error of the column sums."""
+    on valid entries; with both marginals exact they are shifted so that <a, f> = <b, g>); value [B] the objective
+    <plan, C> + eps sum plan (log plan - 1) + tau_a KL(plan 1 || a) + tau_b KL(plan^T 1 || b) (no KL term for an
+    exact marginal); n_iter [B] int64; err [B] the L1 change that one more g update would make to the plan's column
+    sums (for an exact b: the L1 error of the column sums). row_mass [B, N] and col_mass [B, M] are the plan's
+    marginals (differentiable)."""
 
     plan: torch.Tensor
     cost: torch.Tensor
@@ -26,6 +30,16 @@ class SinkhornResult(NamedTuple):
     value: torch.Tensor
     n_iter: torch.Tensor
     err: torch.Tensor
+
+    @property
+    def row_mass(self) -> torch.Tensor:
+        """plan 1: [B, N], equal to a when that marginal is exact."""
+        return self.plan.sum(-1)
+
+    @property
+    def col_mass(self) -> torch.Tensor:
+        """plan^T 1: [B, M]; with b relaxed, the text-conditioned mass of each column."""
+        return self.plan.sum(-2)
 
 
 def sinkhorn(
@@ -38,44 +52,61 @@ def sinkhorn(
     tol: float = 1e-4,
     mask_a: torch.Tensor | None = None,
     mask_b: torch.Tensor | None = None,
+    tau_a: float = math.inf,
+    tau_b: float = math.inf,
     backend: str = "auto",
 ) -> SinkhornResult:
-    """Entropic OT plan between a and b for the cost C: min <P, C> - eps H(P) s.t. P 1 = a, P^T 1 = b.
+    """Entropic OT between a and b for the cost C, each marginal exact or KL-relaxed:
+    min_P <P, C> - eps H(P) + tau_a KL(P 1 || a) + tau_b KL(P^T 1 || b), H(P) = -sum P (log P - 1).
 
     C: [B, N, M] (or [N, M], results then unbatched) float32, float16 or bfloat16, computed in float32
     (float64 stays float64). a: [B, N], b: [B, M] non-negative, each row summing to 1, zeros marking padding;
     None means uniform over mask_a / mask_b ([B, N] / [B, M] bool, True = valid) or over all entries.
-    Each batch element stops once the L1 error of its column sums is below tol (tol=0: exactly max_iter).
+    tau_a, tau_b > 0: math.inf (default) keeps that marginal exact (balanced OT when both are); tau_a = inf with a
+    finite tau_b is the semi-relaxed problem, whose column masses plan^T 1 depend on C; tau_b -> 0 tends to
+    per-row softmax attention a_i softmax_j(-C_ij / eps). This is POT's
+    ot.unbalanced.sinkhorn_unbalanced(a, b, C, eps, reg_m=(tau_a, tau_b), reg_type="entropy"); POT's default
+    reg_type="kl" regularises by KL(P || a b^T) instead, a different problem.
+    Each batch element stops once err, the L1 change that the next g update makes to the plan's column sums, is
+    below tol (tol=0: exactly max_iter); for an exact b that is the L1 error of the column sums, for a relaxed b
+    it measures the change in the potentials, sum_j q_j |exp(dg_j / eps) - 1|.
     Gradients reach C, a and b through every output by implicit differentiation at the fixed point
     (memory O(B N M) whatever max_iter); value's gradient is the plan itself (envelope theorem).
-    backend: "auto", "torch" (the reference, run without autograd: the backward stays implicit), "cpu" (grace_fast._C).
+    backend: "auto", "torch" (the reference, run without autograd: the backward stays implicit), "cpu" (grace_fast._C),
+    "triton".
 
     >>> C = torch.rand(2, 77, 784)
     >>> result = sinkhorn(C, eps=0.05)
     >>> result.plan.sum(dim=(1, 2))
     tensor([1.0000, 1.0000])
+    >>> relaxed = sinkhorn(C, eps=0.05, tau_b=0.1)  # the text decides how much mass each visual token gets
+    >>> relaxed.col_mass.shape
+    torch.Size([2, 784])
     """
     unbatched = isinstance(C, torch.Tensor) and C.dim() == 2
     if unbatched:
         C, a, b, mask_a, mask_b = (None if x is None else x.unsqueeze(0) for x in (C, a, b, mask_a, mask_b))
     check_float("C", C, 3, "[B, N, M] or [N, M]")
-    _check_scalars(eps, max_iter, tol)
+    _check_scalars(eps, max_iter, tol, tau_a, tau_b)
     dtype = torch.promote_types(C.dtype, torch.float32)
     B, N, M = C.shape
     a = _marginal("a", "mask_a", a, mask_a, (B, N), "[B, N]", C.device, dtype)
     b = _marginal("b", "mask_b", b, mask_b, (B, M), "[B, M]", C.device, dtype)
     if not torch.compiler.is_compiling():
         _check_values(C, a, b)
-    backend = resolve("sinkhorn", backend, C.device, BACKENDS)
-    result = SinkhornResult(
-        *torch.ops.grace_fast.sinkhorn(C.to(dtype).contiguous(), a, b, float(eps), int(max_iter), float(tol), backend)
-    )
+    relaxed = not (math.isinf(tau_a) and math.isinf(tau_b))
+    backend = resolve("sinkhorn", backend, C.device, RELAXED_BACKENDS if relaxed else BACKENDS)
+    args = (float(eps), int(max_iter), float(tol), float(tau_a), float(tau_b), backend)
+    result = SinkhornResult(*torch.ops.grace_fast.sinkhorn(C.to(dtype).contiguous(), a, b, *args))
     return SinkhornResult(*(x.squeeze(0) for x in result)) if unbatched else result
 
 
-def _check_scalars(eps, max_iter, tol) -> None:
-    if not eps > 0:
-        raise ValueError(f"eps must be > 0, got {eps}")
+def _check_scalars(eps, max_iter, tol, tau_a, tau_b) -> None:
+    if not 0 < eps < math.inf:
+        raise ValueError(f"eps must be > 0 and finite, got {eps}")
+    for name, tau in (("tau_a", tau_a), ("tau_b", tau_b)):
+        if not tau > 0:
+            raise ValueError(f"{name} must be > 0 (math.inf keeps the marginal exact), got {tau}")
     if isinstance(max_iter, bool) or not isinstance(max_iter, int) or max_iter < 1:
         raise ValueError(f"max_iter must be an integer >= 1, got {max_iter!r}")
     if not tol >= 0:
@@ -117,11 +148,12 @@ def _check_values(C, a, b) -> None:
             )
 
 
-def _forward(C, a, b, eps, max_iter, tol, backend, tau_a=math.inf, tau_b=math.inf):
-    """Backend dispatch: (plan, f, g, n_iter, err) with f, g gauge-shifted so that <a, f> = <b, g>."""
+def _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend):
+    """Backend dispatch: (plan, f, g, n_iter, err), f and g gauge-shifted so that <a, f> = <b, g> when both marginals
+    are exact."""
     if backend == "torch":
         with torch.no_grad():
-            plan, _, f, g, _, n_iter, err = sinkhorn_reference(C, a, b, eps, max_iter, tol)
+            plan, _, f, g, _, n_iter, err = sinkhorn_reference(C, a, b, eps, max_iter, tol, tau_a, tau_b)
         return plan, f, g, n_iter, err
     if backend == "triton":
         from grace_fast.kernels.sinkhorn import sinkhorn_triton
@@ -132,20 +164,30 @@ def _forward(C, a, b, eps, max_iter, tol, backend, tau_a=math.inf, tau_b=math.in
 
 @torch.library.custom_op("grace_fast::sinkhorn", mutates_args=())
 def _sinkhorn_op(
-    C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int, tol: float, backend: str
+    C: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    max_iter: int,
+    tol: float,
+    tau_a: float,
+    tau_b: float,
+    backend: str,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     with no_autocast(C.device):  # autocast would run the bmm below in bf16
-        plan, f, g, n_iter, err = _forward(C, a, b, eps, max_iter, tol, backend)
+        plan, f, g, n_iter, err = _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend)
         B, N, M = C.shape
         # <P, C> row by row (short dot products keep float32 accurate) without materialising P * C
         cost = torch.bmm(plan.reshape(B * N, 1, M), C.reshape(B * N, M, 1)).view(B, N).sum(1)
-        # value = <P, C> + eps sum P (log P - 1) with log P = (f_i + g_j - C_ij) / eps on the support
-        value = (f * plan.sum(2)).sum(1) + (g * plan.sum(1)).sum(1) - eps * plan.sum(dim=(1, 2))
+        # value = <P, C> + eps sum P (log P - 1) + penalties, with log P = (f_i + g_j - C_ij) / eps on the support
+        rows, cols = plan.sum(2), plan.sum(1)
+        value = (f * rows).sum(1) + (g * cols).sum(1) - eps * rows.sum(1)
+        value = value + marginal_penalty(rows, a, tau_a) + marginal_penalty(cols, b, tau_b)
     return plan, cost, f, g, value, n_iter, err
 
 
 @_sinkhorn_op.register_fake
-def _(C, a, b, eps, max_iter, tol, backend):
+def _(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend):
     B, N, M = C.shape
     batch = C.new_empty(B)
     return (
@@ -160,56 +202,73 @@ def _(C, a, b, eps, max_iter, tol, backend):
 
 
 def _setup_context(ctx, inputs, output):
-    C, a, b, eps, _, _, _ = inputs
+    C, a, b, eps, _, _, tau_a, tau_b, _ = inputs
     plan, _, f, g, _, n_iter, err = output
     ctx.mark_non_differentiable(n_iter, err)
-    ctx.eps = eps
+    ctx.eps, ctx.tau_a, ctx.tau_b = eps, tau_a, tau_b
     ctx.save_for_backward(C, a, b, plan, f, g)
 
 
-def _solve_dual(P: torch.Tensor, p: torch.Tensor, q: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Solves [[diag(P 1), P], [P^T, diag(P^T 1)]] [x; y] = [p; q] on the support, in the gauge sum(x) = 0.
+def _solve_dual(
+    P: torch.Tensor, p: torch.Tensor, q: torch.Tensor, kappa_p: float, kappa_q: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Solves [[diag(P 1) (1 + kappa_p), P], [P^T, diag(P^T 1) (1 + kappa_q)]] [x; y] = [p; q] on the support.
 
-    P: [B, N, M], p: [B, N], q: [B, M] with sum(p) = sum(q). The system is singular along (1, -1); y is
-    eliminated by its Schur complement on the smaller side (N x N if N <= M), fixed by adding 1 1^T there.
+    P: [B, N, M], p: [B, N], q: [B, M]; kappa = eps / tau >= 0 (0 for an exact marginal). y is eliminated by its
+    Schur complement on the smaller side (N x N if N <= M). With both kappas 0 the system is singular along
+    (1, -1) (needs sum(p) = sum(q)); adding 1 1^T to the complement picks the solution with sum(x) = 0. A positive
+    kappa makes the complement strictly diagonally dominant.
     """
     if P.shape[1] > P.shape[2]:
-        y, x = _solve_dual(P.transpose(1, 2), q, p)
+        y, x = _solve_dual(P.transpose(1, 2), q, p, kappa_q, kappa_p)
         return x, y
     rows, cols = P.sum(2), P.sum(1)
     valid_r = rows > 0
-    inv_cols = torch.where(cols > 0, 1 / torch.where(cols > 0, cols, 1), 0)
+    inv_cols = torch.where(cols > 0, 1 / torch.where(cols > 0, cols * (1 + kappa_q), 1), 0)
     # P diag(1 / cols) P^T one batch element at a time: the scaled copy of P stays 1/B of its size
     scaled_gram = torch.stack([(Pk * ck) @ Pk.T for Pk, ck in zip(P, inv_cols, strict=True)])
-    S = torch.diag_embed(torch.where(valid_r, rows, 1)) - scaled_gram
-    ones = valid_r.to(P.dtype)
-    S = S + ones[:, :, None] * ones[:, None, :]
+    S = torch.diag_embed(torch.where(valid_r, rows * (1 + kappa_p), 1)) - scaled_gram
+    if kappa_p == 0 and kappa_q == 0:
+        ones = valid_r.to(P.dtype)
+        S = S + ones[:, :, None] * ones[:, None, :]
     rhs = p - (P @ (q * inv_cols)[:, :, None])[..., 0]
     x = torch.linalg.solve(S.double(), rhs.double()).to(P.dtype)
     y = (q - (P.transpose(1, 2) @ x[:, :, None])[..., 0]) * inv_cols
     return x, y
 
 
+def _value_slope(potential: torch.Tensor, tau: float) -> torch.Tensor:
+    """d value / d a for a relaxed marginal, tau (1 - exp(-f / tau)) = tau (1 - (P 1) / a); f for an exact one."""
+    return potential if math.isinf(tau) else -tau * torch.expm1(-potential / tau)
+
+
 def _backward(ctx, grad_plan, grad_cost, grad_f, grad_g, grad_value, _grad_n_iter, _grad_err):
-    """Adjoint of the fixed point F(f, g) = (P 1 - a, P^T 1 - b) = 0, P = exp((f + g - C) / eps)."""
+    """Adjoint of the fixed point F(f, g) = (P 1 - a exp(-f / tau_a), P^T 1 - b exp(-g / tau_b)) = 0 with
+    P = exp((f + g - C) / eps) (exp(-f / tau) = 1 for an exact marginal)."""
     C, a, b, P, f, g = ctx.saved_tensors
-    eps = ctx.eps
+    eps, tau_a, tau_b = ctx.eps, ctx.tau_a, ctx.tau_b
+    kappa_a, kappa_b = eps / tau_a, eps / tau_b  # 0 for an exact marginal
+    balanced = kappa_a == 0 and kappa_b == 0
     with no_autocast(C.device):  # the dual solve is near singular: no bf16 matmuls
         W = torch.addcmul(grad_plan, C, grad_cost[:, None, None]).mul_(P)  # [B, N, M]: dL/dP * P
         h_f = W.sum(2) / eps + torch.where(a > 0, grad_f, 0)  # padded potentials are constant 0
         h_g = W.sum(1) / eps + torch.where(b > 0, grad_g, 0)
-        # the outputs are shifted to <a, f> = <b, g>: project h onto the loads that this gauge sees
-        delta = h_f.sum(1, keepdim=True) - h_g.sum(1, keepdim=True)
-        h_f = h_f - delta / 2 * a
-        h_g = h_g + delta / 2 * b
-        lam_f, lam_g = _solve_dual(P, eps * h_f, eps * h_g)
+        delta = torch.zeros_like(grad_value[:, None])
+        if balanced:  # the outputs are shifted to <a, f> = <b, g>: project h onto the loads that this gauge sees
+            delta = h_f.sum(1, keepdim=True) - h_g.sum(1, keepdim=True)
+            h_f = h_f - delta / 2 * a
+            h_g = h_g + delta / 2 * b
+        lam_f, lam_g = _solve_dual(P, eps * h_f, eps * h_g, kappa_a, kappa_b)
         # grad_C = (P * (lam_f + lam_g) - W) / eps + (grad_cost + grad_value) P, written into W: no other [B, N, M]
         grad_C = W.mul_(-1 / eps)
         grad_C.addcmul_(P, lam_f[:, :, None] / eps + (grad_cost + grad_value)[:, None, None])
         grad_C.addcmul_(P, lam_g[:, None, :] / eps)
-        grad_a = lam_f + (grad_value[:, None] - delta / 2) * f
-        grad_b = lam_g + (grad_value[:, None] + delta / 2) * g
-        return grad_C, grad_a, grad_b, None, None, None, None
+        # dF/da = -exp(-f / tau_a): the multiplier's load on a, 1 for an exact marginal
+        load_a = lam_f if math.isinf(tau_a) else lam_f * torch.exp(-f / tau_a)
+        load_b = lam_g if math.isinf(tau_b) else lam_g * torch.exp(-g / tau_b)
+        grad_a = load_a + grad_value[:, None] * _value_slope(f, tau_a) - delta / 2 * f
+        grad_b = load_b + grad_value[:, None] * _value_slope(g, tau_b) + delta / 2 * g
+        return grad_C, grad_a, grad_b, None, None, None, None, None, None
 
 
 _sinkhorn_op.register_autograd(_backward, setup_context=_setup_context)

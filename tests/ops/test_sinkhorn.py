@@ -1,6 +1,7 @@
 """grace_fast.ops.sinkhorn against its torch reference, against POT, and its implicit gradients."""
 
 import functools
+import math
 
 import numpy as np
 import ot
@@ -16,6 +17,14 @@ from tests.utils import assert_error_bounded
 
 FAST = available(("cpu", "triton"))
 ALL = [pytest.param("torch"), *FAST]
+RELAXED = [pytest.param("torch")]  # the backends that take tau_a, tau_b; the kernels join when they do
+TAUS = {  # (tau_a, tau_b)
+    "semi-relaxed-0.01": (math.inf, 0.01),
+    "semi-relaxed-0.1": (math.inf, 0.1),
+    "semi-relaxed-1": (math.inf, 1.0),
+    "rows-relaxed": (0.3, math.inf),
+    "unbalanced": (0.5, 0.1),
+}
 CANONICAL = {  # GRACE.md: (B, N, M)
     "paper-rho0.5": (32, 77, 784),
     "paper-all-tokens": (32, 77, 1568),
@@ -198,7 +207,7 @@ def test_backward_runs_on_meta_tensors():
     """Autocast does not exist for meta tensors: the backward must not ask to turn it off there."""
     C = torch.rand(2, 3, 4, device="meta", requires_grad=True)
     a, b = torch.full((2, 3), 1 / 3, device="meta"), torch.full((2, 4), 1 / 4, device="meta")
-    torch.ops.grace_fast.sinkhorn(C, a, b, 0.05, 50, 1e-4, "torch")[1].sum().backward()
+    torch.ops.grace_fast.sinkhorn(C, a, b, 0.05, 50, 1e-4, math.inf, math.inf, "torch")[1].sum().backward()
     assert C.grad.shape == C.shape and C.grad.device.type == "meta"
 
 
@@ -288,11 +297,15 @@ def test_forward_backward_peak_memory_is_at_most_four_costs(backend):
     assert max(peaks) <= 4.0 and abs(peaks[0] - peaks[1]) < 0.05, peaks
 
 
-@pytest.mark.parametrize("backend", FAST)
-def test_opcheck(backend):
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("taus", [(math.inf, math.inf), *TAUS.values()], ids=["balanced", *TAUS.keys()])
+def test_opcheck(backend, taus):
+    if taus[1] != math.inf or taus[0] != math.inf:
+        if backend not in [p.values[0] for p in RELAXED]:
+            pytest.skip(f"{backend} does not take tau_a, tau_b yet")
     C, a, b = _problem(2, 4, 6)
     C.requires_grad_()
-    torch.library.opcheck(torch.ops.grace_fast.sinkhorn.default, (C, a, b, 0.1, 200, 1e-6, backend))
+    torch.library.opcheck(torch.ops.grace_fast.sinkhorn.default, (C, a, b, 0.1, 200, 1e-6, *taus, backend))
 
 
 def test_torch_compile_fullgraph():
@@ -317,7 +330,7 @@ A0, B0 = torch.full((2, 3), 1 / 3), torch.full((2, 4), 1 / 4)
     [
         ((C0[0, 0],), {}, ValueError, r"C must be \[B, N, M\] or \[N, M\], got shape \(4,\)"),
         ((C0.long(),), {}, TypeError, r"C must be floating point"),
-        ((C0,), {"eps": 0.0}, ValueError, r"eps must be > 0, got 0.0"),
+        ((C0,), {"eps": 0.0}, ValueError, r"eps must be > 0 and finite, got 0.0"),
         ((C0,), {"max_iter": 0}, ValueError, r"max_iter must be an integer >= 1, got 0"),
         ((C0,), {"tol": -1.0}, ValueError, r"tol must be >= 0, got -1.0"),
         ((C0.clone().fill_(float("nan")),), {}, ValueError, r"C must be finite, found 24 NaN/Inf entries"),
@@ -346,3 +359,177 @@ A0, B0 = torch.full((2, 3), 1 / 3), torch.full((2, 4), 1 / 4)
 def test_bad_input_is_named(args, kwargs, error, match):
     with pytest.raises(error, match=match):
         sinkhorn(*args, **kwargs)
+
+
+def _pot_unbalanced(C, a, b, eps, taus):
+    """POT's plan, total objective and potentials of one relaxed problem on the support (float64 numpy)."""
+    total, log = ot.unbalanced.sinkhorn_unbalanced2(
+        a.numpy(), b.numpy(), C.numpy(), eps, reg_m=taus, reg_type="entropy", returnCost="total",
+        numItermax=200000, stopThr=1e-15, log=True,
+    )  # fmt: skip
+    plan = log["logu"][:, None] + log["logv"][None, :] - C.numpy() / eps
+    return np.exp(plan), float(total), eps * log["logu"], eps * log["logv"]
+
+
+@pytest.mark.filterwarnings("ignore:If reg_type = entropy")
+@pytest.mark.parametrize("backend", RELAXED)
+@pytest.mark.parametrize("taus", TAUS.values(), ids=TAUS.keys())
+@pytest.mark.parametrize("eps", [0.01, 0.1, 1.0])
+def test_relaxed_matches_pot_per_problem_in_float64(backend, taus, eps):
+    """Plan, value and potentials of semi-relaxed and unbalanced problems with padded marginals are POT's
+    sinkhorn_unbalanced(reg_type="entropy")."""
+    C, a, b = _problem(3, 7, 11, dtype=torch.float64, scale=2.0, pad=True)
+    out = sinkhorn(C, a, b, eps=eps, max_iter=50000, tol=1e-14, tau_a=taus[0], tau_b=taus[1], backend=backend)
+    assert (out.err < 1e-14).all()
+    for k in range(3):
+        va, vb = a[k] > 0, b[k] > 0
+        plan, total, f, g = _pot_unbalanced(C[k][va][:, vb], a[k][va], b[k][vb], eps, taus)
+        np.testing.assert_allclose(out.plan[k][va][:, vb].numpy(), plan, atol=1e-12, rtol=1e-9)
+        # POT's total: <P, C> + eps sum P log P + tau KL without the mass terms (- P 1 + a) of the generalised KL
+        mass = plan.sum()
+        expected = total - eps * mass + sum(tau * (1 - mass) for tau in taus if not math.isinf(tau))
+        np.testing.assert_allclose(float(out.value[k]), expected, atol=1e-12, rtol=1e-9)
+        np.testing.assert_allclose(out.f[k][va].numpy(), f, atol=1e-10)
+        np.testing.assert_allclose(out.g[k][vb].numpy(), g, atol=1e-10)
+        assert (out.plan[k][~va] == 0).all() and (out.plan[k][:, ~vb] == 0).all()
+        assert (out.f[k][~va] == 0).all() and (out.g[k][~vb] == 0).all()
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+def test_semi_relaxed_rows_are_exact_and_columns_follow_the_cost(backend):
+    """tau_a = inf keeps P 1 = a; the column masses q = P^T 1 sum to 1 and move towards the cheap columns."""
+    C, a, b = _problem(2, 6, 9, device=device_of(backend))
+    C[:, :, 0] = 0  # column 0 is the cheapest for every row
+    out = sinkhorn(C, a, b, eps=0.05, tau_b=0.1, max_iter=1000, tol=1e-7, backend=backend)
+    torch.testing.assert_close(out.row_mass, a, atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.col_mass.sum(1), torch.ones(2), atol=1e-6, rtol=0)
+    assert (out.col_mass[:, 0] > 2 * b[:, 0]).all()
+    balanced = sinkhorn(C, a, b, eps=0.05, max_iter=1000, tol=1e-7, backend=backend)
+    torch.testing.assert_close(balanced.col_mass, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+def test_large_tau_gives_the_balanced_result(backend):
+    C, a, b = _problem(2, 5, 8, dtype=torch.float64, pad=True, device=device_of(backend))
+    kw = {"eps": 0.1, "max_iter": 20000, "tol": 1e-13, "backend": backend}
+    balanced = sinkhorn(C, a, b, **kw)
+    for taus in ((math.inf, 1e8), (1e8, math.inf), (1e8, 1e8)):
+        relaxed = sinkhorn(C, a, b, tau_a=taus[0], tau_b=taus[1], **kw)
+        torch.testing.assert_close(relaxed.plan, balanced.plan, atol=1e-8, rtol=1e-6)
+        torch.testing.assert_close(relaxed.value, balanced.value, atol=1e-7, rtol=1e-6)
+        torch.testing.assert_close(_shift_free(relaxed.f, a), _shift_free(balanced.f, a), atol=1e-6, rtol=0)
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+def test_small_tau_b_gives_per_row_softmax_attention(backend):
+    """tau_b -> 0 leaves the columns free: P_ij = a_i softmax_j(-C_ij / eps)."""
+    C, a, b = _problem(2, 5, 8, dtype=torch.float64, pad=True, device=device_of(backend))
+    out = sinkhorn(C, a, b, eps=0.1, tau_b=1e-9, max_iter=100, tol=1e-14, backend=backend)
+    logits = torch.where(b[:, None, :] > 0, -C / 0.1, -math.inf)
+    expected = a[:, :, None] * torch.softmax(logits, dim=2)
+    torch.testing.assert_close(out.plan, expected, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+@pytest.mark.parametrize("taus", TAUS.values(), ids=TAUS.keys())
+def test_relaxed_err_describes_the_returned_plan(backend, taus):
+    """err is the L1 change that one more g update would make to the returned plan's column sums."""
+    C, a, b = _problem(2, 6, 9, dtype=torch.float64, pad=True, device=device_of(backend))
+    for max_iter in (3, 1000):
+        out = sinkhorn(C, a, b, eps=0.05, max_iter=max_iter, tol=1e-9, tau_a=taus[0], tau_b=taus[1], backend=backend)
+        rho = 1.0 if math.isinf(taus[1]) else taus[1] / (taus[1] + 0.05)
+        q = out.col_mass
+        # one more g update multiplies the column sums by (b / q)^rho exp(-(1 - rho) g / eps)
+        after = torch.where(b > 0, q * (b / torch.where(b > 0, q, 1)) ** rho * torch.exp(-(1 - rho) * out.g / 0.05), 0)
+        torch.testing.assert_close(out.err, (after - q).abs().sum(1), atol=1e-12, rtol=1e-9)
+        assert (out.err < 1e-9).all() == (max_iter == 1000)
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+@pytest.mark.parametrize("output", ["plan", "cost", "f", "g", "value", "all"])
+@pytest.mark.parametrize("taus", TAUS.values(), ids=TAUS.keys())
+@pytest.mark.parametrize("pad", [False, True], ids=["dense", "padded"])
+def test_relaxed_implicit_gradient_matches_unrolled_reference(backend, output, taus, pad):
+    """At the relaxed fixed point the implicit backward equals autograd through the unrolled reference (float64);
+    the potentials are unique here, so f and g are compared as they are."""
+    C, a, b = _problem(2, 5, 8, dtype=torch.float64, pad=pad, device=device_of(backend))
+    names = ("plan", "cost", "f", "g", "value")
+    upstream = [
+        torch.randn(s.shape, dtype=torch.float64) if output in (n, "all") else torch.zeros(s.shape, dtype=torch.float64)
+        for n, s in zip(names, (C, C[:, 0, 0], a, b, C[:, 0, 0]), strict=True)
+    ]
+    kw = {"eps": 0.1, "max_iter": 5000, "tol": 1e-14, "tau_a": taus[0], "tau_b": taus[1]}
+    got = _loss_grads(lambda C, a, b: sinkhorn(C, a, b, backend=backend, **kw), C, a, b, upstream)
+    want = _loss_grads(lambda C, a, b: sinkhorn_reference(C, a, b, **kw), C, a, b, upstream)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, atol=1e-9, rtol=1e-7)
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+@pytest.mark.parametrize("taus", TAUS.values(), ids=TAUS.keys())
+def test_relaxed_gradcheck_float64(backend, taus):
+    """Finite differences of every differentiable output with respect to C, a and b (padded)."""
+    C, a, b = _problem(2, 3, 4, dtype=torch.float64, pad=True, device=device_of(backend))
+    kw = {"eps": 0.5, "max_iter": 20000, "tol": 1e-15, "tau_a": taus[0], "tau_b": taus[1], "backend": backend}
+
+    def outputs(C, a, b):
+        r = sinkhorn(C, a, b, **kw)
+        return r.plan, r.cost, r.f, r.g, r.value
+
+    inputs = (C.requires_grad_(), a, b)
+    assert torch.autograd.gradcheck(lambda C: outputs(C, a, b), (C,), atol=1e-6)
+    # a and b stay on the simplex: perturb them along directions that keep their sums (and their zeros)
+    da, db = torch.randn_like(a) * (a > 0), torch.randn_like(b) * (b > 0)
+    da, db = da - a * da.sum(1, keepdim=True), db - b * db.sum(1, keepdim=True)
+    assert torch.autograd.gradcheck(lambda t: outputs(inputs[0].detach(), a + t * da, b + t * db), (torch.zeros(
+        (), dtype=torch.float64, requires_grad=True),), atol=1e-6)  # fmt: skip
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+def test_relaxed_value_gradient_is_the_plan(backend):
+    C, a, b = _problem(2, 6, 7, dtype=torch.float64, device=device_of(backend))
+    C.requires_grad_()
+    out = sinkhorn(C, a, b, eps=0.05, tau_b=0.1, max_iter=5000, tol=1e-13, backend=backend)
+    (grad,) = torch.autograd.grad(out.value.sum(), C)
+    torch.testing.assert_close(grad, out.plan, atol=1e-10, rtol=1e-8)
+
+
+@pytest.mark.parametrize("backend", RELAXED)
+def test_relaxed_backward_memory_does_not_grow_with_iterations(backend):
+    def saved_bytes(max_iter):
+        C, a, b = _problem(2, 16, 24, device=device_of(backend))
+        C.requires_grad_()
+        total = 0
+
+        def pack(t):
+            nonlocal total
+            total += t.numel() * t.element_size()
+            return t
+
+        with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            out = sinkhorn(C, a, b, eps=0.05, max_iter=max_iter, tol=0.0, tau_b=0.1, backend=backend)
+        torch.autograd.grad(out.cost.sum() + out.col_mass.square().sum(), C)
+        return total
+
+    assert saved_bytes(50) == saved_bytes(500)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"tau_b": 0.0}, r"tau_b must be > 0 \(math.inf keeps the marginal exact\), got 0.0"),
+        ({"tau_a": -1.0}, r"tau_a must be > 0 .*got -1.0"),
+        ({"tau_b": float("nan")}, r"tau_b must be > 0 .*got nan"),
+        ({"eps": math.inf}, r"eps must be > 0 and finite, got inf"),
+        ({"eps": float("nan")}, r"eps must be > 0 and finite, got nan"),
+        (
+            {"tau_b": 0.1, "mask_b": torch.zeros(2, 4, dtype=torch.bool)},
+            r"mask_b has no valid entry in batch element 0",
+        ),
+        ({"tau_b": 0.1, "b": torch.zeros(2, 4)}, r"each row of b must sum to 1 .* row 0 sums to 0"),
+    ],
+    ids=["tau-zero", "tau-negative", "tau-nan", "eps-inf", "eps-nan", "relaxed-empty-mask", "relaxed-zero-mass"],
+)
+def test_bad_relaxation_is_named(kwargs, match):
+    with pytest.raises(ValueError, match=match):
+        sinkhorn(C0, **kwargs)

@@ -1,5 +1,7 @@
 """Reference log-domain Sinkhorn (the spec of grace_fast.ops.sinkhorn): plain torch, differentiable by unrolling."""
 
+import math
+
 import torch
 
 
@@ -10,19 +12,46 @@ def _masked_lse(x: torch.Tensor, valid: torch.Tensor, dim: int) -> torch.Tensor:
     return torch.logsumexp(x, dim=dim)
 
 
-def sinkhorn_reference(
-    C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float = 0.05, max_iter: int = 50, tol: float = 1e-4
-) -> tuple[torch.Tensor, ...]:
-    """Entropic OT between a and b for the cost C by log-domain Sinkhorn, each batch element stopping on its own.
+def damping(tau: float, eps: float) -> float:
+    """tau / (tau + eps), the factor of a KL-relaxed potential update; exactly 1 for an exact marginal (tau = inf)."""
+    return 1.0 if math.isinf(tau) else tau / (tau + eps)
 
-    C: [B, N, M]; a: [B, N], b: [B, M] non-negative, each row summing to 1, zeros marking padding.
-    One iteration updates g then f (so rows are exact); an element stops before an iteration once the L1 error
-    of its column sums is below tol. The potentials are shifted so that <a, f> = <b, g>.
-    Returns plan [B, N, M], cost [B], f [B, N], g [B, M], value [B], n_iter [B] int64, err [B], computed in
-    float32 (float64 for float64 inputs).
+
+def marginal_penalty(mass: torch.Tensor, target: torch.Tensor, tau: float) -> torch.Tensor:
+    """tau KL(mass || target) = tau sum (mass log(mass / target) - mass + target) over the last dim; 0 for tau = inf
+    (an exact marginal, whose constraint the solver enforces instead). mass, target: [B, L] -> [B]."""
+    if math.isinf(tau):
+        return mass.new_zeros(mass.shape[:-1])
+    valid = target > 0
+    kl = torch.xlogy(mass, mass) - torch.xlogy(mass, torch.where(valid, target, 1)) - mass + target
+    return tau * torch.where(valid, kl, 0).sum(-1)
+
+
+def sinkhorn_reference(
+    C: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float = 0.05,
+    max_iter: int = 50,
+    tol: float = 1e-4,
+    tau_a: float = math.inf,
+    tau_b: float = math.inf,
+) -> tuple[torch.Tensor, ...]:
+    """Entropic OT between a and b for the cost C by log-domain Sinkhorn, each batch element stopping on its own:
+    min <P, C> - eps H(P) + tau_a KL(P 1 || a) + tau_b KL(P^T 1 || b), H(P) = -sum P (log P - 1).
+
+    C: [B, N, M]; a: [B, N], b: [B, M] non-negative, zeros marking padding. tau = inf keeps that marginal exact.
+    One iteration, with rho = tau / (tau + eps) (1 for tau = inf):
+        g_j <- rho_b eps (log b_j - LSE_i((f_i - C_ij) / eps)),   f_i <- rho_a eps (log a_i - LSE_j((g_j - C_ij) / eps))
+    err is the L1 change that the next g update makes to the plan's column sums: for an exact b, the L1 error of the
+    column sums; for a relaxed b, zero exactly at the fixed point. An element stops before an iteration once its err
+    is below tol. With both marginals exact the potentials are shifted so that <a, f> = <b, g> (they are unique
+    otherwise). Returns plan [B, N, M], cost [B] = <plan, C>, f [B, N], g [B, M], value [B] (the objective above),
+    n_iter [B] int64, err [B] (of the returned plan), in float32 (float64 for float64 inputs).
     """
     dtype = torch.promote_types(C.dtype, torch.float32)
     C, a, b = C.to(dtype), a.to(dtype), b.to(dtype)
+    rho_a, rho_b = damping(tau_a, eps), damping(tau_b, eps)
     valid_a, valid_b = a > 0, b > 0
     valid = valid_a[:, :, None] & valid_b[:, None, :]
     log_a = torch.where(valid_a, a, 1).log()
@@ -31,28 +60,33 @@ def sinkhorn_reference(
     n_iter = torch.zeros(C.shape[0], dtype=torch.int64, device=C.device)
     active = torch.ones(C.shape[0], dtype=torch.bool, device=C.device)
 
-    def column_error(f, g):
+    def column_update(f, g):
+        """The g update for f, and the L1 change it makes to the column sums of the plan of (f, g)."""
         lse = _masked_lse((f[:, :, None] - C) / eps, valid, dim=1)
-        column_sums = torch.where(valid_b, torch.exp(g / eps + lse), 0)
-        return (column_sums - b).abs().sum(dim=1), lse
+        g_next = rho_b * eps * (log_b - lse)
+        after = b if rho_b == 1 else torch.exp(torch.where(valid_b, g_next / eps + lse, 0))
+        change = torch.where(valid_b, (after - torch.exp(torch.where(valid_b, g / eps + lse, 0))).abs(), 0)
+        return g_next, change.sum(dim=1)
 
     for it in range(max_iter):
-        err, lse_col = column_error(f, g)
+        g_next, err = column_update(f, g)
         if it > 0:
             active = active & (err >= tol)
             if not active.any():
                 break
-        g = torch.where(active[:, None] & valid_b, eps * (log_b - lse_col), g)
+        g = torch.where(active[:, None] & valid_b, g_next, g)
         lse_row = _masked_lse((g[:, None, :] - C) / eps, valid, dim=2)
-        f = torch.where(active[:, None] & valid_a, eps * (log_a - lse_row), f)
+        f = torch.where(active[:, None] & valid_a, rho_a * eps * (log_a - lse_row), f)
         n_iter = n_iter + active.long()
 
-    shift = ((a * f).sum(1) - (b * g).sum(1)) / 2
-    f = torch.where(valid_a, f - shift[:, None], 0)
-    g = torch.where(valid_b, g + shift[:, None], 0)
+    if rho_a == 1 and rho_b == 1:
+        shift = ((a * f).sum(1) - (b * g).sum(1)) / 2
+        f, g = f - shift[:, None], g + shift[:, None]
+    f, g = torch.where(valid_a, f, 0), torch.where(valid_b, g, 0)
     log_plan = (f[:, :, None] + g[:, None, :] - C) / eps
     plan = torch.where(valid, torch.exp(torch.where(valid, log_plan, 0)), 0)
     cost = (plan * C).sum(dim=(1, 2))
     value = cost + eps * torch.where(valid, plan * (log_plan - 1), 0).sum(dim=(1, 2))
-    err, _ = column_error(f, g)
+    value = value + marginal_penalty(plan.sum(2), a, tau_a) + marginal_penalty(plan.sum(1), b, tau_b)
+    _, err = column_update(f, g)
     return plan, cost, f, g, value, n_iter, err
