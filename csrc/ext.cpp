@@ -10,7 +10,7 @@ TORCH_LIBRARY(grace_fast, m) {
   m.def("cost_matrix_backward(Tensor grad_C, Tensor U, Tensor V, Tensor ru, Tensor rv) -> (Tensor, Tensor)");
   // C [B, N, M] float32/64, a [B, N], b [B, M] (zeros = padding) -> plan, f, g (shifted to <a, f> = <b, g>),
   // n_iter int64 [B], err [B]: the semantics of grace_fast.ops.reference.sinkhorn_reference.
-  m.def("sinkhorn_forward(Tensor C, Tensor a, Tensor b, float eps, int max_iter, float tol) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("sinkhorn_forward(Tensor C, Tensor a, Tensor b, float eps, int max_iter, float tol, float tau_a, float tau_b) -> (Tensor, Tensor, Tensor, Tensor, Tensor)");
   // X [B, T, H, W, D] -> X_out (X's dtype), w [B, T, H, W] float32 (float64 for float64 X): the semantics of
   // grace_fast.ops.reference.motion_weights_reference.
   m.def("motion_weights_forward(Tensor X, float alpha, int window, float temperature, float beta, float eps) -> (Tensor, Tensor)");

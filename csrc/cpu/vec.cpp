@@ -39,6 +39,32 @@ __attribute__((always_inline)) inline v8f vexp(v8f x) {
   return x < lo ? v8f{} : y;
 }
 
+// log(x) to ~2 ulp for normal x > 0 (Cephes logf polynomial on the mantissa in [sqrt(1/2), sqrt(2))).
+__attribute__((always_inline)) inline v8f vlog(v8f x) {
+  v8i bits;
+  std::memcpy(&bits, &x, sizeof(bits));
+  v8i e = (bits >> 23) - 127;
+  bits = (bits & 0x007fffff) | 0x3f800000;
+  v8f m;
+  std::memcpy(&m, &bits, sizeof(m));
+  const v8i high = m > splat(1.41421356237f);  // -1 where the mantissa halves and the exponent grows
+  m = high ? m * splat(0.5f) : m;
+  e -= high;
+  const v8f ef = __builtin_convertvector(e, v8f);
+  const v8f r = m - splat(1.f), z = r * r;
+  v8f p = splat(7.0376836292e-2f);
+  p = p * r + splat(-1.1514610310e-1f);
+  p = p * r + splat(1.1676998740e-1f);
+  p = p * r + splat(-1.2420140846e-1f);
+  p = p * r + splat(1.4249322787e-1f);
+  p = p * r + splat(-1.6668057665e-1f);
+  p = p * r + splat(2.0000714765e-1f);
+  p = p * r + splat(-2.4999993993e-1f);
+  p = p * r + splat(3.3333331174e-1f);
+  const v8f y = p * r * z + ef * splat(-2.12194440e-4f) - splat(0.5f) * z;
+  return r + y + ef * splat(0.693359375f);
+}
+
 float scalar_exp(float x) { return x < -87.3f ? 0.f : std::exp(x); }
 
 }  // namespace
@@ -112,6 +138,28 @@ GRACE_FAST_CLONES void exp_accumulate(float f, const float* c, const float* colm
   for (; j < n; ++j) colsum[j] += scalar_exp((f - c[j] - colmax[j]) * inv_eps);
 }
 
+GRACE_FAST_CLONES float relaxed_scaling(const float* offset, const float* s, const float* v, float rho, float* out,
+                                        int64_t n) {
+  const float tiny = std::numeric_limits<float>::min();  // padded columns have s_j = 0 and offset_j = -inf
+  const v8f r = splat(rho);
+  v8f acc{};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) {
+    const v8f sj = load(s + j);
+    const v8f o = vexp(load(offset + j) - r * vlog(sj > splat(tiny) ? sj : splat(tiny)));
+    store(out + j, o);
+    const v8f d = o * sj - load(v + j) * sj;
+    acc += d < 0 ? -d : d;
+  }
+  float e = 0.f;
+  for (int q = 0; q < 8; ++q) e += acc[q];
+  for (; j < n; ++j) {
+    out[j] = scalar_exp(offset[j] - rho * std::log(std::max(s[j], tiny)));
+    e += std::abs(out[j] * s[j] - v[j] * s[j]);
+  }
+  return e;
+}
+
 double dot(const double* x, const double* y, int64_t n) {
   double s = 0;
   for (int64_t j = 0; j < n; ++j) s += x[j] * y[j];
@@ -140,6 +188,16 @@ void max_update(double f, const double* c, double* colmax, int64_t n) {
 
 void exp_accumulate(double f, const double* c, const double* colmax, double inv_eps, double* colsum, int64_t n) {
   for (int64_t j = 0; j < n; ++j) colsum[j] += std::exp((f - c[j] - colmax[j]) * inv_eps);
+}
+
+double relaxed_scaling(const double* offset, const double* s, const double* v, double rho, double* out, int64_t n) {
+  const double tiny = std::numeric_limits<double>::min();
+  double e = 0;
+  for (int64_t j = 0; j < n; ++j) {
+    out[j] = std::exp(offset[j] - rho * std::log(std::max(s[j], tiny)));
+    e += std::abs(out[j] * s[j] - v[j] * s[j]);
+  }
+  return e;
 }
 
 }  // namespace grace_fast::cpu

@@ -22,14 +22,17 @@ def _column_pass(
     g_ptr,
     g_next_ptr,
     scale,
+    rho_b,
+    exact_b,
     N,
     M,
     BLOCK_N: tl.constexpr,
     BLOCK_M: tl.constexpr,
     DTYPE: tl.constexpr,
 ):
-    """Column log-sum-exp of (f_i - C_ij) / eps over valid i; writes the g update to g_next_ptr and returns the L1
-    error of the column sums of the current (f, g). Works in base 2: scale = log2(e) / eps."""
+    """Column log-sum-exp of (f_i - C_ij) / eps over valid i; writes the g update rho_b eps (log b_j - LSE) to
+    g_next_ptr and returns the L1 change of the plan's column sums that it makes (b_j after it when exact_b: the L1
+    error of the column sums of the current (f, g)). Works in base 2: scale = log2(e) / eps."""
     err = tl.full([BLOCK_M], 0, DTYPE)
     for m0 in range(0, M, BLOCK_M):
         offs_m = m0 + tl.arange(0, BLOCK_M)
@@ -50,17 +53,31 @@ def _column_pass(
             run_sum = run_sum * tl.exp2(run_max - safe_max) + tl.sum(tl.exp2(x - safe_max[None, :]), 0)
             run_max = new_max
         lse = run_max + tl.log2(run_sum)  # [BLOCK_M]
+        log2_b = tl.log2(tl.where(valid_m, b, 1))
         g = tl.load(g_ptr + offs_m, mask=in_m, other=0)
-        err += tl.where(valid_m, tl.abs(tl.exp2(tl.where(valid_m, g * scale + lse, 0)) - b), 0)
-        tl.store(g_next_ptr + offs_m, tl.where(valid_m, (tl.log2(tl.where(valid_m, b, 1)) - lse) / scale, 0), mask=in_m)
+        # column sums exp2(g_next * scale + lse) after the update and exp2(g * scale + lse) before it
+        after = tl.where(exact_b, b, tl.exp2(tl.where(valid_m, rho_b * log2_b + (1 - rho_b) * lse, 0)))
+        err += tl.where(valid_m, tl.abs(tl.exp2(tl.where(valid_m, g * scale + lse, 0)) - after), 0)
+        tl.store(g_next_ptr + offs_m, tl.where(valid_m, rho_b * (log2_b - lse) / scale, 0), mask=in_m)
     return tl.sum(err)
 
 
 @triton.jit
 def _row_pass(
-    C_ptr, a_ptr, b_ptr, f_ptr, g_ptr, scale, N, M, BLOCK_N: tl.constexpr, BLOCK_M: tl.constexpr, DTYPE: tl.constexpr
+    C_ptr,
+    a_ptr,
+    b_ptr,
+    f_ptr,
+    g_ptr,
+    scale,
+    rho_a,
+    N,
+    M,
+    BLOCK_N: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    DTYPE: tl.constexpr,
 ):
-    """f_i = eps (log a_i - LSE_j (g_j - C_ij) / eps) over valid j, written to f_ptr; 0 on padded rows."""
+    """f_i = rho_a eps (log a_i - LSE_j (g_j - C_ij) / eps) over valid j, written to f_ptr; 0 on padded rows."""
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         in_n = offs_n < N
@@ -79,7 +96,7 @@ def _row_pass(
             run_sum = run_sum * tl.exp2(run_max - safe_max) + tl.sum(tl.exp2(x - safe_max[:, None]), 1)
             run_max = new_max
         lse = run_max + tl.log2(run_sum)  # [BLOCK_N]
-        tl.store(f_ptr + offs_n, tl.where(a > 0, (tl.log2(tl.where(a > 0, a, 1)) - lse) / scale, 0), mask=in_n)
+        tl.store(f_ptr + offs_n, tl.where(a > 0, rho_a * (tl.log2(tl.where(a > 0, a, 1)) - lse) / scale, 0), mask=in_n)
 
 
 @triton.jit(do_not_specialize=["max_iter"])
@@ -94,6 +111,8 @@ def _sinkhorn_solve_kernel(
     err_ptr,
     log2e_over_eps: tl.float64,
     tol: tl.float64,
+    rho_a: tl.float64,
+    rho_b: tl.float64,
     max_iter,
     N,
     M,
@@ -101,7 +120,8 @@ def _sinkhorn_solve_kernel(
     BLOCK_M: tl.constexpr,
     DTYPE: tl.constexpr,
 ):
-    """One program per batch element: Sinkhorn iterations until err < tol or max_iter, then the gauge shift.
+    """One program per batch element: Sinkhorn iterations until err < tol or max_iter, then the gauge shift if
+    both marginals are exact (rho = tau / (tau + eps) = 1; with a relaxed one the potentials are unique).
 
     C: [B, N, M]; a, f: [B, N]; b, g: [B, M]; g_scratch: [B, 2, M] zeros, the committed g and the candidate g of
     the next iteration (committed only if the element goes on); f: [B, N] zeros, updated in place.
@@ -116,6 +136,8 @@ def _sinkhorn_solve_kernel(
     g_scratch_ptr += batch * 2 * M
     scale = tl.full([], log2e_over_eps, DTYPE)
     err_tol = tl.full([], tol, DTYPE)
+    exact_a, exact_b = rho_a == 1, rho_b == 1
+    damp_a, damp_b = tl.full([], rho_a, DTYPE), tl.full([], rho_b, DTYPE)
 
     cur = tl.full([], 0, tl.int32)
     n_iter = tl.full([], 0, tl.int32)
@@ -123,12 +145,14 @@ def _sinkhorn_solve_kernel(
     go = tl.full([], 1, tl.int1)
     while go:
         g_cur, g_next = g_scratch_ptr + cur * M, g_scratch_ptr + (1 - cur) * M
-        err = _column_pass(C_ptr, a_ptr, b_ptr, f_ptr, g_cur, g_next, scale, N, M, BLOCK_N, BLOCK_M, DTYPE)
+        err = _column_pass(
+            C_ptr, a_ptr, b_ptr, f_ptr, g_cur, g_next, scale, damp_b, exact_b, N, M, BLOCK_N, BLOCK_M, DTYPE
+        )
         tl.debug_barrier()
         go = (n_iter < max_iter) & ((n_iter == 0) | (err >= err_tol))
         if go:
             cur = 1 - cur
-            _row_pass(C_ptr, a_ptr, b_ptr, f_ptr, g_next, scale, N, M, BLOCK_N, BLOCK_M, DTYPE)
+            _row_pass(C_ptr, a_ptr, b_ptr, f_ptr, g_next, scale, damp_a, N, M, BLOCK_N, BLOCK_M, DTYPE)
             tl.debug_barrier()
             n_iter += 1
 
@@ -143,7 +167,7 @@ def _sinkhorn_solve_kernel(
         offs_m = m0 + tl.arange(0, BLOCK_M)
         in_m = offs_m < M
         bg += tl.load(b_ptr + offs_m, mask=in_m, other=0) * tl.load(g_final_ptr + offs_m, mask=in_m, other=0)
-    shift = (tl.sum(af) - tl.sum(bg)) / 2
+    shift = tl.where(exact_a & exact_b, (tl.sum(af) - tl.sum(bg)) / 2, 0)
     for n0 in range(0, N, BLOCK_N):
         offs_n = n0 + tl.arange(0, BLOCK_N)
         in_n = offs_n < N
@@ -206,13 +230,22 @@ def _block_sizes(N: int, M: int) -> tuple[int, int, int]:
 
 @on_device_of("C")
 def sinkhorn_triton(
-    C: torch.Tensor, a: torch.Tensor, b: torch.Tensor, eps: float, max_iter: int, tol: float
+    C: torch.Tensor,
+    a: torch.Tensor,
+    b: torch.Tensor,
+    eps: float,
+    max_iter: int,
+    tol: float,
+    tau_a: float = math.inf,
+    tau_b: float = math.inf,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
     """Batched log-domain Sinkhorn with the semantics of sinkhorn_reference, in C's dtype (float32 or float64).
 
-    C: [B, N, M] float32 or float64, contiguous; a: [B, N], b: [B, M] in C's dtype, non-negative, each row summing
-    to 1, zeros marking padding. Returns plan [B, N, M], f [B, N], g [B, M] (shifted so that <a, f> = <b, g>, 0 on
-    padding), n_iter [B] int64 and err [B] (L1 error of the plan's column sums), all but n_iter in C's dtype.
+    C: [B, N, M] float32 or float64, contiguous; a: [B, N], b: [B, M] in C's dtype, non-negative, zeros marking
+    padding. tau_a, tau_b in (0, inf]: weights of tau_a KL(P 1 || a) and tau_b KL(P^T 1 || b) (inf: that marginal
+    is exact). Returns plan [B, N, M], f [B, N], g [B, M] (0 on padding; shifted so that <a, f> = <b, g> when both
+    marginals are exact), n_iter [B] int64 and err [B] (the L1 change of the plan's column sums that the next g
+    update would make: the L1 error of the column sums when tau_b = inf), all but n_iter in C's dtype.
 
     >>> C = torch.rand(2, 77, 784, device="cuda")
     >>> a, b = torch.full((2, 77), 1 / 77, device="cuda"), torch.full((2, 784), 1 / 784, device="cuda")
@@ -224,6 +257,7 @@ def sinkhorn_triton(
     B, N, M = C.shape
     assert a.shape == (B, N) and b.shape == (B, M) and a.dtype == b.dtype == C.dtype, "a: [B, N], b: [B, M]"
     assert eps > 0 and max_iter >= 1 and tol >= 0, f"eps={eps}, max_iter={max_iter}, tol={tol}"
+    assert tau_a > 0 and tau_b > 0, f"tau_a={tau_a}, tau_b={tau_b}: expected values in (0, inf]"
     a, b = a.contiguous(), b.contiguous()
     f = torch.zeros(B, N, dtype=C.dtype, device=C.device)
     g = torch.empty(B, M, dtype=C.dtype, device=C.device)
@@ -234,7 +268,8 @@ def sinkhorn_triton(
     log2e_over_eps = math.log2(math.e) / float(eps)
     block_n, block_m, num_warps = _block_sizes(N, M)
     meta = dict(BLOCK_N=block_n, BLOCK_M=block_m, DTYPE=_DTYPES[C.dtype], num_warps=num_warps)
-    solve_args = (C, a, b, f, g, g_scratch, n_iter, err, log2e_over_eps, float(tol), int(max_iter), N, M)
+    rho_a, rho_b = (1.0 if math.isinf(tau) else tau / (tau + eps) for tau in (float(tau_a), float(tau_b)))
+    solve_args = (C, a, b, f, g, g_scratch, n_iter, err, log2e_over_eps, float(tol), rho_a, rho_b, int(max_iter), N, M)
     _sinkhorn_solve_kernel[(B,)](*solve_args, **meta)
     grid = (triton.cdiv(M, block_m), triton.cdiv(N, block_n), B)
     _sinkhorn_plan_kernel[grid](C, a, b, f, g, plan, log2e_over_eps, N, M, **meta)

@@ -11,7 +11,6 @@ from grace_fast.ops._checks import check_float, check_mask
 from grace_fast.ops.reference.sinkhorn import marginal_penalty, sinkhorn_reference
 
 BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
-RELAXED_BACKENDS = {"cpu": ("torch",), "cuda": ("torch",)}  # until the kernels take tau_a, tau_b
 MARGINAL_TOL = 1e-5
 
 
@@ -94,8 +93,7 @@ def sinkhorn(
     b = _marginal("b", "mask_b", b, mask_b, (B, M), "[B, M]", C.device, dtype)
     if not torch.compiler.is_compiling():
         _check_values(C, a, b)
-    relaxed = not (math.isinf(tau_a) and math.isinf(tau_b))
-    backend = resolve("sinkhorn", backend, C.device, RELAXED_BACKENDS if relaxed else BACKENDS)
+    backend = resolve("sinkhorn", backend, C.device, BACKENDS)
     args = (float(eps), int(max_iter), float(tol), float(tau_a), float(tau_b), backend)
     result = SinkhornResult(*torch.ops.grace_fast.sinkhorn(C.to(dtype).contiguous(), a, b, *args))
     return SinkhornResult(*(x.squeeze(0) for x in result)) if unbatched else result
@@ -158,8 +156,8 @@ def _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend):
     if backend == "triton":
         from grace_fast.kernels.sinkhorn import sinkhorn_triton
 
-        return sinkhorn_triton(C, a, b, eps, max_iter, tol)
-    return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol)
+        return sinkhorn_triton(C, a, b, eps, max_iter, tol, tau_a, tau_b)
+    return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol, tau_a, tau_b)
 
 
 @torch.library.custom_op("grace_fast::sinkhorn", mutates_args=())

@@ -11,6 +11,7 @@ Uses the runtime's internals of Triton 3.9 (setup.py pins it for the tests). Run
 import argparse
 import contextlib
 import io
+import math
 import os
 import re
 import sys
@@ -55,7 +56,8 @@ def sinkhorn_launches() -> list[tuple]:
             for N, M in ((77, 784), (77, 3136), (3, 77), (77, 3)):
                 C = torch.rand(1, N, M, dtype=dtype)
                 a, b = torch.full((1, N), 1 / N, dtype=dtype), torch.full((1, M), 1 / M, dtype=dtype)
-                ks.sinkhorn_triton(C, a, b, 0.05, 50, 1e-4)
+                for tau_a, tau_b in ((math.inf, math.inf), (math.inf, 0.1), (0.1, 0.1)):  # balanced and relaxed
+                    ks.sinkhorn_triton(C, a, b, 0.05, 50, 1e-4, tau_a, tau_b)
 
     return record(ks, calls)
 
