@@ -183,10 +183,11 @@ class Predictor:
 
 
 def compile_parts(model) -> None:
-    """torch.compile, in place, the parts of a GraceModel that take tensors: the video backbone, the text tower
-    (after the tokenizer), the alignment and the heads. In place (nn.Module.compile) keeps the state dict's keys."""
-    for part in (model.video, model.text.model, model.alignment, model.head, model.aux_head):
-        part.compile()
+    """torch.compile, in place, each part of a GraceModel (its child modules: backbones, projections, alignment,
+    heads), the text encoder's tower only, after its tokenizer. In place (nn.Module.compile) keeps the state dict's
+    keys; by children rather than by name, so that new parts are compiled too."""
+    for part in model.children():
+        (part.model if part is model.text else part).compile()
 
 
 def coarse_classifier(checkpoint: str | os.PathLike, device: str = "cpu"):
