@@ -1,15 +1,19 @@
-"""Benchmark of grace_fast.ops.cost_matrix: each fast backend against the torch reference.
+"""Benchmark of grace_fast.ops.cost_matrix: each fast backend against the torch reference and against
+torch.compile(reference) ("compiled-reference", inductor; compiled afresh per case, in the warm-up).
 
 python -m benchmarks.bench_cost            # canonical GRACE shapes, fp32 and bf16, writes results/cost.json
 pytest benchmarks/bench_cost.py --benchmark-only
 """
 
+import functools
+
 import pytest
 import torch
 
 import grace_fast
-from benchmarks.utils import add_ratios, benchmark_main, measure_together, peak_memory_mb
+from benchmarks.utils import COMPILED, add_ratios, benchmark_main, compiled, measure_together, peak_memory_mb
 from grace_fast.ops import cost_matrix
+from grace_fast.ops.reference import cost_matrix_reference
 
 SHAPES = {  # docs/method.md canonical shapes: (B, N, M, D)
     "paper-rho0.5": (32, 77, 784, 512),
@@ -22,7 +26,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 def providers(device: str) -> list[str]:
     fast = "cuda" if device == "cuda" else "cpu"
-    return ["torch"] + ([fast] if grace_fast.backends()[fast] else [])
+    return ["torch", COMPILED] + ([fast] if grace_fast.backends()[fast] else [])
 
 
 def make_case(shape, dtype, device, masked):
@@ -35,12 +39,13 @@ def make_case(shape, dtype, device, masked):
 
 
 def run_fn(provider, mode, U, V, mask_u, mask_v):
+    op = compiled(cost_matrix_reference) if provider == COMPILED else functools.partial(cost_matrix, backend=provider)
     if mode == "forward":
-        return lambda: cost_matrix(U, V, mask_u, mask_v, backend=provider)
+        return lambda: op(U, V, mask_u, mask_v)
     Ug, Vg = U.detach().requires_grad_(), V.detach().requires_grad_()
 
     def full():
-        C = cost_matrix(Ug, Vg, mask_u, mask_v, backend=provider)
+        C = op(Ug, Vg, mask_u, mask_v)
         torch.autograd.grad(C, (Ug, Vg), torch.ones_like(C))
 
     return full
@@ -68,7 +73,7 @@ def run(shapes=SHAPES, dtypes=DTYPES, device="cpu") -> list[dict]:
                         row.update(times[provider])
                         row["peak_mb"] = peak_memory_mb(fn, device=device)
                         rows.append(row)
-    return add_ratios(rows, ["torch"], ("mode", "shape", "dtype", "masked"))
+    return add_ratios(rows, ["torch", COMPILED], ("mode", "shape", "dtype", "masked"))
 
 
 COLUMNS = [
@@ -82,6 +87,7 @@ COLUMNS = [
     "p80_ms",
     "peak_mb",
     "speedup_vs_torch",
+    f"speedup_vs_{COMPILED}",
 ]
 
 

@@ -9,13 +9,15 @@ call), heads (fusion MLP and auxiliary head). `step` is the whole step; the stag
 short of it by the projections, the loss and the optimizer. Provider `auto` runs the fast op backends, `torch`
 the op references (op_backends="torch") on the stages that use the ops (and the tiny step), so the ratio shows
 what the fast ops buy. ViT-B rows are 2 runs without warm-up (a 64-frame step takes minutes on 2 cores).
+dtype bf16 is the step under bf16 autocast (amp bf16, what amp auto runs on a GPU or a CPU with AMX or AVX512-BF16),
+backward outside it, with the fast op backends; `speedup_vs_fp32` is the fp32 step's median over its.
 """
 
 import tempfile
 
 import torch
 
-from benchmarks.utils import add_ratios, benchmark_main, measure
+from benchmarks.utils import add_ratio_vs, add_ratios, benchmark_main, measure
 from grace_fast import ops
 from grace_fast.model import GraceLoss, GraceModel
 from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, tiny_config, tiny_text_config
@@ -83,13 +85,16 @@ def stage_fns(model: GraceModel, pixels: torch.Tensor, texts: list[str]) -> dict
     }
 
 
-def step_fn(model: GraceModel, pixels: torch.Tensor, texts: list[str], labels: torch.Tensor):
+def step_fn(model: GraceModel, pixels: torch.Tensor, texts: list[str], labels: torch.Tensor, autocast=None):
+    """One training step, under autocast to the dtype `autocast` (None: full precision) as the trainer runs it."""
     loss_fn = GraceLoss(model.config)
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
-        loss_fn(model(pixels, texts), labels).total.backward()
+        with torch.autocast(pixels.device.type, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = loss_fn(model(pixels, texts), labels).total
+        loss.backward()
         optimizer.step()
 
     return step
@@ -114,14 +119,19 @@ def run(shapes=SHAPES, device="cpu") -> list[dict]:
                     if size == "tiny":
                         keep = ("step", *keep)
                     fns = {stage: fns[stage] for stage in keep}
-                for stage, fn in fns.items():
+                runs = [(stage, "fp32", fn) for stage, fn in fns.items()]
+                if provider == "auto":
+                    runs.append(("step", "bf16", step_fn(model, pixels, texts, labels, autocast=torch.bfloat16)))
+                for stage, dtype, fn in runs:
                     row = {"op": "model", "provider": provider, "mode": "train step", "shape": name, "stage": stage}
-                    row |= {"frames": frames, "batch": batch}
+                    row |= {"dtype": dtype, "frames": frames, "batch": batch}
                     rows.append(row | measure(fn, device=device, **reps))
-    return add_ratios(rows, ["torch"], ("shape", "stage"))
+    add_ratios(rows, ["torch"], ("shape", "stage", "dtype"))
+    return add_ratio_vs(rows, "speedup_vs_fp32", {"dtype": "fp32"}, ("provider", "shape", "stage"))
 
 
-COLUMNS = ["provider", "shape", "stage", "batch", "median_ms", "p20_ms", "p80_ms", "speedup_vs_torch"]
+COLUMNS = ["provider", "shape", "stage", "dtype", "batch", "median_ms", "p20_ms", "p80_ms", "speedup_vs_torch"]
+COLUMNS += ["speedup_vs_fp32"]
 
 if __name__ == "__main__":
     benchmark_main("model", __doc__, SHAPES, run, COLUMNS)

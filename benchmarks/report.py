@@ -10,12 +10,25 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 
 from benchmarks.bench_scaling import growth_exponents  # noqa: E402
-from benchmarks.utils import RESULTS, describes  # noqa: E402
+from benchmarks.utils import COMPILED, RESULTS, describes  # noqa: E402
 from grace_fast.files import write_atomic, write_figure  # noqa: E402
 
 ORDER = ["cost", "sinkhorn", "motion", "scaling", "model", "inference"]
 TIMING = {"median_ms", "p20_ms", "p80_ms", "reps"}
-# The issues' targets: (benchmark, what, the rows it reads, field, "min" >= bound or "max" <= bound)
+VS_COMPILED = f"speedup_vs_{COMPILED}"
+
+
+def amx_cpu(machine: dict) -> bool:
+    """A result measured on a CPU with AMX (utils.machine() records the flags)."""
+    return "amx_bf16" in machine.get("cpu_flags", ())
+
+
+def cpu_without_bf16(machine: dict) -> bool:
+    return machine.get("native_bf16") is False
+
+
+# The issues' targets: (benchmark, what, the rows it reads, field, "min" >= bound or "max" <= bound[, the machines
+# it is for: a test of the result's machine description])
 TARGETS = [
     ("cost", "cpu vs torch, fp32, every shape, forward and full", {"provider": "cpu", "dtype": "fp32"},
      "speedup_vs_torch", "min", 1.0),
@@ -30,6 +43,19 @@ TARGETS = [
     ("motion", "cpu vs torch, forward+backward", {"provider": "cpu", "mode": "full"}, "speedup_vs_torch", "min", 3.0),
     ("motion", "cpu forward+backward peak over sizeof(X)", {"provider": "cpu", "mode": "full"}, "peak_over_X",
      "max", 2.0),
+    ("motion", "cpu vs torch.compile(reference), fp32, forward+backward", {"provider": "cpu", "mode": "full",
+     "dtype": "fp32"}, VS_COMPILED, "min", 3.0),
+    ("motion", "cpu vs torch.compile(reference), bf16, forward+backward", {"provider": "cpu", "mode": "full",
+     "dtype": "bf16"}, VS_COMPILED, "min", 3.0),
+    ("cost", "cpu vs torch.compile(reference), fp32, forward+backward", {"provider": "cpu", "mode": "full",
+     "dtype": "fp32"}, VS_COMPILED, "min", 2.0),
+    ("cost", "cpu vs torch.compile(reference), bf16, forward+backward", {"provider": "cpu", "mode": "full",
+     "dtype": "bf16"}, VS_COMPILED, "min", 2.0),
+    ("inference", "AMX CPU: ViT-B batch 1 class prompts, bf16 p50 vs fp32 eager", {"provider": "auto",
+     "variant": "bf16", "shape": "vit-b-16f", "batch": 1, "mode": "class-prompts"}, "speedup_vs_fp32-eager", "min",
+     8.0, amx_cpu),
+    ("inference", "CPU without bf16 hardware: compiled p50 vs fp32 eager, every shape", {"provider": "auto",
+     "variant": "compiled"}, "speedup_vs_fp32-eager", "min", 1.3, cpu_without_bf16),
 ]  # fmt: skip
 
 
@@ -57,7 +83,9 @@ def table(rows: list[dict]) -> str:
 def headline(results: dict[str, dict]) -> str:
     """The issues' targets against the worst matching row of each result: a markdown table."""
     lines = ["| benchmark | target | worst measured | met |", "| --- | --- | --- | --- |"]
-    for name, what, where, field, worst, bound in TARGETS:
+    for name, what, where, field, worst, bound, *machines in TARGETS:
+        if machines and not machines[0](results.get(name, {}).get("machine", {})):
+            continue
         values = [
             r[field]
             for r in results.get(name, {"rows": []})["rows"]
@@ -99,7 +127,7 @@ def write_report(out_dir: Path = RESULTS, suffix: str = "") -> Path:
     results = {name: json.loads(path.read_text()) for name, path in found.items()}
     machine = next(iter(results.values()))["machine"]
     text = ["# grace_fast benchmark report", ""]
-    text += [f"- {key}: {value}" for key, value in machine.items()]
+    text += [f"- {key}: {value}" for key, value in machine.items()]  # the CPU and its bf16 flags among them
     text += [
         "",
         "Medians of repeated runs in one process, ms, with the 20-80% quantiles; `speedup_vs_X` is X's median",

@@ -16,11 +16,21 @@ from pathlib import Path
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from grace_fast import hardware
 from grace_fast.files import write_atomic
 
 # kineto prints "USDT: ... profiler_start/stop" on stderr around every memory profile unless told otherwise
 os.environ.setdefault("KINETO_LOG_LEVEL", "6")
 RESULTS = Path(__file__).resolve().parent / "results"
+COMPILED = "compiled-reference"  # the provider name of torch.compile(an op's reference)
+
+
+def compiled(fn: Callable) -> Callable:
+    """torch.compile(fn) (inductor, shapes static) with dynamo's caches emptied first, so that each benchmark case
+    compiles for its own shapes instead of reusing, or running out of, the cache of earlier ones. The compiling
+    happens on the first call: the warm-up of measure_together."""
+    torch._dynamo.reset()
+    return torch.compile(fn, dynamic=False)
 
 
 def _sync(device: str) -> None:
@@ -89,7 +99,7 @@ def peak_memory_mb(fn: Callable[[], object], *, device: str = "cpu") -> float:
 
 
 def machine() -> dict:
-    """What the numbers were measured on."""
+    """What the numbers were measured on (with the CPU flags that decide bf16 autocast: grace_fast.hardware)."""
     cpu = platform.processor() or platform.machine()
     try:
         with open("/proc/cpuinfo") as f:
@@ -102,6 +112,7 @@ def machine() -> dict:
         "threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "gpu": torch.cuda.get_device_name() if torch.cuda.is_available() else None,
+        **hardware.describe(),
     }
     try:
         import triton
@@ -113,7 +124,7 @@ def machine() -> dict:
 
 
 # fields that are measurements, besides every *_ms, speedup_* and peak* field
-MEASURED = ("reps", "plan_err", "input_mb", "lowest", "highest", "verdict")
+MEASURED = ("reps", "plan_err", "input_mb", "lowest", "highest", "verdict", "gbs", "copy_share", "copy_gbs")
 
 
 def describes(field: str) -> bool:
@@ -129,6 +140,18 @@ def add_ratios(rows: list[dict], baselines: list[str], keys: tuple[str, ...]) ->
         for base in baselines:
             ref = medians.get((base, *(row[k] for k in keys)))
             row[f"speedup_vs_{base}"] = None if ref is None else round(ref / row["median_ms"], 3)
+    return rows
+
+
+def add_ratio_vs(rows: list[dict], column: str, baseline: dict, keys: tuple[str, ...]) -> list[dict]:
+    """Adds `column` = the median of the row that has baseline's field values and shares the values of `keys`, over
+    the row's median (None where no such row was measured), e.g. bf16 against fp32 rows of the same shape."""
+    medians = {
+        tuple(r.get(k) for k in keys): r["median_ms"] for r in rows if all(r.get(f) == v for f, v in baseline.items())
+    }
+    for row in rows:
+        ref = medians.get(tuple(row.get(k) for k in keys))
+        row[column] = None if ref is None else round(ref / row["median_ms"], 3)
     return rows
 
 

@@ -31,7 +31,7 @@ import torch
 from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.files import write_figure
 from grace_fast.model.alignment import Aligned
-from grace_fast.predict import Clip, Prediction, Predictor
+from grace_fast.predict import Clip, Prediction, Predictor, add_speed_arguments
 
 CELL, LABEL_WIDTH, HEADER, DPI = 1.5, 1.5, 0.8, 100  # inches: one panel, the row labels, the title; dots per inch
 
@@ -94,7 +94,7 @@ def explain(predictor: Predictor, clip: Clip, caption: str | None = None, top_k:
         raise ValueError(f"top_k must be an integer >= 0, got {top_k!r}")
     model = predictor.model
     frames = predictor.load(clip)  # [T, 3, S, S]
-    out = model(frames[None].to(predictor.device), None if caption is None else [caption])
+    out = predictor.forward(frames[None], None if caption is None else [caption])
     prediction = predictor._prediction(out.logits[0].float().softmax(-1).tolist())
 
     w = out.motion_weights[0].float().cpu()  # [T', H', W']
@@ -286,11 +286,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="text tokens drawn, the most concentrated first (and without --caption, classes whose q is drawn)",
     )
     parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
+    add_speed_arguments(parser)
 
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast explain`: print the prediction and the top tokens, write the PNG."""
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device)
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, dtype=args.dtype, compile=args.compile)
     explanation = explain(predictor, args.clip, args.caption, args.top_k)
     out = Path(args.out) if args.out else Path(f"{Path(args.clip).stem}.explain.png")
     plot(explanation, out, title=Path(args.clip).name)

@@ -7,6 +7,11 @@ centre-cropped, resized and normalised as in evaluation. By default every class 
 the auxiliary head predicts (the low-latency mode: the prompts' encodings are cached after the first call); pass
 captions to align those instead, for the main head.
 
+dtype "auto" runs bf16 autocast where the hardware has bf16 (a GPU, or a CPU with AMX or AVX512-BF16:
+grace_fast.hardware) and fp32 elsewhere; compile=True compiles the backbones, the alignment and the heads with
+torch.compile (tokenisation stays outside the graphs; the first calls of each batch size take seconds to compile).
+The clips of a batch are decoded in parallel threads.
+
 >>> predictor = Predictor.from_pretrained("runs/demo/best")  # doctest: +SKIP
 >>> predictor.predict("clip.mp4")  # doctest: +SKIP
 Prediction(label='happy', index=0, probabilities={'happy': 0.71, 'sad': 0.04, ...})
@@ -17,6 +22,7 @@ import json
 import os
 import sys
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -24,8 +30,19 @@ import torch
 
 from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.errors import UserError
+from grace_fast.hardware import auto_dtype
 
 Clip = str | os.PathLike | np.ndarray | torch.Tensor
+DTYPES = {"auto": None, "float32": torch.float32, "bfloat16": torch.bfloat16}  # None: decided by the hardware
+DTYPE_HELP = "the compute dtype: auto is bfloat16 (autocast) on a GPU or a CPU with AMX or AVX512-BF16, else float32"
+COMPILE_HELP = "compile the model with torch.compile (the first call of each batch size compiles, for seconds)"
+
+
+def compute_dtype(dtype: str, device: torch.device) -> torch.dtype:
+    """The dtype Predictor computes in: dtype ("auto", "float32" or "bfloat16") on device."""
+    if dtype not in DTYPES:
+        raise ValueError(f"dtype must be one of {list(DTYPES)}, got {dtype!r}")
+    return DTYPES[dtype] or auto_dtype(device) or torch.float32
 
 
 @dataclass
@@ -42,23 +59,46 @@ class Prediction:
 
 
 class Predictor:
-    """A trained GRACE model in eval mode with its evaluation transform."""
+    """A trained GRACE model in eval mode with its evaluation transform.
 
-    def __init__(self, model, transform, device: str | torch.device = "cpu", batch_size: int = 8):
+    dtype: "auto", "float32" or "bfloat16" (autocast; the weights stay float32); compile: torch.compile the model's
+    parts (see the module doc). self.dtype is the resolved compute dtype.
+    """
+
+    def __init__(
+        self,
+        model,
+        transform,
+        device: str | torch.device = "cpu",
+        batch_size: int = 8,
+        dtype: str = "auto",
+        compile: bool = False,
+    ):
         self.model = model.eval().to(device)
         self.transform = transform
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.dtype = compute_dtype(dtype, self.device)
+        self.compiled = bool(compile)
+        if compile:
+            compile_parts(self.model)
         config = model.config
         self.frames, self.size = config.frames, config.image_size
         self.classes = [str(c) for c in (config.class_names or range(config.num_classes))]
 
     @classmethod
     def from_pretrained(
-        cls, folder: str | os.PathLike, device: str = "auto", batch_size: int = 8, **overrides
+        cls,
+        folder: str | os.PathLike,
+        device: str = "auto",
+        batch_size: int = 8,
+        dtype: str = "auto",
+        compile: bool = False,
+        **overrides,
     ) -> "Predictor":
         """Load a checkpoint folder written by training (RUN/best) or GraceModel.save_pretrained; overrides change
-        GraceConfig fields (e.g. frames=32). device "auto" is the GPU when there is one."""
+        GraceConfig fields (e.g. frames=32). device "auto" is the GPU when there is one; dtype and compile as for
+        Predictor."""
         from grace_fast.data.transforms import VideoTransform
         from grace_fast.model import GraceModel
         from grace_fast.train.grace import load_normalization
@@ -67,7 +107,7 @@ class Predictor:
         transform = VideoTransform(model.config.image_size, train=False, normalization=load_normalization(folder))
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(model, transform, device, batch_size)
+        return cls(model, transform, device, batch_size, dtype=dtype, compile=compile)
 
     def predict(
         self, clips: Clip | Sequence[Clip], captions: str | Sequence[str] | None = None
@@ -86,15 +126,34 @@ class Predictor:
         for start in range(0, len(clips), self.batch_size):
             chunk = clips[start : start + self.batch_size]
             text = captions[start : start + self.batch_size] if captions is not None else None
-            probabilities = self.probabilities(torch.stack([self.load(clip) for clip in chunk]), text)
+            probabilities = self.probabilities(torch.stack(self.load_all(chunk)), text)
             out += [self._prediction(p) for p in probabilities.tolist()]
         return out[0] if single else out
 
     @torch.inference_mode()
     def probabilities(self, frames: torch.Tensor, captions: Sequence[str] | None = None) -> torch.Tensor:
         """Class probabilities [B, num_classes] float32 of model-ready frames [B, T, 3, S, S]."""
-        logits = self.model(frames.to(self.device), None if captions is None else list(captions)).logits
-        return logits.float().softmax(-1).cpu()
+        return self.forward(frames, captions).logits.float().softmax(-1).cpu()
+
+    def forward(self, frames: torch.Tensor, captions: Sequence[str] | None = None):
+        """The model's GraceOutput for model-ready frames [B, T, 3, S, S], in the predictor's dtype."""
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.dtype == torch.bfloat16):
+            return self.model(frames.to(self.device), None if captions is None else list(captions))
+
+    def load_all(self, clips: Sequence[Clip], errors: tuple[type[Exception], ...] = ()) -> list:
+        """load() of each clip, decoded in parallel threads: [T, 3, S, S] float32 each, or in its place the
+        exception of a type in errors that loading it raised (others propagate)."""
+
+        def load(clip):
+            try:
+                return self.load(clip)
+            except errors as error:
+                return error
+
+        if len(clips) < 2:
+            return [load(clip) for clip in clips]
+        with ThreadPoolExecutor(min(len(clips), os.cpu_count() or 1)) as pool:
+            return list(pool.map(load, clips))
 
     def load(self, clip: Clip) -> torch.Tensor:
         """A clip as model-ready frames [T, 3, S, S] float32."""
@@ -122,6 +181,14 @@ class Predictor:
     def _prediction(self, probabilities: list[float]) -> Prediction:
         index = int(np.argmax(probabilities))
         return Prediction(self.classes[index], index, dict(zip(self.classes, probabilities, strict=True)))
+
+
+def compile_parts(model) -> None:
+    """torch.compile, in place, each part of a GraceModel (its child modules: backbones, projections, alignment,
+    heads), the text encoder's tower only, after its tokenizer. In place (nn.Module.compile) keeps the state dict's
+    keys; by children rather than by name, so that new parts are compiled too."""
+    for part in model.children():
+        (part.model if part is model.text else part).compile()
 
 
 def coarse_classifier(checkpoint: str | os.PathLike, device: str = "cpu"):
@@ -154,6 +221,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=integer(1), default=8, help="clips per batch")
     parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
+    add_speed_arguments(parser)
+
+
+def add_speed_arguments(parser: argparse.ArgumentParser) -> None:
+    """--dtype and --compile, shared by predict, evaluate and explain."""
+    parser.add_argument("--dtype", default="auto", choices=list(DTYPES), help=DTYPE_HELP)
+    parser.add_argument("--compile", action="store_true", help=COMPILE_HELP)
 
 
 def run(args: argparse.Namespace) -> int:
@@ -163,15 +237,16 @@ def run(args: argparse.Namespace) -> int:
 
     if args.caption is not None and len(args.caption) != len(args.clips):
         raise UserError(f"--caption: given {len(args.caption)} times for {len(args.clips)} clips; give one per clip")
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
+    predictor = Predictor.from_pretrained(
+        args.checkpoint, device=args.device, batch_size=args.batch_size, dtype=args.dtype, compile=args.compile
+    )
     frames, names, captions, failed = [], [], [], 0
-    for i, clip in enumerate(args.clips):
-        try:
-            frames.append(predictor.load(clip))
-        except VideoReadError as error:
-            print(f"grace-fast predict: {error}", file=sys.stderr)  # names the clip
+    for i, (clip, loaded) in enumerate(zip(args.clips, predictor.load_all(args.clips, (VideoReadError,)), strict=True)):
+        if isinstance(loaded, VideoReadError):
+            print(f"grace-fast predict: {loaded}", file=sys.stderr)  # names the clip
             failed += 1
             continue
+        frames.append(loaded)
         names.append(clip)
         captions.append(args.caption[i] if args.caption is not None else None)
     texts = captions if args.caption is not None else None

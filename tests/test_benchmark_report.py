@@ -9,6 +9,7 @@ import pytest
 
 from benchmarks.bench_scaling import growth_exponents
 from benchmarks.report import headline, table, write_report
+from benchmarks.utils import add_ratio_vs
 
 
 def _rows(time_power, memory_power):
@@ -73,3 +74,28 @@ def test_unknown_shape_is_refused_before_anything_runs():
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
     assert result.returncode == 2 and "cost has no shape ['no-such-shape']" in result.stderr
+
+
+@pytest.mark.parametrize(
+    "machine, applies",
+    [
+        ({"native_bf16": False, "cpu_flags": ["avx2"]}, True),
+        ({"native_bf16": True, "cpu_flags": ["avx512_bf16"]}, False),
+    ],
+    ids=["no-bf16-cpu", "bf16-cpu"],
+)
+def test_a_machines_target_reads_only_results_of_such_machines(machine, applies):
+    rows = [{"provider": "auto", "variant": "compiled", "shape": "tiny-16f", "speedup_vs_fp32-eager": 1.1}]
+    lines = headline({"inference": {"machine": machine, "rows": rows}}).splitlines()
+    expected = "| inference | CPU without bf16 hardware: compiled p50 vs fp32 eager, every shape: "
+    assert [line.startswith(expected) and line.endswith("| 1.1 | NO |") for line in lines[2:]] == [True] * applies
+
+
+def test_ratio_against_a_baseline_row_of_the_same_shape():
+    rows = [
+        {"dtype": "fp32", "shape": "a", "median_ms": 10.0},
+        {"dtype": "bf16", "shape": "a", "median_ms": 4.0},
+        {"dtype": "bf16", "shape": "b", "median_ms": 4.0},
+    ]
+    add_ratio_vs(rows, "speedup_vs_fp32", {"dtype": "fp32"}, ("shape",))
+    assert [r["speedup_vs_fp32"] for r in rows] == [1.0, 2.5, None]

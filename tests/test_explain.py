@@ -46,7 +46,7 @@ def checkpoint(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def predictor(checkpoint) -> Predictor:
-    return Predictor.from_pretrained(checkpoint, device="cpu")
+    return Predictor.from_pretrained(checkpoint, device="cpu", dtype="float32")  # compared with fp32 internals
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,10 @@ from grace_fast.errors import UserError
 from grace_fast.eval.metrics import classification_metrics
 from grace_fast.eval.report import plot_confusion, report_dict, write_report
 from grace_fast.files import write_atomic
+from grace_fast.predict import COMPILE_HELP, DTYPE_HELP, compile_parts
 
 REPORT_NAME, CONFUSION_NAME, PREDICTIONS_NAME = "report.json", "confusion.png", "predictions.csv"
+DTYPE_AMP = {"auto": "auto", "float32": "off", "bfloat16": "bf16"}  # --dtype as the --amp it means
 
 
 def score(
@@ -136,10 +138,11 @@ def add_arguments(parser) -> None:
     data.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     data.add_argument(
         "--amp",
-        default="auto",
         choices=["auto", "bf16", "fp16", "off"],
-        help="autocast: auto is bf16 on GPU, fp32 on CPU",
+        help="autocast, as train's --amp (default auto); an alternative to --dtype that also offers fp16 on a GPU",
     )
+    data.add_argument("--dtype", choices=list(DTYPE_AMP), help=DTYPE_HELP + " (default auto)")
+    data.add_argument("--compile", action="store_true", help=COMPILE_HELP)
     data.add_argument("--quiet", action="store_true", help="no progress bar")
     scored = parser.add_argument_group("with --predictions")
     scored.add_argument("--classes", help="comma-separated class names in class-id order (names in the CSV need it)")
@@ -176,6 +179,9 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
 
     if args.data_root is None:
         raise UserError("--checkpoint needs --data-root")
+    if args.amp is not None and args.dtype is not None:
+        raise UserError(f"--amp {args.amp} and --dtype {args.dtype} both set the autocast; give one")
+    amp = DTYPE_AMP[args.dtype] if args.dtype is not None else args.amp or "auto"
     joined = distributed.joined()
     processes = distributed.start(args.device)
     try:
@@ -194,13 +200,15 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
         if processes.main:
             warn_missing(args.split, dataset)
         model = GraceClassifier(grace, args.text, normalization).to(processes.device)
+        if args.compile:
+            compile_parts(grace)
         predicted = collect_predictions(
             model,
             dataset,
             collate,
             args.batch_size,
             processes,
-            amp_dtype(args.amp, processes.device),
+            amp_dtype(amp, processes.device),
             num_workers=args.num_workers,
             progress=not args.quiet,
         )

@@ -86,7 +86,11 @@ class TrainConfig:
     warmup_fraction: float = _field(0.05, "the part of all optimiser steps that warms up, when warmup_steps is none")
     min_lr_ratio: float = _field(0.0, "the learning rate the cosine decays to, as a fraction of lr")
     grad_clip: float = _field(1.0, "the largest gradient norm; 0: no clipping")
-    amp: str = _field("auto", "autocast: auto is bf16 on GPU and fp32 on CPU; bf16, fp16 (with a scaler) or off")
+    amp: str = _field(
+        "auto",
+        "autocast: auto is bf16 on a GPU or a CPU with AMX or AVX512-BF16, fp32 elsewhere; bf16 (any device), "
+        "fp16 (GPU, with a scaler) or off",
+    )
     select_metric: str = _field("uar", "the validation metric that selects the epoch: uar or war")
     seed: int = _field(0, "seeds the weights, the validation split, the data order and the augmentation")
     device: str = _field("auto", DEVICE_HELP)

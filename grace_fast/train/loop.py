@@ -33,6 +33,7 @@ from tqdm import tqdm
 from grace_fast.errors import CheckpointError
 from grace_fast.eval.metrics import classification_metrics
 from grace_fast.eval.report import write_report
+from grace_fast.hardware import auto_dtype
 from grace_fast.text.jobs import write_jsonl
 from grace_fast.train import checkpoint as ckpt
 from grace_fast.train.config import TrainConfig
@@ -482,14 +483,18 @@ def _parameter_groups(model: nn.Module, weight_decay: float) -> list[dict[str, A
 
 
 def amp_dtype(amp: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype of config.amp on device (None: full precision); bf16 and fp16 need a GPU."""
+    """The autocast dtype of config.amp on device (None: full precision). auto is bf16 where the hardware has it (a
+    GPU, or a CPU with AMX or AVX512-BF16: grace_fast.hardware) and fp32 elsewhere; bf16 runs on any device (slowly
+    on a CPU without bf16 hardware); fp16 needs a GPU."""
     if amp == "auto":
-        return torch.bfloat16 if device.type == "cuda" and torch.cuda.is_bf16_supported() else None
+        return auto_dtype(device)
     if amp == "off":
         return None
+    if amp == "bf16":
+        return torch.bfloat16
     if device.type != "cuda":
-        raise ValueError(f"amp={amp!r} needs a GPU (device is {device}); use amp auto or off on CPU")
-    return torch.bfloat16 if amp == "bf16" else torch.float16
+        raise ValueError(f"amp={amp!r} needs a GPU (device is {device}); use amp auto, bf16 or off on CPU")
+    return torch.float16
 
 
 def _autocast(device: torch.device, dtype: torch.dtype | None):

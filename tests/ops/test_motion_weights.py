@@ -1,6 +1,7 @@
 """grace_fast.ops.motion_weights: the reference against a loop-by-loop reading of docs/method.md section 1, and every
 backend this machine has against the reference."""
 
+import functools
 import itertools
 
 import pytest
@@ -138,6 +139,22 @@ def test_backend_matches_reference_for_beta(backend, beta):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16], ids=str)
 def test_half_precision_matches_reference(backend, dtype):
     _check_against_reference(backend, torch.randn(2, 3, 5, 4, 40).to(dtype))
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_bf16_autocast_changes_nothing(backend, dtype):
+    """Training and inference run under bf16 autocast (on a GPU, and on a CPU with bf16 hardware): X_out and w keep
+    their dtypes, values and gradients, for the fp32 and bf16 tokens the backbone hands over."""
+    device = device_of(backend)
+    X = torch.randn(2, 4, 5, 5, 40, device=device).to(dtype)
+    grads = torch.randn(X.shape, device=device), torch.randn(X.shape[:-1], device=device)
+    fn = functools.partial(motion_weights, backend=backend)
+    with torch.autocast(device, dtype=torch.bfloat16):
+        got = _with_grads(fn, X, *grads)
+    for g, e in zip(got, _with_grads(fn, X, *grads), strict=True):
+        assert g.dtype == e.dtype
+        torch.testing.assert_close(g, e, atol=0, rtol=0)
 
 
 @pytest.mark.parametrize("backend", ALL)
