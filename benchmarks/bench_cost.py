@@ -11,7 +11,7 @@ import grace_fast
 from benchmarks.utils import add_ratios, benchmark_main, measure_together, peak_memory_mb
 from grace_fast.ops import cost_matrix
 
-SHAPES = {  # GRACE.md canonical shapes: (B, N, M, D)
+SHAPES = {  # docs/method.md canonical shapes: (B, N, M, D)
     "paper-rho0.5": (32, 77, 784, 512),
     "paper-all-tokens": (32, 77, 1568, 512),
     "long-clip-64f": (8, 77, 3136, 512),

@@ -2,8 +2,9 @@
 
 python -m benchmarks.bench_inference    # tiny and ViT-B-sized configs, 16 frames -> results/inference.json
 
-Text modes: `caption` aligns a refined description per clip (encoded every call), `class-prompts` aligns the cached
-prompts of the auxiliary head's top classes (the low-latency mode; nothing text-side is encoded per call).
+Text modes: `caption` aligns a refined description per clip (encoded every call) and scores the classes by their
+cached prompts for the auxiliary head, `class-prompts` only scores the classes by their cached prompts (the
+low-latency mode; nothing text-side is encoded per call).
 Provider `auto` runs the fast op backends, `torch` the op references.
 """
 

@@ -3,8 +3,9 @@
 python -m benchmarks.bench_model    # tiny and ViT-B-sized configs at 16 and 64 frames -> results/model.json
 
 Each stage is timed alone, forward+backward, on the tensors it sees inside the step (captured by hooks from a real
-forward): backbone (VideoMAE), motion+selection, text (CLIP text tower), cost+OT (cost matrix, Sinkhorn,
-barycentric projection), heads (fusion MLP and auxiliary head). `step` is the whole step; the stages' sum falls
+forward): backbone (VideoMAE), motion+selection, text (CLIP text tower), cost+OT (the caption's alignment: cost
+matrix, Sinkhorn, v_txt and s_ot), class-prompt OT (every class prompt against every clip, B x C problems in one
+call), heads (fusion MLP and auxiliary head). `step` is the whole step; the stages' sum falls
 short of it by the projections, the loss and the optimizer. Provider `auto` runs the fast op backends, `torch`
 the op references (op_backends="torch") on the stages that use the ops (and the tiny step), so the ratio shows
 what the fast ops buy. ViT-B rows are 2 runs without warm-up (a 64-frame step takes minutes on 2 cores).
@@ -51,19 +52,20 @@ def _leaf(x):
 
 def stage_fns(model: GraceModel, pixels: torch.Tensor, texts: list[str]) -> dict:
     """name -> zero-argument callable running that stage forward+backward on the inputs it sees in the step."""
-    seen = {}
+    seen = {"align": []}
     hooks = [
         model.video.register_forward_hook(lambda m, args, out: seen.setdefault("X", out)),
-        model.alignment.register_forward_pre_hook(lambda m, args: seen.setdefault("align", args)),
+        model.alignment.register_forward_pre_hook(lambda m, args: seen["align"].append(args)),  # classes, caption
         model.head.register_forward_pre_hook(lambda m, args: seen.setdefault("head", args)),
+        model.aux_head.register_forward_pre_hook(lambda m, args: seen.setdefault("aux_head", args)),
     ]
     with torch.no_grad():
         model(pixels, texts)
     for hook in hooks:
         hook.remove()
     X = _leaf(seen["X"])
-    align = [_leaf(a) for a in seen["align"]]
-    head = [_leaf(a) for a in seen["head"]]
+    classes, caption = ([_leaf(a) for a in args] for args in seen["align"])
+    head, aux_head = ([_leaf(a) for a in seen[name]] for name in ("head", "aux_head"))
     config = model.config
 
     def motion_selection():
@@ -75,8 +77,9 @@ def stage_fns(model: GraceModel, pixels: torch.Tensor, texts: list[str]) -> dict
         "backbone": lambda: _backward(model.video(pixels)),
         "motion+selection": motion_selection,
         "text": lambda: _backward(model.text(texts).embeddings),
-        "cost+OT": lambda: _backward(*model.alignment(*align)),
-        "heads": lambda: _backward(model.head(*head), model.aux_head(head[0])),
+        "cost+OT": lambda: _backward(*model.alignment(*caption)),
+        "class-prompt OT": lambda: _backward(*model.alignment(*classes)),
+        "heads": lambda: _backward(model.head(*head), *model.aux_head(*aux_head)),
     }
 
 
@@ -107,9 +110,9 @@ def run(shapes=SHAPES, device="cpu") -> list[dict]:
                 reps = {"reps": 2, "warmup": 0, "min_seconds": 0.0} if size == "vit-b" else {"reps": 5}
                 fns = {"step": step_fn(model, pixels, texts, labels), **stage_fns(model, pixels, texts)}
                 if provider == "torch":  # only these depend on the op backends; a ViT-B step is backbone-bound
-                    keep = (
-                        ("motion+selection", "cost+OT") if size == "vit-b" else ("step", "motion+selection", "cost+OT")
-                    )
+                    keep = ("motion+selection", "cost+OT", "class-prompt OT")
+                    if size == "tiny":
+                        keep = ("step", *keep)
                     fns = {stage: fns[stage] for stage in keep}
                 for stage, fn in fns.items():
                     row = {"op": "model", "provider": provider, "mode": "train step", "shape": name, "stage": stage}

@@ -15,7 +15,7 @@ import grace_fast
 from benchmarks.utils import add_ratios, benchmark_main, measure, peak_memory_mb
 from grace_fast.ops import motion_weights
 
-SHAPES = {  # GRACE.md: VideoMAE tokens X [B, T', H', W', D]
+SHAPES = {  # docs/method.md: VideoMAE tokens X [B, T', H', W', D]
     "16-frames": (32, 8, 14, 14, 768),
     "64-frames": (8, 32, 14, 14, 768),
 }

@@ -2,7 +2,7 @@
 
 python -m benchmarks.bench_scaling    # results/scaling.json; the report fits the growth exponent of each series
 
-Sizes follow GRACE.md: 16 frames give T' = 8 and S = 196 tokens per frame; rho = 0.5 keeps M = 49 * frames tokens
+Sizes follow docs/method.md: 16 frames give T' = 8 and S = 196 tokens per frame; rho = 0.5 keeps M = 49 * frames tokens
 (784 .. 3136). Each row is forward+backward on the fastest backend of the device.
 """
 

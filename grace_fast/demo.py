@@ -17,7 +17,6 @@ import contextlib
 import json
 import multiprocessing
 import queue
-import sys
 import time
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
@@ -228,15 +227,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`grace-fast demo`: exit 0 with the table printed, 130 when a stop request ended it (rerun to continue), 2 for
-    what the user can fix (a bad argument, an --out made with other arguments)."""
-    try:
-        summary = demo(
-            args.out, clips=args.clips, epochs=args.epochs, seed=args.seed, jobs=args.jobs, progress=not args.quiet
-        )
-    except ValueError as error:
-        print(f"demo: error: {error}", file=sys.stderr)
-        return 2
+    """`grace-fast demo`: exit 0 with the table printed, 130 when a stop request ended it (rerun to continue)."""
+    progress = not args.quiet
+    summary = demo(args.out, clips=args.clips, epochs=args.epochs, seed=args.seed, jobs=args.jobs, progress=progress)
     if summary.get("interrupted"):
         print(f"demo: stopped; run the same command again to continue (folder {args.out})")
         return 130

@@ -3,8 +3,9 @@
 
 A clip is a video file (or a folder of frame images), a uint8 frames array/tensor [T, H, W, 3], or model-ready
 frames [T, 3, S, S] float (already normalised). The clip is sampled uniformly to the model's frame count,
-centre-cropped, resized and normalised as in evaluation. By default the text is the class prompts (the
-low-latency mode: their encodings are cached after the first call); pass captions to align those instead.
+centre-cropped, resized and normalised as in evaluation. By default every class is scored by its own prompt and
+the auxiliary head predicts (the low-latency mode: the prompts' encodings are cached after the first call); pass
+captions to align those instead, for the main head.
 
 >>> predictor = Predictor.from_pretrained("runs/demo/best")  # doctest: +SKIP
 >>> predictor.predict("clip.mp4")  # doctest: +SKIP
@@ -14,11 +15,15 @@ Prediction(label='happy', index=0, probabilities={'happy': 0.71, 'sad': 0.04, ..
 import argparse
 import json
 import os
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
 import torch
+
+from grace_fast.arguments import DEVICE_HELP, device, integer
+from grace_fast.errors import UserError
 
 Clip = str | os.PathLike | np.ndarray | torch.Tensor
 
@@ -145,25 +150,26 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("clips", nargs="+", help="video files or frame folders")
     parser.add_argument("--checkpoint", required=True, help="a trained GRACE checkpoint folder (e.g. RUN/best)")
     parser.add_argument("--caption", action="append", help="a caption per clip, in order (default: class prompts)")
-    parser.add_argument("--top-k", type=int, default=3, help="classes shown per clip")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="auto")
+    parser.add_argument("--top-k", type=integer(1), default=3, help="classes shown per clip")
+    parser.add_argument("--batch-size", type=integer(1), default=8, help="clips per batch")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
 
 
 def run(args: argparse.Namespace) -> int:
-    """`grace-fast predict`: one line (or JSON object) per clip; exit 1 if a clip could not be read."""
+    """`grace-fast predict`: one line (or JSON object) per clip on stdout; exit 1 if a clip could not be read (its
+    error goes to stderr)."""
     from grace_fast.data.video import VideoReadError
 
-    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
     if args.caption is not None and len(args.caption) != len(args.clips):
-        raise SystemExit(f"predict: {len(args.caption)} --caption for {len(args.clips)} clips")
+        raise UserError(f"--caption: given {len(args.caption)} times for {len(args.clips)} clips; give one per clip")
+    predictor = Predictor.from_pretrained(args.checkpoint, device=args.device, batch_size=args.batch_size)
     frames, names, captions, failed = [], [], [], 0
     for i, clip in enumerate(args.clips):
         try:
             frames.append(predictor.load(clip))
         except VideoReadError as error:
-            print(f"{clip}: error: {error}")
+            print(f"grace-fast predict: {error}", file=sys.stderr)  # names the clip
             failed += 1
             continue
         names.append(clip)

@@ -1,5 +1,5 @@
-"""grace_fast.explain on a tiny saved checkpoint: the arrays against the model's own ops and the OT constraints,
-the PNG's size, and `grace-fast explain` through a subprocess."""
+"""grace_fast.explain on a tiny saved checkpoint: the arrays against the model's own ops and outputs and the OT
+constraints, the PNG's size, and `grace-fast explain` through a subprocess."""
 
 import os
 import subprocess
@@ -31,14 +31,17 @@ TUBELETS, GRID, KEPT = 8, 4, 64  # the tiny model on 16 frames of 32 px: 8 x 4 x
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-@pytest.fixture(scope="module")
-def checkpoint(tmp_path_factory) -> Path:
+def save_checkpoint(folder: Path, **fields) -> Path:
     """A tiny random GRACE model saved as training saves its best checkpoint, with a non-default normalisation."""
-    folder = tmp_path_factory.mktemp("checkpoint")
     torch.manual_seed(0)
-    model = GraceModel(tiny_config(build_tiny_tokenizer(folder / "tokenizer"), class_names=CLASSES))
+    model = GraceModel(tiny_config(build_tiny_tokenizer(folder / "tokenizer"), class_names=CLASSES, **fields))
     GraceClassifier(model, normalization=Normalization((0.4, 0.5, 0.6), (0.2, 0.25, 0.3))).save_pretrained(folder)
     return folder
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    return save_checkpoint(tmp_path_factory.mktemp("checkpoint"))
 
 
 @pytest.fixture(scope="module")
@@ -59,8 +62,11 @@ def test_explanation_has_the_models_shapes_and_predicts_as_predict(predictor, cl
     rows = e.plan.shape[0]
     assert e.frames.shape == (TUBELETS, 32, 32, 3) and e.motion_weights.shape == (TUBELETS, GRID, GRID)
     assert e.plan.shape == (rows, KEPT) and e.kept_index.shape == e.kept_mask.shape == (KEPT,)
+    assert e.mass.shape == (TUBELETS, GRID, GRID)
     assert len(e.tokens) == e.rows_mask.shape[0] == rows
     assert e.top.shape == e.peak.shape == (3,) and e.token_maps.shape == (3, TUBELETS, GRID, GRID)
+    assert e.class_logits.shape == (7,) and e.class_plans.shape[::2] == (7, KEPT)
+    assert e.class_masses.shape == (7, TUBELETS, GRID, GRID) and e.shown_classes.shape == (3,)
     expected = predictor.predict(str(clip))
     assert e.prediction.label == expected.label
     assert e.prediction.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
@@ -88,19 +94,28 @@ def test_motion_weights_are_the_motion_ops_output(predictor, clip):
     assert (w[0] != 1).any()  # the weights are not the all-ones of motion "off"
 
 
+@pytest.mark.parametrize("alignment", ["ot", "ot_balanced"])
 @pytest.mark.parametrize("marginal", ["uniform", "motion"])
 @pytest.mark.parametrize("caption", [None, CAPTION], ids=["class-prompts", "caption"])
-def test_plan_marginals_meet_the_ot_constraints(checkpoint, clip, marginal, caption):
-    predictor = Predictor.from_pretrained(checkpoint, device="cpu", visual_marginal=marginal, max_iter=500)
+def test_plan_marginals_meet_the_ot_constraints_and_mass_is_its_column_sums(
+    checkpoint, clip, marginal, caption, alignment
+):
+    predictor = Predictor.from_pretrained(
+        checkpoint, device="cpu", visual_marginal=marginal, alignment=alignment, max_iter=500
+    )
     e = explain(predictor, clip, caption)
     a = e.rows_mask.float() / e.rows_mask.sum()
-    if marginal == "uniform":
-        b = e.kept_mask.float() / e.kept_mask.sum()
-    else:
-        mass = e.motion_weights.flatten()[e.kept_index] * e.kept_mask
-        b = mass / mass.sum()
-    torch.testing.assert_close(e.plan.sum(dim=1), a, atol=1e-6, rtol=0)
-    assert (e.plan.sum(dim=0) - b).abs().sum() < predictor.model.config.tol  # Sinkhorn's stopping rule
+    torch.testing.assert_close(e.plan.sum(dim=1), a, atol=1e-6, rtol=0)  # the text's mass is exact
+    kept = e.kept_index[e.kept_mask]
+    torch.testing.assert_close(e.mass.flatten()[kept], e.plan.sum(dim=0)[e.kept_mask])
+    assert e.mass.sum() == pytest.approx(1, abs=1e-5) and e.mass.flatten().count_nonzero() <= len(kept)
+    if alignment == "ot_balanced":  # the visual mass is b, whatever the text
+        if marginal == "uniform":
+            b = e.kept_mask.float() / e.kept_mask.sum()
+        else:
+            mass = e.motion_weights.flatten()[e.kept_index] * e.kept_mask
+            b = mass / mass.sum()
+        assert (e.plan.sum(dim=0) - b).abs().sum() < predictor.model.config.tol  # Sinkhorn's stopping rule
 
 
 def test_token_maps_spread_each_top_tokens_plan_row_over_the_kept_patches(predictor, clip):
@@ -119,35 +134,48 @@ def test_token_maps_spread_each_top_tokens_plan_row_over_the_kept_patches(predic
 def test_caption_tokens_are_the_captions_words(predictor, clip):
     e = explain(predictor, clip, CAPTION)
     assert [e.tokens[i] for i in e.rows_mask.nonzero().flatten()] == CAPTION.split()
-    assert e.text == CAPTION and e.prompt_classes is None
+    assert e.text == CAPTION and e.class_plans is None and e.shown_classes is None
     expected = predictor.predict(str(clip), CAPTION)
     assert e.prediction.probabilities == pytest.approx(expected.probabilities, abs=1e-6)
 
 
-def test_class_prompt_tokens_name_the_class_of_their_prompt(predictor, clip):
-    e = explain(predictor, clip)
+def test_class_prompt_mode_shows_every_class_and_the_predicted_class_tokens(predictor, clip):
+    e = explain(predictor, clip, top_k=2)
     with torch.inference_mode():
-        aux = predictor.model(predictor.load(clip)[None]).aux_logits[0]
-    first, second = (CLASSES[c] for c in aux.topk(2).indices)
-    assert e.text is None and e.prompt_classes == [first, second]
+        out = predictor.model(predictor.load(clip)[None])
+    label = CLASSES[int(out.aux_logits[0].argmax())]
+    assert e.text is None and e.prediction.label == label
+    torch.testing.assert_close(e.class_logits, out.class_logits[0])
+    torch.testing.assert_close(e.class_plans, out.classes.plan[0])
+    for c in range(7):  # each class's plan has a row per token of its own prompt, carrying mass a_i
+        prompt = predictor.model.text.class_prompts().mask[c]
+        torch.testing.assert_close(e.class_plans[c].sum(1), prompt / prompt.sum(), atol=1e-6, rtol=0)
+    torch.testing.assert_close(e.class_masses[e.prediction.index], e.mass)
+    assert (e.class_masses[0] - e.class_masses[1]).abs().sum() > 1e-3  # the prompt moves the mass
+    assert [CLASSES[c] for c in e.shown_classes] == [name for name, _ in e.prediction.top(2)]
+    assert [label for label, _ in e.mass_rows()] == [f"q of {name}'s prompt" for name, _ in e.prediction.top(2)]
     content = [e.tokens[i] for i in e.rows_mask.nonzero().flatten()]
-    assert content[:3] == [f"a ({first})", f"face ({first})", f"showing ({first})"]
-    assert f"face ({second})" in content
+    assert content[:3] == [f"a ({label})", f"face ({label})", f"showing ({label})"]
 
 
-def test_cosine_alignment_has_one_pooled_row_and_none_has_no_token(checkpoint, clip):
+def test_cosine_alignment_has_one_pooled_row_and_none_has_no_token(checkpoint, clip, tmp_path):
     cosine = explain(Predictor.from_pretrained(checkpoint, device="cpu", alignment="cosine"), clip)
     assert cosine.tokens == ["(pooled text)"] and cosine.top.tolist() == [0]
     assert cosine.token_maps.sum().item() == pytest.approx(1, abs=1e-5)
-    none = explain(Predictor.from_pretrained(checkpoint, device="cpu", alignment="none"), clip)
-    assert none.plan is None and none.tokens == [] and none.token_maps.shape == (0, TUBELETS, GRID, GRID)
+    none = explain(Predictor.from_pretrained(save_checkpoint(tmp_path, alignment="none"), device="cpu"), clip)
+    assert none.plan is None and none.mass is None and none.class_plans is None and none.tokens == []
+    assert none.token_maps.shape == (0, TUBELETS, GRID, GRID) and none.mass_rows() == []
 
 
-@pytest.mark.parametrize("top_k, size", [(3, (1350, 830)), (1, (1350, 530)), (0, (1350, 380))])
-def test_plot_writes_a_png_of_a_panel_per_tubelet_and_row(predictor, clip, tmp_path, top_k, size):
-    path = plot(explain(predictor, clip, top_k=top_k), tmp_path / "face.png", title="face.mp4")
+@pytest.mark.parametrize(
+    "caption, top_k, size",
+    [(None, 3, (1350, 1280)), (None, 1, (1350, 680)), (None, 0, (1350, 380)), (CAPTION, 3, (1350, 980))],
+)
+def test_plot_writes_a_png_of_a_panel_per_tubelet_and_row(predictor, clip, tmp_path, caption, top_k, size):
+    path = plot(explain(predictor, clip, caption, top_k=top_k), tmp_path / "face.png", title="face.mp4")
     with Image.open(path) as image:
-        assert (image.format, image.size) == ("PNG", size)  # (1.5 + 8 x 1.5) x (0.8 + (2 + k) x 1.5) inches, 100 dpi
+        # (1.5 + 8 x 1.5) x (0.8 + (2 + masses + k) x 1.5) inches at 100 dpi: k classes' masses, or the caption's
+        assert (image.format, image.size) == ("PNG", size)
     assert os.listdir(tmp_path) == ["face.png"]  # written atomically, no temporary file left
 
 
@@ -168,20 +196,22 @@ def test_explain_command_writes_the_png_beside_where_it_runs(checkpoint, clip, t
     assert done.returncode == 0, done.stderr[-3000:]
     label = Predictor.from_pretrained(checkpoint, device="cpu").predict(str(clip)).label
     assert f"{clip}: {label}" in done.stdout and "wrote face.explain.png" in done.stdout
+    assert "class logits (each class's prompt): happy " in done.stdout
     with Image.open(tmp_path / "face.explain.png") as image:
-        assert image.size == (1350, 680)
+        assert image.size == (1350, 980)  # frames, motion, 2 classes' masses, 2 tokens
 
 
 @pytest.mark.parametrize("bad", ["clip", "checkpoint"])
-def test_explain_command_names_a_bad_path(checkpoint, clip, tmp_path, bad):
+def test_explain_command_names_a_bad_path(checkpoint, clip, tmp_path, capsys, bad):
     missing = tmp_path / "missing"
     args = [
         str(missing if bad == "clip" else clip),
         "--checkpoint",
         str(missing if bad == "checkpoint" else checkpoint),
     ]
-    with pytest.raises(SystemExit, match=f"explain: .*{missing}"):
-        main(["explain", *args, "--out", str(tmp_path / "out.png"), "--device", "cpu"])
+    assert main(["explain", *args, "--out", str(tmp_path / "out.png"), "--device", "cpu"]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith("grace-fast explain: error: ") and str(missing) in line
     assert not (tmp_path / "out.png").exists()
 
 

@@ -1,4 +1,4 @@
-// Motion-difference weighting on the CPU (GRACE.md section 1), the semantics of motion_weights_reference.
+// Motion-difference weighting on the CPU (docs/method.md section 1), the semantics of motion_weights_reference.
 // Clips go in groups of about GROUP tokens, and no per-token buffer besides w outlives a group: the backward saves
 // only X and w and recomputes the scores. Scores: per frame (the work item) and tile of DT features, the difference
 // Delta and its clipped window mean live in thread scratch and leave squared norms in one vector of partial sums per

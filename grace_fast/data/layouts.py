@@ -263,7 +263,8 @@ def csv_clips(
 ) -> ClipList:
     """A generic CSV with a header naming a `path` and a `label` column (optional: `caption`, `id`). A label is a
     class index, or a class name when classes is given; without classes the labels must be integers and the
-    classes are named "0".."max label" (pass classes so that every split agrees on them). The id defaults to
+    classes are named "0".."max label" and each needs a clip (a gap is refused as a likely typo; pass classes so
+    that every split agrees on them). The id defaults to
     the path relative to the CSV's folder without its suffix."""
     path = Path(path)
     if not path.is_file():
@@ -291,8 +292,24 @@ def csv_clips(
         clip_id = (row.get("id") or "").strip() or _relative_id(file, path.parent)
         clips.append(Clip(clip_id, str(file), labels[-1], (row.get("caption") or "").strip() or None))
     if classes is None:
+        _check_contiguous(labels, path)
         classes = tuple(str(i) for i in range(max(labels, default=-1) + 1))
     return ClipList(clips, tuple(classes), str(path))
+
+
+def _check_contiguous(labels: list[int], path: Path) -> None:
+    """Without class names the labels must be 0..K-1, each with a clip: a gap is most likely a typo (9 for 2), which
+    would otherwise make K classes of the largest label silently."""
+    missing = sorted(set(range(max(labels, default=-1) + 1)) - set(labels))
+    if missing:
+        gap = f"{missing[0]}..{missing[-1]}" if missing == list(range(missing[0], missing[-1] + 1)) else str(missing)
+        beyond = [(label, number) for number, label in enumerate(labels, 2) if label > missing[0]]
+        where = ", ".join(f"label {label} is on line {number}" for label, number in beyond[:3])
+        more = ", ..." if len(beyond) > 3 else ""
+        raise ValueError(
+            f"clips CSV {path}: labels {gap} have no clip; {where}{more}: a typo? Without classes the labels must "
+            "be 0..K-1 with a clip each; pass classes (--classes) to name every class"
+        )
 
 
 def synthetic(root: str | os.PathLike, fold: int = 1, split: str = "train") -> ClipList:

@@ -17,11 +17,14 @@ The output folder (read back by `layouts.synthetic`)::
     DIR/EmoLabel_DataSplit/test(single-labeled)/set_1.csv ... set_5.csv
     DIR/captions.csv          clip,caption
     DIR/annotations.jsonl     every clip's parameters (label, fps, action units, nuisances, caption)
+    DIR/clips.md5             the md5 of every clip written (`md5sum -c clips.md5` in DIR checks them)
     DIR/synthetic.json        the arguments; a rerun with other arguments into DIR is refused
 
-Everything follows from (seed, clips, size): the same arguments give the same frames and annotations. Clips are
-written atomically and a rerun skips those already there, so an interrupted run is finished by running it again;
-the annotation files are written last.
+Everything follows from (seed, clips, size): the same arguments give byte-identical files (`write_mp4`). DIR must
+be new, empty, or made by this function: it writes into no folder it did not make. Clips are written atomically
+and each is recorded in clips.md5 once written, so an interrupted run is finished by running it again: the rerun
+keeps the clips recorded there with their md5 and rewrites any other file in their place; the annotation files
+are written last.
 
 >>> import tempfile
 >>> summary = make_synthetic(tempfile.mkdtemp(), clips=7, seed=0, progress=False)
@@ -31,6 +34,7 @@ the annotation files are written last.
 
 import argparse
 import csv
+import hashlib
 import io
 import json
 import os
@@ -47,6 +51,7 @@ from grace_fast.files import write_atomic
 
 VERSION = 1
 CLIP_DIR = "Clip/original"
+LEDGER = "clips.md5"  # md5sum's format: "<md5>  Clip/original/<clip>.mp4"
 # the action units of each class at the expression's apex (DFEW's class order)
 EXPRESSIONS = {
     "happy": {"AU6": 0.8, "AU12": 1.0, "AU26": 0.15},
@@ -285,7 +290,8 @@ def render_clip(spec: ClipSpec, size: int = 64, *, expression: bool = True, nuis
 
 def make_synthetic(out: str | os.PathLike, clips: int, seed: int = 0, *, size: int = 64, progress: bool = True) -> dict:
     """Write the data set to out (see the module doc); returns {"out", "written", "skipped"} (clips written now,
-    clips already there)."""
+    clips an earlier run wrote). Raises ValueError for a bad argument, or an out that is neither new nor empty nor
+    made by this function with the same arguments."""
     if not isinstance(size, int) or size < 32 or size % 2:
         raise ValueError(f"size must be an even integer >= 32, got {size!r}")
     out = Path(out)
@@ -297,32 +303,27 @@ def make_synthetic(out: str | os.PathLike, clips: int, seed: int = 0, *, size: i
         "size": size,
     }
     specs = sample_specs(clips, seed)
-    manifest = out / "synthetic.json"
-    if manifest.is_file():
-        previous = json.loads(manifest.read_text())
-        if previous != arguments:
-            changed = {k: (previous.get(k), v) for k, v in arguments.items() if previous.get(k) != v}
-            raise ValueError(
-                f"out {out} holds a synthetic set made with other arguments {changed} "
-                "(old, new); choose another --out or the same arguments"
-            )
+    _claim(out, arguments)
     (out / CLIP_DIR).mkdir(parents=True, exist_ok=True)
-    write_atomic(manifest, (json.dumps(arguments, indent=1) + "\n").encode())
     for stale in (out / CLIP_DIR).glob(".*.mp4.*.tmp"):  # left by a killed run
         stale.unlink()
-    written = skipped = 0
-    with tqdm(total=len(specs), desc="make-synthetic", unit="clip", disable=not progress) as bar:
+    recorded, digests, written = _recorded(out), {}, 0
+    bar = tqdm(total=len(specs), desc="make-synthetic", unit="clip", disable=not progress)
+    with open(out / LEDGER, "a") as ledger, bar:
         for spec in specs:
-            path = out / CLIP_DIR / f"{spec.clip}.mp4"
-            if path.is_file():
-                skipped += 1
-            else:
-                write_mp4(path, render_clip(spec, size), fps=spec.fps)
-                _check_decodable(path, size)
+            name = f"{CLIP_DIR}/{spec.clip}.mp4"
+            digests[name] = _md5(out / name)
+            if digests[name] is None or digests[name] != recorded.get(name):  # missing, or not what a run wrote
+                write_mp4(out / name, render_clip(spec, size), fps=spec.fps)
+                _check_decodable(out / name, size)
+                digests[name] = _md5(out / name)
+                ledger.write(f"{digests[name]}  {name}\n")
+                ledger.flush()  # a kill from here on loses no finished clip
                 written += 1
             bar.update()
     _write_annotations(out, specs, folds(specs, seed))
-    return {"out": str(out), "written": written, "skipped": skipped}
+    write_atomic(out / LEDGER, "".join(f"{digest}  {name}\n" for name, digest in digests.items()).encode())
+    return {"out": str(out), "written": written, "skipped": len(specs) - written}
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -334,7 +335,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """`grace-fast make-synthetic`: exit 0 once every clip and annotation file is written."""
+    """`grace-fast make-synthetic`: exit 0 once every clip and annotation file is written. A bad argument, an --out
+    it did not make or made with other arguments, or a --size decord cannot read are user errors (exit 2)."""
     summary = make_synthetic(args.out, args.clips, args.seed, size=args.size, progress=not args.quiet)
     print(f"make-synthetic: {summary['written']} clips written, {summary['skipped']} already there, in {args.out}")
     return 0
@@ -511,6 +513,49 @@ def _smoothstep(x: np.ndarray) -> np.ndarray:
 def _bump(x: np.ndarray) -> np.ndarray:
     """A smooth pulse, 0 outside [0, 1] and 1 at 0.5."""
     return np.where((x > 0) & (x < 1), np.sin(np.pi * np.clip(x, 0, 1)) ** 2, 0.0)
+
+
+def _claim(out: Path, arguments: dict) -> None:
+    """Refuse an out that is neither new nor empty nor a set made with the same arguments, then write its
+    synthetic.json first, so that a folder holding any of our files holds it."""
+    manifest = out / "synthetic.json"
+    if manifest.is_file():
+        try:
+            previous = json.loads(manifest.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(
+                f"{manifest} is not the JSON that make-synthetic writes ({error}); choose another --out"
+            ) from error
+        if previous != arguments:
+            changed = {k: (previous.get(k), v) for k, v in arguments.items() if previous.get(k) != v}
+            raise ValueError(
+                f"out {out} holds a synthetic set made with other arguments {changed} "
+                "(old, new); choose another --out or the same arguments"
+            )
+    elif out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ValueError(
+            f"out {out} is not an empty folder and holds no synthetic.json, so make-synthetic did not make it; "
+            "choose a new or empty --out"
+        )
+    write_atomic(manifest, (json.dumps(arguments, indent=1) + "\n").encode())
+
+
+def _recorded(out: Path) -> dict[str, str]:
+    """{clip path in out: md5} of the clips earlier runs wrote, from the ledger; a line cut short by a kill is
+    skipped (its clip is written again)."""
+    if not (out / LEDGER).is_file():
+        return {}
+    recorded = {}
+    for line in (out / LEDGER).read_text().splitlines(keepends=True):
+        digest, _, name = line.rstrip("\n").partition("  ")
+        if line.endswith("\n") and len(digest) == 32:
+            recorded[name] = digest
+    return recorded
+
+
+def _md5(path: Path) -> str | None:
+    """The md5 of a file's bytes as hex, None when there is no such file."""
+    return hashlib.md5(path.read_bytes()).hexdigest() if path.is_file() else None
 
 
 def _check_decodable(path: Path, size: int) -> None:

@@ -51,7 +51,12 @@ class Normalization:
         path = Path(folder) / PROCESSOR_CONFIG
         if not path.is_file():
             raise FileNotFoundError(f"image processor config not found: {path}")
-        config = json.loads(path.read_text())
+        try:
+            config = json.loads(path.read_text())
+        except json.JSONDecodeError as error:
+            raise ValueError(f"image processor config {path} is not JSON ({error})") from None
+        if not isinstance(config, dict):
+            raise ValueError(f"image processor config {path} must hold a mapping, got {type(config).__name__}")
         if not config.get("do_normalize", True):
             return cls((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         if "image_mean" not in config or "image_std" not in config:

@@ -8,7 +8,6 @@
 """
 
 import os
-import tempfile
 from collections import Counter
 from collections.abc import Callable
 from fractions import Fraction
@@ -19,17 +18,22 @@ import decord
 import numpy as np
 import torch
 
+from grace_fast.errors import UserError
+from grace_fast.files import temporary_file
+
 VIDEO_SUFFIXES = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg")
 
 
-class VideoReadError(RuntimeError):
+class VideoReadError(UserError, RuntimeError):
     """A video file is missing, unreadable or has no frames; the message names the file."""
 
 
 def write_mp4(path: str | os.PathLike, frames, fps: float) -> None:
     """Write frames [T, H, W, 3] uint8 RGB (numpy or torch) to an H.264 mp4 (yuv420p), atomically.
 
-    H and W must be even (yuv420p halves the chroma planes). The file appears complete or not at all.
+    H and W must be even (yuv420p halves the chroma planes). The file appears complete or not at all. The same
+    frames and fps give the same bytes in any process and on any number of cores (libx264 runs its C code on one
+    thread; see the README, "The synthetic set", for what may differ between machines).
     """
     if isinstance(frames, torch.Tensor):
         frames = frames.detach().cpu().numpy()
@@ -44,13 +48,16 @@ def write_mp4(path: str | os.PathLike, frames, fps: float) -> None:
     if not fps > 0:
         raise ValueError(f"fps must be > 0, got {fps}")
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
+    tmp = temporary_file(path)
     try:
         with av.open(tmp, mode="w", format="mp4") as container:
             stream = container.add_stream("libx264", rate=Fraction(fps).limit_denominator(1001))
             stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
-            stream.options = {"crf": "18"}
+            # x264's AVX-512 code reads memory it has not written (in its MB-tree pass), so that with its assembly
+            # the bytes followed whatever the heap held; its C code does not, nor does it change with the CPU
+            stream.options = {"crf": "18", "x264-params": "no-asm=1"}
+            # by default a frame is cut into one slice per core (from 128 px up), so the bytes followed the core count
+            stream.codec_context.thread_count = 1
             for frame in frames:
                 container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
             container.mux(stream.encode())

@@ -16,6 +16,9 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from grace_fast.arguments import DEVICE_HELP, device, integer
+from grace_fast.data.layouts import LOADERS
+from grace_fast.errors import UserError
 from grace_fast.eval.metrics import classification_metrics
 from grace_fast.eval.report import plot_confusion, report_dict, write_report
 from grace_fast.files import write_atomic
@@ -121,20 +124,26 @@ def add_arguments(parser) -> None:
     source.add_argument("--predictions", help="a CSV with `label` and `prediction` columns to score as it is")
     parser.add_argument("--out", required=True, help="folder for report.json, confusion.png (and predictions.csv)")
     data = parser.add_argument_group("with --checkpoint")
-    data.add_argument("--dataset", default="synthetic", help="synthetic, dfew, ferv39k, mafw or csv")
+    data.add_argument("--dataset", default="synthetic", choices=list(LOADERS), help="the data set's layout")
     data.add_argument("--data-root", help="the data set's folder (csv: a folder with train.csv / test.csv)")
     data.add_argument("--split", default="test", choices=["train", "test"])
-    data.add_argument("--fold", type=int, default=1)
+    data.add_argument("--fold", type=integer(1), default=1, help="the fold of the split")
     data.add_argument("--text", default="caption", choices=["caption", "prompts"], help="what text is aligned")
     data.add_argument("--descriptions", help="a `grace-fast refine` JSONL whose texts replace the captions")
-    data.add_argument("--batch-size", type=int, default=8)
-    data.add_argument("--num-workers", type=int, default=0)
+    data.add_argument("--batch-size", type=integer(1), default=8, help="clips per batch")
+    data.add_argument("--num-workers", type=integer(0), default=0, help="DataLoader worker processes")
     data.add_argument("--skip-bad", action="store_true", help="leave out unreadable clips (listed in the report)")
-    data.add_argument("--device", default="auto")
-    data.add_argument("--amp", default="auto", choices=["auto", "bf16", "fp16", "off"])
+    data.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
+    data.add_argument(
+        "--amp",
+        default="auto",
+        choices=["auto", "bf16", "fp16", "off"],
+        help="autocast: auto is bf16 on GPU, fp32 on CPU",
+    )
+    data.add_argument("--quiet", action="store_true", help="no progress bar")
     scored = parser.add_argument_group("with --predictions")
     scored.add_argument("--classes", help="comma-separated class names in class-id order (names in the CSV need it)")
-    scored.add_argument("--num-classes", type=int, help="number of classes (default: len(--classes))")
+    scored.add_argument("--num-classes", type=integer(1), help="number of classes (default: len(--classes))")
 
 
 def run(args) -> int:
@@ -144,7 +153,7 @@ def run(args) -> int:
     else:
         class_names = [c.strip() for c in args.classes.split(",")] if args.classes else None
         if class_names is None and args.num_classes is None:
-            raise SystemExit("evaluate: --predictions needs --classes or --num-classes")
+            raise UserError("--predictions needs --classes or --num-classes")
         labels, predictions = read_predictions(args.predictions, class_names)
         report = score(
             labels,
@@ -162,11 +171,11 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
     from grace_fast.data.datasets import collate
     from grace_fast.model import GraceModel
     from grace_fast.train import distributed
-    from grace_fast.train.grace import GraceClassifier, clip_dataset, load_normalization, split_clips
+    from grace_fast.train.grace import GraceClassifier, clip_dataset, load_normalization, split_clips, warn_missing
     from grace_fast.train.loop import amp_dtype, collect_predictions
 
     if args.data_root is None:
-        raise SystemExit("evaluate: --checkpoint needs --data-root")
+        raise UserError("--checkpoint needs --data-root")
     joined = distributed.joined()
     processes = distributed.start(args.device)
     try:
@@ -175,13 +184,15 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
         names = list(map(str, classes))
         clips = split_clips(args.dataset, args.data_root, args.split, args.fold, names, args.descriptions)
         if clips is None:
-            raise SystemExit(f"evaluate: {args.data_root} has no {args.split} split")
+            raise UserError(f"--data-root {args.data_root} has no {args.split} split")
         if tuple(clips.classes) != tuple(map(str, classes)):
-            raise SystemExit(
-                f"evaluate: the checkpoint's classes {list(classes)} differ from the data's {clips.classes}"
+            raise UserError(
+                f"--checkpoint {args.checkpoint} has the classes {list(classes)}, the data {list(clips.classes)}"
             )
         normalization = load_normalization(args.checkpoint)
         dataset = clip_dataset(clips, grace.config, normalization, train=False, skip_bad=args.skip_bad)
+        if processes.main:
+            warn_missing(args.split, dataset)
         model = GraceClassifier(grace, args.text, normalization).to(processes.device)
         predicted = collect_predictions(
             model,
@@ -191,6 +202,7 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
             processes,
             amp_dtype(args.amp, processes.device),
             num_workers=args.num_workers,
+            progress=not args.quiet,
         )
         extra = dict(checkpoint=str(args.checkpoint), dataset=args.dataset, split=args.split, fold=args.fold)
         return write_evaluation(args.out, predicted, clips.classes, text=args.text, **extra)
@@ -200,7 +212,8 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
 
 
 def _summary_line(report: dict[str, Any], out) -> str:
+    skipped = f" ({len(report['skipped'])} skipped as unreadable)" if report.get("skipped") else ""
     return (
         f"evaluate: UAR {100 * report['uar']:.2f}  WAR {100 * report['war']:.2f}  on {report['num_samples']} clips"
-        f" -> {Path(out) / REPORT_NAME}, {Path(out) / CONFUSION_NAME}"
+        f"{skipped} -> {Path(out) / REPORT_NAME}, {Path(out) / CONFUSION_NAME}"
     )

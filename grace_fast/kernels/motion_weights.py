@@ -1,4 +1,4 @@
-"""Triton motion-difference weighting (GRACE.md section 1), forward and backward.
+"""Triton motion-difference weighting (docs/method.md section 1), forward and backward.
 
 The spatial score and its gradient are stencils over the frame difference Delta = X_t - X_{t-1}: each tap of the
 clipped window is a masked load of a neighbouring token, so Delta, its window mean and E = Delta - mean are never

@@ -1,4 +1,4 @@
-"""The GRACE model layer (GRACE.md sections 4 and 5): GraceConfig, GraceModel, its losses and checkpoints."""
+"""The GRACE model layer (docs/method.md sections 4 and 5): GraceConfig, GraceModel, its losses and checkpoints."""
 
 from grace_fast.model.config import GraceConfig
 from grace_fast.model.losses import (

@@ -12,8 +12,8 @@ from pathlib import Path
 
 import torch
 
-from grace_fast.files import write_atomic
-from grace_fast.model.config import GraceConfig
+from grace_fast.files import read_safetensors, safetensors_metadata, save_safetensors, temporary_file, write_atomic
+from grace_fast.model.config import GraceConfig, check_definition
 from grace_fast.model.text import load_tokenizer
 
 CONFIG_NAME = "config.json"
@@ -23,8 +23,6 @@ CONFIG_METADATA_KEY = "grace_config"
 
 def save_pretrained(model, folder: str | os.PathLike) -> None:
     """Write model's tokenizer files, config.json and model.safetensors into folder (created if missing)."""
-    from safetensors.torch import save_file
-
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tokenizer."))
@@ -37,13 +35,12 @@ def save_pretrained(model, folder: str | os.PathLike) -> None:
     config_json = model.config.to_json()
     write_atomic(folder / CONFIG_NAME, config_json.encode())
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix=f".{WEIGHTS_NAME}.", suffix=".tmp")
-    os.close(fd)
+    tmp = temporary_file(folder / WEIGHTS_NAME)
     try:
-        save_file(state, tmp, metadata={"format": "pt", CONFIG_METADATA_KEY: config_json})
+        save_safetensors(state, tmp, metadata={"format": "pt", CONFIG_METADATA_KEY: config_json})
         os.replace(tmp, folder / WEIGHTS_NAME)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
 
 
@@ -51,11 +48,11 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
     """Load the GraceModel saved in folder; overrides change config fields before the model is built.
 
     A weights file that does not fit the requested config raises a ValueError naming the config fields that
-    differ from those the weights were saved with and the mismatching tensors.
+    differ from those the weights were saved with and the mismatching tensors; one that cannot be read raises
+    CheckpointError naming it. A config.json, or weights, of another definition of the method
+    (GraceConfig.definition; written before definition 2 they have none) raise a ValueError that names what changed:
+    their weights belong to a different model.
     """
-    from safetensors import safe_open
-    from safetensors.torch import load_file
-
     from grace_fast.model.model import GraceModel
 
     folder = Path(folder)
@@ -63,10 +60,11 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
         if not (folder / name).is_file():
             raise FileNotFoundError(f"{folder} is not a GRACE checkpoint: {name} is missing")
     config = GraceConfig.load(folder / CONFIG_NAME).replace(tokenizer=str(folder), **overrides)
-    with safe_open(folder / WEIGHTS_NAME, framework="pt") as f:
-        saved_json = (f.metadata() or {}).get(CONFIG_METADATA_KEY)
+    saved_json = safetensors_metadata(folder / WEIGHTS_NAME).get(CONFIG_METADATA_KEY)
+    if saved_json is not None:
+        check_definition(json.loads(saved_json).get("definition", 1), f"the weights {folder / WEIGHTS_NAME}")
     model = GraceModel(config, tokenizer=load_tokenizer(folder), load_pretrained=False)
-    state = load_file(folder / WEIGHTS_NAME)
+    state = read_safetensors(folder / WEIGHTS_NAME)
     problems = _state_mismatch(model.state_dict(), state)
     if problems:
         raise ValueError(

@@ -1,4 +1,4 @@
-"""GRACE's training objective (GRACE.md section 5): weighted focal loss + symmetric InfoNCE + auxiliary CE.
+"""GRACE's training objective (docs/method.md section 5): weighted focal loss + symmetric InfoNCE + auxiliary CE.
 
 >>> logits, labels = torch.randn(4, 7), torch.tensor([0, 3, 3, 6])
 >>> torch.allclose(focal_loss(logits, labels, gamma=0.0), F.cross_entropy(logits, labels))
@@ -72,7 +72,8 @@ class GraceLoss(nn.Module):
 
     lambdas and gamma come from the config; class_weights ([num_classes], e.g. inverse_frequency_weights of the
     training labels' class_counts) weight the focal term, None means all 1. The InfoNCE temperature is the model's
-    learnable logit_scale (GraceOutput.logit_scale).
+    learnable logit_scale (GraceOutput.logit_scale). In class-prompt mode (no caption) the focal term takes the
+    auxiliary head's logits, the prediction there, and with no text to contrast the InfoNCE term is 0.
     """
 
     def __init__(self, config: GraceConfig, class_weights: torch.Tensor | None = None):
@@ -90,7 +91,10 @@ class GraceLoss(nn.Module):
         if labels.shape != output.logits.shape[:1]:
             raise ValueError(f"labels must be [B] = [{output.logits.shape[0]}], got {tuple(labels.shape)}")
         focal = focal_loss(output.logits, labels, self.gamma, self.class_weights)
-        contrastive = info_nce(output.video_embedding, output.text_embedding, output.logit_scale)
+        if output.text_embedding is None:
+            contrastive = focal.new_zeros(())
+        else:
+            contrastive = info_nce(output.video_embedding, output.text_embedding, output.logit_scale)
         auxiliary = F.cross_entropy(output.aux_logits.float(), labels)
         l1, l2, l3 = self.lambdas
         return LossTerms(l1 * focal + l2 * contrastive + l3 * auxiliary, focal, contrastive, auxiliary)

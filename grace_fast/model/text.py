@@ -1,5 +1,5 @@
 """The text encoder: CLIP text tower + tokenizer from local folders, token embeddings with a content mask, and
-the cached class prompts of the low-latency mode (GRACE.md sections 3 and 4)."""
+the cached class prompts of the low-latency mode (docs/method.md sections 3 and 4)."""
 
 from collections.abc import Sequence
 from typing import NamedTuple

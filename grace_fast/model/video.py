@@ -1,4 +1,4 @@
-"""The visual encoder: VideoMAE patch tokens as a [B, T', H', W', D] grid (GRACE.md data flow)."""
+"""The visual encoder: VideoMAE patch tokens as a [B, T', H', W', D] grid (docs/method.md data flow)."""
 
 import torch
 from torch import nn

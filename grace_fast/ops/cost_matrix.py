@@ -1,4 +1,4 @@
-"""cost_matrix: the cosine cost between text tokens and visual tokens (GRACE.md section 4)."""
+"""cost_matrix: the cosine cost between text tokens and visual tokens (docs/method.md section 4)."""
 
 import torch
 

@@ -1,4 +1,4 @@
-"""motion_weights: motion-difference weighting of video tokens (GRACE.md section 1)."""
+"""motion_weights: motion-difference weighting of video tokens (docs/method.md section 1)."""
 
 import math
 

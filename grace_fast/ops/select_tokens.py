@@ -1,4 +1,4 @@
-"""select_tokens: keep the heaviest tokens of each clip, by a fixed ratio or a weight mass (GRACE.md section 2)."""
+"""select_tokens: keep each clip's heaviest tokens, by a fixed ratio or a weight mass (docs/method.md section 2)."""
 
 import math
 

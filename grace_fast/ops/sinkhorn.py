@@ -1,4 +1,4 @@
-"""sinkhorn: batched entropic OT by log-domain Sinkhorn, with an implicit backward (GRACE.md section 4)."""
+"""sinkhorn: batched entropic OT by log-domain Sinkhorn, with an implicit backward (docs/method.md section 4)."""
 
 import math
 from typing import NamedTuple

@@ -1,4 +1,4 @@
-"""CATE, the offline text pipeline (GRACE.md section 3): captions, coarse labels, action-unit lexicon, refinement.
+"""CATE, the offline text pipeline (docs/method.md section 3): captions, coarse labels, action-unit lexicon, refinement.
 
 The captioner (grace_fast.text.captioner, needs transformers) and the coarse labeller
 (grace_fast.text.coarse_labels) are imported from their modules; the rest is here.

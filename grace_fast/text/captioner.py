@@ -1,4 +1,4 @@
-"""CATE step 1 (GRACE.md section 3): an initial caption per clip, from Video-LLaVA run through transformers from a
+"""CATE step 1 (docs/method.md section 3): an initial caption per clip, from Video-LLaVA run through transformers from a
 local folder, or imported from a file (MAFW ships English captions).
 
 The folder holds what `save_pretrained` writes for VideoLlavaForConditionalGeneration, its tokenizer and its
@@ -14,6 +14,7 @@ torchvision, which has no CPU build on PyPI to match torch's.
 
 import argparse
 import csv
+import io
 import json
 import os
 from collections.abc import Sequence
@@ -23,7 +24,9 @@ import numpy as np
 import torch
 from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
 
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.video import list_videos, read_frames
+from grace_fast.errors import UserError
 from grace_fast.text.cache import Cache
 from grace_fast.text.jobs import CACHE_NAME, Summary, fingerprint, process_videos, write_jsonl
 
@@ -123,34 +126,103 @@ def caption_clips(
 def import_captions(
     path: str | os.PathLike, *, id_field: str = "clip", caption_field: str = "caption"
 ) -> dict[str, str]:
-    """Captions from a file, by clip: CSV/TSV with a header, JSON ({clip: caption} or a list of records), JSONL."""
+    """Captions from a file, by clip: CSV/TSV with a header, JSON ({clip: caption} or a list of records), JSONL.
+
+    Every record needs a clip id and a caption that is non-empty text; a CSV record is one line (a quoted field
+    running over lines is an unterminated quote). Anything else raises a ValueError naming the file and the line
+    or record, instead of importing "None" or a caption that swallowed the next clip."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"captions file not found: {path}")
     suffix = path.suffix.lower()
+    if suffix not in (".csv", ".tsv", ".json", ".jsonl"):
+        raise ValueError(f"captions file {path}: expected .csv, .tsv, .json or .jsonl, got {suffix!r}")
     text = path.read_text(encoding="utf-8-sig")
     if suffix in (".csv", ".tsv"):
-        rows = list(csv.DictReader(text.splitlines(), delimiter="\t" if suffix == ".tsv" else ","))
+        records = _table_records(path, text, "\t" if suffix == ".tsv" else ",", (id_field, caption_field))
     elif suffix == ".jsonl":
-        rows = [json.loads(line) for line in text.splitlines() if line.strip()]
-    elif suffix == ".json":
-        data = json.loads(text)
-        rows = [{id_field: k, caption_field: v} for k, v in data.items()] if isinstance(data, dict) else data
+        records = _jsonl_records(path, text)
     else:
-        raise ValueError(f"captions file {path}: expected .csv, .tsv, .json or .jsonl, got {suffix!r}")
+        records = _json_records(path, text, id_field, caption_field)
     captions = {}
-    for number, row in enumerate(rows, 1):
-        if not isinstance(row, dict) or id_field not in row or caption_field not in row:
+    for where, row in records:
+        if not isinstance(row, dict) or id_field not in row:
             found = sorted(row) if isinstance(row, dict) else type(row).__name__
-            raise ValueError(
-                f"captions file {path}: record {number} lacks {id_field!r} or {caption_field!r} (found {found}); "
-                "set --id-field / --caption-field"
-            )
+            raise ValueError(f"captions file {path} {where} has no {id_field!r} (found {found}); set --id-field")
         clip = str(row[id_field]).strip()
+        caption = row.get(caption_field)
+        if caption is None:
+            null = " (null)" if caption_field in row else f" (found {sorted(row)}); set --caption-field"
+            raise ValueError(f"captions file {path} {where}: clip {clip!r} has no {caption_field!r}{null}")
+        if not isinstance(caption, str):
+            raise ValueError(
+                f"captions file {path} {where}: clip {clip!r}: {caption_field!r} must be text, got {caption!r}"
+            )
+        if not caption.strip():
+            raise ValueError(
+                f"captions file {path} {where}: clip {clip!r} has an empty {caption_field!r} (leave the clip out)"
+            )
         if clip in captions:
-            raise ValueError(f"captions file {path}: clip {clip!r} occurs twice (record {number})")
-        captions[clip] = " ".join(str(row[caption_field]).split())
+            raise ValueError(f"captions file {path}: clip {clip!r} occurs twice ({where})")
+        captions[clip] = " ".join(caption.split())
     return captions
+
+
+def _table_records(path: Path, text: str, delimiter: str, needed: tuple[str, str]) -> list[tuple[str, dict]]:
+    """("line N", {column: value}) per record of a CSV/TSV file with a header naming the needed columns."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
+    records, header, last = [], None, 0
+    try:
+        for row in reader:
+            first, last = last + 1, reader.line_num
+            if first != last:
+                raise ValueError(
+                    f"captions file {path}: the quote opened on line {first} closes on line {last}: an unterminated "
+                    "quote? (a record must be one line)"
+                )
+            if header is None:
+                header = row
+                missing = [name for name in needed if name not in header]
+                if missing:
+                    raise ValueError(
+                        f"captions file {path}: the header names no {missing[0]!r} column (found {header}); set "
+                        "--id-field / --caption-field"
+                    )
+            elif row:
+                if len(row) != len(header):
+                    hint = ": an unquoted delimiter in a caption?" if len(row) > len(header) else ""
+                    raise ValueError(
+                        f"captions file {path} line {first} has {len(row)} fields, the header {len(header)}{hint}"
+                    )
+                records.append((f"line {first}", dict(zip(header, row, strict=True))))
+    except csv.Error as error:
+        raise ValueError(
+            f"captions file {path}: the quote opened on line {last + 1} is not closed where a field ends ({error})"
+        ) from None
+    return records
+
+
+def _jsonl_records(path: Path, text: str) -> list[tuple[str, object]]:
+    records = []
+    for number, line in enumerate(text.splitlines(), 1):
+        if line.strip():
+            try:
+                records.append((f"line {number}", json.loads(line)))
+            except json.JSONDecodeError as error:
+                raise ValueError(f"captions file {path} line {number} is not JSON ({error})") from None
+    return records
+
+
+def _json_records(path: Path, text: str, id_field: str, caption_field: str) -> list[tuple[str, object]]:
+    try:
+        data = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"captions file {path} is not JSON ({error})") from None
+    if isinstance(data, dict):
+        data = [{id_field: clip, caption_field: caption} for clip, caption in data.items()]
+    if not isinstance(data, list):
+        raise ValueError(f"captions file {path}: expected {{clip: caption}} or a list of records, got {data!r:.80}")
+    return [(f"record {number}", row) for number, row in enumerate(data, 1)]
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -160,14 +232,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", required=True, help="output captions JSONL ({clip, caption} per line)")
     parser.add_argument("--model", help="local Video-LLaVA folder (with --videos)")
     parser.add_argument("--prompt", default=DEFAULT_PROMPT, help="generation prompt, with the video token once")
-    parser.add_argument("--frames", type=int, default=8, help="frames sampled uniformly per clip")
-    parser.add_argument("--batch-size", type=int, default=4)
-    parser.add_argument("--max-new-tokens", type=int, default=96)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--frames", type=integer(1), default=8, help="frames sampled uniformly per clip")
+    parser.add_argument("--batch-size", type=integer(1), default=4, help="clips per generation batch")
+    parser.add_argument("--max-new-tokens", type=integer(1), default=96, help="longest caption, in tokens")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--dtype", choices=sorted(DTYPES), help="default: bfloat16 on cuda, float32 on cpu")
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside --out)")
     parser.add_argument("--id-field", default="clip", help="clip id column/field of an imported file")
     parser.add_argument("--caption-field", default="caption", help="caption column/field of an imported file")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -178,7 +251,7 @@ def run(args: argparse.Namespace) -> int:
         Summary(done=len(captions)).report("caption")
         return 0
     if not args.model:
-        raise SystemExit("caption: --model (a local Video-LLaVA folder) is required with --videos")
+        raise UserError("--model (a local Video-LLaVA folder) is required with --videos")
     dtype = DTYPES[args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")]
     clips = list_videos(args.videos)
     captioner = Captioner(
@@ -191,7 +264,7 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
-        captions, summary = caption_clips(clips, captioner, cache, batch_size=args.batch_size)
+        captions, summary = caption_clips(clips, captioner, cache, batch_size=args.batch_size, progress=not args.quiet)
     write_jsonl(
         out, [{"clip": clip, "video": path, "caption": captions[clip]} for clip, path in clips if clip in captions]
     )

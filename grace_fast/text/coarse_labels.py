@@ -1,4 +1,4 @@
-"""CATE step 2 (GRACE.md section 3): the top-k (k = 2) emotions of each clip from a baseline classifier.
+"""CATE step 2 (docs/method.md section 3): the top-k (k = 2) emotions of each clip from a baseline classifier.
 
 The classifier is any callable `logits = classify(frames)`, frames [B, T, 3, H, W] float32 in [0, 1] (the
 classifier normalises them its own way), logits [B, C] in the class order of the data set (Lexicon.classes).
@@ -20,7 +20,9 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.video import list_videos, read_frames
+from grace_fast.errors import UserError
 from grace_fast.text.cache import Cache
 from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, fingerprint, process_videos, write_jsonl
 from grace_fast.text.lexicon import DEFAULT_PATH, Lexicon
@@ -91,7 +93,13 @@ def load_classifier(spec: str, checkpoint: str | None, device: str) -> Classifie
         raise ValueError(f"--classifier must be MODULE:FACTORY, got {spec!r}")
     if os.getcwd() not in sys.path:  # the console script's path lacks it, unlike `python -m`
         sys.path.insert(0, os.getcwd())
-    factory = getattr(importlib.import_module(module_name), factory_name, None)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as error:
+        if error.name is None or not module_name.startswith(error.name):
+            raise  # the module is there but imports something missing: its problem, with its traceback
+        raise UserError(f"--classifier: no module named {module_name!r} (importable, or in {os.getcwd()})") from None
+    factory = getattr(module, factory_name, None)
     if factory is None:
         raise ValueError(f"--classifier: module {module_name} has no {factory_name!r}")
     return factory(checkpoint, device)
@@ -105,13 +113,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where = parser.add_mutually_exclusive_group(required=True)
     where.add_argument("--captions", help=f"captions JSONL; the labels go to {LABELS_NAME} beside it")
     where.add_argument("--out", help="output labels JSONL")
-    parser.add_argument("--k", type=int, default=2, help="labels per clip")
-    parser.add_argument("--frames", type=int, default=16)
-    parser.add_argument("--size", type=int, default=224, help="frame height and width fed to the classifier")
-    parser.add_argument("--batch-size", type=int, default=8)
-    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument("--k", type=integer(1), default=2, help="labels per clip")
+    parser.add_argument("--frames", type=integer(1), default=16, help="frames sampled uniformly per clip")
+    parser.add_argument("--size", type=integer(1), default=224, help="frame height and width fed to the classifier")
+    parser.add_argument("--batch-size", type=integer(1), default=8, help="clips per classifier call")
+    parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside the output)")
     parser.add_argument("--lexicon", default=str(DEFAULT_PATH), help="lexicon JSON (default: the built-in one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
@@ -133,6 +142,7 @@ def run(args: argparse.Namespace) -> int:
             batch_size=args.batch_size,
             classifier_id=identity,
             device=args.device,
+            progress=not args.quiet,
         )
     write_jsonl(out, [records[clip] for clip, _ in clips if clip in records])
     summary.report("coarse-labels")

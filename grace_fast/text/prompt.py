@@ -1,5 +1,5 @@
 """The words of CATE: the refiner's versioned prompt, the deterministic template that stands in without an
-LLM endpoint, and the class prompts of the low-latency mode (GRACE.md section 3).
+LLM endpoint, and the class prompts of the low-latency mode (docs/method.md section 3).
 
 Changing a text here means bumping PROMPT_VERSION or TEMPLATE_VERSION, which are part of every cache key.
 

@@ -1,7 +1,8 @@
-"""CATE refinement (GRACE.md section 3, step 4): caption + coarse labels + action units -> one emotion-aware
+"""CATE refinement (docs/method.md section 3, step 4): caption + coarse labels + action units -> one emotion-aware
 description, from an LLM behind any OpenAI-compatible endpoint, or from the deterministic template without one.
 
-Requests run in a bounded thread pool at temperature 0, each with a timeout, retried with exponential backoff
+Requests run in a bounded thread pool at temperature 0, each with a timeout on the whole request (connecting,
+sending and receiving all of the answer), retried with exponential backoff
 on 429, 5xx, timeouts, dropped connections and malformed answers. A 401, 403 or 404 stops the run (every
 request would fail alike); a clip whose request finally fails is reported and left for the next run. Only
 successful descriptions reach the cache and the output.
@@ -15,17 +16,21 @@ import argparse
 import json
 import os
 import random
-import sys
+import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ThreadPoolExecutor, wait
 from dataclasses import dataclass
 from pathlib import Path
 
+import httpcore2
+import httpx2
 import openai
 from openai.types.chat import ChatCompletion
 from tqdm import tqdm
 
+from grace_fast.arguments import integer, positive
+from grace_fast.errors import UserError
 from grace_fast.text.cache import Cache, cache_key
 from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, read_jsonl, write_jsonl
 from grace_fast.text.lexicon import DEFAULT_PATH, Lexicon
@@ -35,7 +40,7 @@ DEFAULT_MODEL = "gpt-4o-mini"
 FATAL_STATUS = (401, 403, 404)
 
 
-class EndpointError(RuntimeError):
+class EndpointError(UserError, RuntimeError):
     """The endpoint refuses every request (bad key, no access, unknown model or URL): the run stops."""
 
 
@@ -47,9 +52,10 @@ class RequestFailed(RuntimeError):
 class Endpoint:
     """An OpenAI-compatible chat completions endpoint and how to call it.
 
-    timeout: seconds per request; max_retries: retries after the first attempt; the wait before retry r
-    (0-based) is backoff * 2**r seconds (or the server's Retry-After), at most max_backoff, times a random
-    factor in [0.5, 1] so that parallel requests do not retry in step.
+    timeout: seconds per request, all of it (a server that trickles its answer is cut off); max_retries:
+    retries after the first attempt; the wait before retry r (0-based) is backoff * 2**r seconds (or the
+    server's Retry-After), at most max_backoff, times a random factor in [0.5, 1] so that parallel requests do
+    not retry in step.
     """
 
     base_url: str | None = None
@@ -86,10 +92,19 @@ class Refiner:
         self.source = endpoint.model if endpoint else "template"
         self.version = PROMPT_VERSION if endpoint else TEMPLATE_VERSION
         self._client = None
+        self._deadline = _Deadline()
         if endpoint is not None:
+            transport = httpx2.HTTPTransport()
+            # httpx's timeouts bound each read, so the whole request is bounded in the network backend (which
+            # HTTPTransport takes no argument for)
+            transport._pool._network_backend = _DeadlineBackend(transport._pool._network_backend, self._deadline)
             # local servers take any key, but the client insists on one; retries are ours (see _request)
             self._client = openai.OpenAI(
-                base_url=endpoint.base_url, api_key=endpoint.api_key or "none", timeout=endpoint.timeout, max_retries=0
+                base_url=endpoint.base_url,
+                api_key=endpoint.api_key or "none",
+                timeout=endpoint.timeout,
+                max_retries=0,
+                http_client=openai.DefaultHttpxClient(transport=transport),
             )
 
     def key(self, caption: str, labels: Sequence[str]) -> str:
@@ -112,6 +127,7 @@ class Refiner:
         while True:
             retry_after = None
             try:
+                self._deadline.at = time.monotonic() + endpoint.timeout
                 response = self._client.chat.completions.create(
                     model=endpoint.model, messages=messages, temperature=0, max_tokens=256
                 )
@@ -132,11 +148,68 @@ class Refiner:
                 cause = f"connection failed: {error.__cause__ or error}"
             except (json.JSONDecodeError, openai.APIResponseValidationError, MalformedResponse) as error:
                 cause = f"malformed response: {error}"
+            finally:
+                self._deadline.at = None
             if attempt == endpoint.max_retries:
                 raise RequestFailed(f"{cause} (after {attempt + 1} attempts)")
             delay = retry_after if retry_after is not None else endpoint.backoff * 2**attempt
             time.sleep(min(delay, endpoint.max_backoff) * random.uniform(0.5, 1.0))
             attempt += 1
+
+
+class _Deadline(threading.local):
+    """When the calling thread's request must be over (time.monotonic()), or None outside a request."""
+
+    at: float | None = None
+
+
+class _DeadlineBackend(httpcore2.NetworkBackend):
+    """A network backend whose connects, reads and writes each wait at most until the calling thread's deadline,
+    so that a timeout bounds the whole request."""
+
+    def __init__(self, backend: httpcore2.NetworkBackend, deadline: _Deadline):
+        self._backend, self._deadline = backend, deadline
+
+    def left(self, timeout: float | None, expired: type[Exception]) -> float | None:
+        """timeout cut to the time left before the deadline; raises expired once it has passed."""
+        if self._deadline.at is None:
+            return timeout
+        left = self._deadline.at - time.monotonic()
+        if left <= 0:
+            raise expired("the request ran out of time")
+        return left if timeout is None else min(timeout, left)
+
+    def connect_tcp(self, host, port, timeout=None, local_address=None, socket_options=None):
+        timeout = self.left(timeout, httpcore2.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_tcp(host, port, timeout, local_address, socket_options), self)
+
+    def connect_unix_socket(self, path, timeout=None, socket_options=None):
+        timeout = self.left(timeout, httpcore2.ConnectTimeout)
+        return _DeadlineStream(self._backend.connect_unix_socket(path, timeout, socket_options), self)
+
+    def sleep(self, seconds: float) -> None:
+        self._backend.sleep(seconds)
+
+
+class _DeadlineStream(httpcore2.NetworkStream):
+    def __init__(self, stream: httpcore2.NetworkStream, backend: _DeadlineBackend):
+        self._stream, self._backend = stream, backend
+
+    def read(self, max_bytes: int, timeout: float | None = None) -> bytes:
+        return self._stream.read(max_bytes, self._backend.left(timeout, httpcore2.ReadTimeout))
+
+    def write(self, buffer: bytes, timeout: float | None = None) -> None:
+        self._stream.write(buffer, self._backend.left(timeout, httpcore2.WriteTimeout))
+
+    def close(self) -> None:
+        self._stream.close()
+
+    def start_tls(self, ssl_context, server_hostname=None, timeout=None) -> "_DeadlineStream":
+        timeout = self._backend.left(timeout, httpcore2.ConnectTimeout)
+        return _DeadlineStream(self._stream.start_tls(ssl_context, server_hostname, timeout), self._backend)
+
+    def get_extra_info(self, info: str):
+        return self._stream.get_extra_info(info)
 
 
 class MalformedResponse(ValueError):
@@ -250,17 +323,19 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", help=f"model name (default: $OPENAI_MODEL or {DEFAULT_MODEL})")
     parser.add_argument("--api-key", help="API key (default: $OPENAI_API_KEY)")
     parser.add_argument("--template", action="store_true", help="use the deterministic template, not an endpoint")
-    parser.add_argument("--concurrency", type=int, default=8, help="requests in flight at once")
-    parser.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
-    parser.add_argument("--retries", type=int, default=4, help="retries per request after the first attempt")
-    parser.add_argument("--backoff", type=float, default=1.0, help="first retry wait in seconds, doubled each retry")
-    parser.add_argument("--max-backoff", type=float, default=30.0, help="longest retry wait in seconds")
+    parser.add_argument("--concurrency", type=integer(1), default=8, help="requests in flight at once")
+    parser.add_argument("--timeout", type=positive, default=60.0, help="seconds per request, all of it")
+    parser.add_argument("--retries", type=integer(0), default=4, help="retries per request after the first attempt")
+    parser.add_argument("--backoff", type=positive, default=1.0, help="first retry wait in seconds, doubled each retry")
+    parser.add_argument("--max-backoff", type=positive, default=30.0, help="longest retry wait in seconds")
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside --out)")
     parser.add_argument("--lexicon", default=str(DEFAULT_PATH), help="lexicon JSON (default: the built-in one)")
+    parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
 def run(args: argparse.Namespace) -> int:
-    """`grace-fast refine`: exit 0 when every clip is described, 1 when some failed, 2 when the endpoint refuses."""
+    """`grace-fast refine`: exit 0 when every clip is described, 1 when some failed; the endpoint refusing requests
+    (EndpointError) is a user error."""
     lexicon = Lexicon.load(args.lexicon)
     endpoint = None
     if not args.template:
@@ -285,11 +360,8 @@ def run(args: argparse.Namespace) -> int:
             summary.failed[record["clip"]] = f"no coarse labels in {labels_path}"
     out = Path(args.out)
     with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
-        try:
-            records, result = refine_clips(clips, Refiner(lexicon, endpoint), cache, concurrency=args.concurrency)
-        except EndpointError as error:
-            print(f"refine: stopped: {error}", file=sys.stderr)
-            return 2
+        refiner = Refiner(lexicon, endpoint)
+        records, result = refine_clips(clips, refiner, cache, concurrency=args.concurrency, progress=not args.quiet)
     write_jsonl(out, [records[c.clip] for c in clips if c.clip in records])
     summary.done, summary.cached = result.done, result.cached
     summary.failed.update(result.failed)

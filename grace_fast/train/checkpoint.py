@@ -17,6 +17,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from grace_fast.files import read_safetensors, read_torch, save_safetensors
 from grace_fast.train.distributed import Processes
 
 CHECKPOINTS = "checkpoints"
@@ -64,10 +65,8 @@ def save_checkpoint(
     processes.barrier()
     _save_torch(rank_state, staging / f"rank-{processes.rank}.pt")
     if processes.main:
-        from safetensors.torch import save_file
-
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in model.state_dict().items()}
-        save_file(state, staging / MODEL_NAME)
+        save_safetensors(state, staging / MODEL_NAME)
         _fsync(staging / MODEL_NAME)
         _save_torch(trainer, staging / TRAINER_NAME)
     processes.barrier()
@@ -91,19 +90,27 @@ def checkpoints(run: Path) -> list[Path]:
 
 def load_checkpoint(folder: Path, model: nn.Module, rank: int) -> tuple[dict[str, Any], dict[str, Any] | None]:
     """Load the weights of checkpoint `folder` into model; return (trainer state, this rank's state or None when
-    the checkpoint was written by fewer processes)."""
-    from safetensors.torch import load_file
-
-    state = load_file(folder / MODEL_NAME, device="cpu")
+    the checkpoint was written by fewer processes). Every file is read before the model is touched: a file that
+    cannot be read raises CheckpointError naming it and leaves the model as it was."""
+    state = read_safetensors(folder / MODEL_NAME)
+    trainer = read_torch(folder / TRAINER_NAME)
+    rank_file = folder / f"rank-{rank}.pt"
+    rank_state = read_torch(rank_file) if rank_file.is_file() else None
     missing, unexpected = model.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ValueError(
             f"checkpoint {folder} does not fit the model: missing {missing[:5]}, unexpected {unexpected[:5]}"
         )
-    trainer = torch.load(folder / TRAINER_NAME, map_location="cpu", weights_only=True)
-    rank_file = folder / f"rank-{rank}.pt"
-    rank_state = torch.load(rank_file, map_location="cpu", weights_only=True) if rank_file.is_file() else None
     return trainer, rank_state
+
+
+def set_aside(folder: Path) -> Path:
+    """Rename a checkpoint that cannot be read to step-N.corrupt, out of the run's checkpoints (so that the run
+    writes step N again) but kept for a look; returns the new path."""
+    target = folder.with_name(f"{folder.name}.corrupt")
+    shutil.rmtree(target, ignore_errors=True)  # an earlier copy of the same step
+    os.rename(folder, target)
+    return target
 
 
 def export_model(model: nn.Module, folder: Path) -> None:
@@ -114,10 +121,9 @@ def export_model(model: nn.Module, folder: Path) -> None:
     if hasattr(model, "save_pretrained"):
         model.save_pretrained(staging)
     else:
-        from safetensors.torch import save_file
-
         staging.mkdir(parents=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}, staging / MODEL_NAME)
+        state = {k: v.detach().contiguous().cpu() for k, v in model.state_dict().items()}
+        save_safetensors(state, staging / MODEL_NAME)
     shutil.rmtree(old, ignore_errors=True)
     if folder.exists():
         os.rename(folder, old)

@@ -11,6 +11,7 @@ True
 
 import argparse
 import dataclasses
+import math
 import os
 import re
 import types
@@ -21,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from grace_fast.arguments import DEVICE, DEVICE_HELP
 from grace_fast.files import write_atomic
 
 DATASETS = ("synthetic", "dfew", "ferv39k", "mafw", "csv")
@@ -29,70 +31,76 @@ SELECT_METRICS = ("uar", "war")
 TEXT_MODES = ("caption", "prompts")
 
 
+def _field(default: Any, help: str) -> Any:
+    """A TrainConfig field with its help text, the one place that says what the field does (its --flag's help)."""
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata={"help": help})
+    return field(default=default, metadata={"help": help})
+
+
 @dataclass
 class TrainConfig:
-    """A training run (GRACE.md section 6): data, model, optimisation and bookkeeping.
+    """A training run (docs/method.md section 6): data, model, optimisation and bookkeeping. Each field's help text (its
+    metadata, shown by `grace-fast train --help`) says what it does.
 
-    Data: `dataset` names a loader of grace_fast.data (synthetic, dfew, ferv39k, mafw, csv) reading `data_root`
-    (for csv: a folder with train.csv and test.csv, whose labels are indices or names from `classes`).
-    `descriptions` names a `grace-fast refine` output (JSONL) whose emotion-aware text replaces the caption of
-    each clip it lists (clip ids as the data set names them). `skip_bad` leaves out unreadable clips and lists
-    them in skipped.jsonl instead of stopping. `cache_frames` keeps every clip's decoded frames in memory after its
-    first read, for small low-resolution data sets such as the demo's (needs num_workers 0). `fold` is the test
-    fold of a k-fold protocol, `folds` ("1-5", "1,3") runs several folds, each into out/fold-K, and reports the
-    mean and (population) std of their test UAR and WAR. `val_fraction` of the training fold, stratified by class
-    and chosen by `seed`, is held out for model selection on `select_metric` (never the test fold); 0 keeps the
-    last epoch. `text`: "caption" aligns each clip's caption (or description), "prompts" the class prompts
-    (low-latency mode).
-
-    Model: `model` is "tiny" (a small random GRACE, built offline), a GraceConfig JSON file, or a checkpoint
-    folder to start from; `model_overrides` changes GraceConfig fields (the ablations: motion, alignment, ...).
-
-    Optimisation: AdamW (no decay on biases, norms and scalars), a linear warm-up over `warmup_steps` (or
-    `warmup_fraction` of all steps) then cosine decay to `min_lr_ratio * lr`; gradients clipped to `grad_clip`
-    (0: off); an optimiser step every `accumulation` micro-batches of `batch_size` clips per process, so one
-    step sees batch_size * accumulation * processes clips. `amp`: "auto" is bf16 autocast on GPU and fp32 on
-    CPU; "fp16" adds a gradient scaler.
-
-    Bookkeeping: a resumable checkpoint every `checkpoint_every` optimiser steps (0: at epoch ends only) and at
-    each epoch end, the last `keep_checkpoints` kept; `resume` continues the run in `out` exactly.
+    Optimisation is AdamW (no decay on biases, norms and scalars), a linear warm-up then cosine decay, gradient
+    clipping and accumulation: one optimiser step sees batch_size * accumulation * processes clips.
     """
 
-    dataset: str = "synthetic"
-    data_root: str | None = None
-    classes: list[str] | None = None
-    descriptions: str | None = None
-    fold: int = 1
-    folds: str | None = None
-    val_fraction: float = 0.1
-    text: str = "caption"
-    skip_bad: bool = False
-    num_workers: int = 0
-    cache_frames: bool = False
-    model: str = "tiny"
-    model_overrides: dict[str, Any] = field(default_factory=dict)
-    epochs: int = 10
-    batch_size: int = 8
-    accumulation: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.05
-    betas: tuple[float, float] = (0.9, 0.999)
-    warmup_steps: int | None = None
-    warmup_fraction: float = 0.05
-    min_lr_ratio: float = 0.0
-    grad_clip: float = 1.0
-    amp: str = "auto"
-    select_metric: str = "uar"
-    seed: int = 0
-    device: str = "auto"
-    out: str = "runs/grace"
-    checkpoint_every: int = 50
-    keep_checkpoints: int = 2
-    resume: bool = False
-    progress: bool = True
+    dataset: str = _field("synthetic", f"the data set's layout: {', '.join(DATASETS)}")
+    data_root: str | None = _field(None, "the data set's folder (csv: a folder with train.csv and test.csv)")
+    classes: list[str] | None = _field(
+        None, "class names in label-index order, comma-separated (csv: labels may then be names)"
+    )
+    descriptions: str | None = _field(
+        None, "a `grace-fast refine` JSONL whose emotion-aware texts replace the captions of the clips it lists"
+    )
+    fold: int = _field(1, "the test fold of the k-fold protocol")
+    folds: str | None = _field(
+        None, 'several test folds ("1-5", "1,3"), each trained into out/fold-K; their mean and std are reported'
+    )
+    val_fraction: float = _field(
+        0.1, "the part of the training fold held out (stratified, by seed) to select the epoch; 0: the last epoch"
+    )
+    text: str = _field(
+        "caption",
+        "the text aligned: caption (each clip's caption or description) or prompts (no caption: the class-prompt "
+        "mode, every class scored by its own prompt)",
+    )
+    skip_bad: bool = _field(False, "leave out unreadable clips, listed in skipped.jsonl, instead of stopping")
+    num_workers: int = _field(0, "DataLoader worker processes")
+    cache_frames: bool = _field(
+        False, "keep every clip's decoded frames in memory after its first read (small sets; needs num_workers 0)"
+    )
+    model: str = _field("tiny", '"tiny" (a small random GRACE), a GraceConfig JSON file or a checkpoint folder')
+    model_overrides: dict[str, Any] = _field(
+        {}, "GraceConfig fields to change, a mapping: the ablations (--set model_overrides.motion=off)"
+    )
+    epochs: int = _field(10, "passes over the training split")
+    batch_size: int = _field(8, "clips per micro-batch and process")
+    accumulation: int = _field(1, "micro-batches per optimiser step")
+    lr: float = _field(1e-4, "peak learning rate of AdamW")
+    weight_decay: float = _field(0.05, "AdamW weight decay of the weight matrices")
+    betas: tuple[float, float] = _field((0.9, 0.999), "AdamW's two betas, e.g. [0.9, 0.999]")
+    warmup_steps: int | None = _field(None, "optimiser steps of linear warm-up (none: warmup_fraction of all steps)")
+    warmup_fraction: float = _field(0.05, "the part of all optimiser steps that warms up, when warmup_steps is none")
+    min_lr_ratio: float = _field(0.0, "the learning rate the cosine decays to, as a fraction of lr")
+    grad_clip: float = _field(1.0, "the largest gradient norm; 0: no clipping")
+    amp: str = _field("auto", "autocast: auto is bf16 on GPU and fp32 on CPU; bf16, fp16 (with a scaler) or off")
+    select_metric: str = _field("uar", "the validation metric that selects the epoch: uar or war")
+    seed: int = _field(0, "seeds the weights, the validation split, the data order and the augmentation")
+    device: str = _field("auto", DEVICE_HELP)
+    out: str = _field("runs/grace", "the run folder")
+    checkpoint_every: int = _field(
+        50, "optimiser steps between resumable checkpoints, besides one at each epoch end; 0: epoch ends only"
+    )
+    keep_checkpoints: int = _field(2, "resumable checkpoints kept, the newest")
+    resume: bool = _field(False, "continue the run in out from its newest checkpoint, exactly")
+    progress: bool = _field(True, "progress bars")
 
     def __post_init__(self):
-        self.betas = tuple(float(b) for b in self.betas)
+        for f in dataclasses.fields(self):
+            setattr(self, f.name, parse_field(f.name, getattr(self, f.name)))
         choices_of = (
             ("dataset", DATASETS),
             ("amp", AMP_MODES),
@@ -103,14 +111,16 @@ class TrainConfig:
             if getattr(self, name) not in choices:
                 raise ValueError(f"{name} must be one of {list(choices)}, got {getattr(self, name)!r}")
         for name in ("epochs", "batch_size", "accumulation", "fold", "keep_checkpoints"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 1:
+            if getattr(self, name) < 1:
                 raise ValueError(f"{name} must be an integer >= 1, got {getattr(self, name)!r}")
         for name in ("num_workers", "checkpoint_every", "seed"):
-            if not isinstance(getattr(self, name), int) or getattr(self, name) < 0:
+            if getattr(self, name) < 0:
                 raise ValueError(f"{name} must be an integer >= 0, got {getattr(self, name)!r}")
+        if not DEVICE.fullmatch(self.device):
+            raise ValueError(f"device must be {DEVICE_HELP}, got {self.device!r}")
         if self.cache_frames and self.num_workers:
             raise ValueError("cache_frames needs num_workers 0: worker processes would start every epoch uncached")
-        if self.warmup_steps is not None and (not isinstance(self.warmup_steps, int) or self.warmup_steps < 0):
+        if self.warmup_steps is not None and self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be None or an integer >= 0, got {self.warmup_steps!r}")
         for name, low, high in (("val_fraction", 0, 1), ("warmup_fraction", 0, 1), ("min_lr_ratio", 0, 1)):
             value = getattr(self, name)
@@ -120,10 +130,8 @@ class TrainConfig:
             raise ValueError(
                 f"need lr > 0, weight_decay >= 0, grad_clip >= 0; got {self.lr}, {self.weight_decay}, {self.grad_clip}"
             )
-        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+        if not all(0 <= b < 1 for b in self.betas):
             raise ValueError(f"betas must be two numbers in [0, 1), got {self.betas}")
-        if not isinstance(self.model_overrides, dict):
-            raise ValueError(f"model_overrides must be a mapping of GraceConfig fields, got {self.model_overrides!r}")
         self.fold_list()  # checks folds
 
     def fold_list(self) -> list[int]:
@@ -148,9 +156,7 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(cls)})
-        if unknown:
-            raise ValueError(f"unknown TrainConfig fields {unknown}")
+        _check_names(values)
         return cls(**values)
 
     @classmethod
@@ -176,6 +182,86 @@ _Loader.yaml_implicit_resolvers = {
 _Loader.add_implicit_resolver(
     "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
 )
+# YAML 1.2 floats without a dot (1e-3); YAML 1.1 reads them as strings
+_Loader.add_implicit_resolver(
+    "tag:yaml.org,2002:float", re.compile(r"^[-+]?[0-9]+[eE][-+]?[0-9]+$"), list("-+0123456789")
+)
+
+BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
+_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
+
+
+def parse_field(name: str, value: Any) -> Any:
+    """value as the type of TrainConfig field `name`: a string of that type parsed ("1e-3" for a float, "no" for a
+    bool, "a,b" for a list of names), numbers widened (3 -> 3.0, or "3" for a string); anything else raises a
+    ValueError naming the field, the value and the type expected."""
+    annotation = _FIELD_TYPES[name]
+    if value is None and _is_optional(annotation):
+        return None
+    kind = _plain_type(annotation)
+    if kind is dict:
+        if isinstance(value, dict):
+            return value
+        raise ValueError(f"{name} must be a mapping, got {value!r}")
+    if kind is list:
+        if isinstance(value, str):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if isinstance(value, list | tuple) and all(_is_scalar(v) for v in value):
+            return [str(v) for v in value]
+        raise ValueError(f"{name} must be a list of names or one comma-separated string, got {value!r}")
+    if kind is tuple:
+        count = len(typing.get_args(annotation))
+        if isinstance(value, list | tuple) and len(value) == count:
+            try:
+                return tuple(_number(v) for v in value)
+            except ValueError:
+                pass
+        raise ValueError(f"{name} must be {count} numbers, got {value!r}")
+    try:
+        return {bool: _boolean, int: _integer, float: _number, str: _string}[kind](value)
+    except ValueError:
+        expected = {bool: "true or false (or yes/no, on/off)", int: "an integer", float: "a number", str: "a string"}
+        raise ValueError(f"{name} must be {expected[kind]}, got {value!r}") from None
+
+
+def _boolean(value: Any) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str) and value.lower() in BOOLEAN_WORDS:
+        return BOOLEAN_WORDS[value.lower()]
+    raise ValueError
+
+
+def _integer(value: Any) -> int:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[-+]?\d+\s*", value):
+        return int(value)
+    raise ValueError
+
+
+def _number(value: Any) -> float:
+    if isinstance(value, str | int | float) and not isinstance(value, bool) and not math.isnan(float(value)):
+        return float(value)
+    raise ValueError
+
+
+def _string(value: Any) -> str:
+    if isinstance(value, str):
+        return value
+    if isinstance(value, int | float) and not isinstance(value, bool):
+        return str(value)
+    raise ValueError
+
+
+def _is_scalar(value: Any) -> bool:
+    return isinstance(value, str | int | float) and not isinstance(value, bool)
+
+
+def _check_names(values: dict[str, Any]) -> None:
+    unknown = sorted(set(values) - set(_FIELD_TYPES))
+    if unknown:
+        raise ValueError(f"unknown TrainConfig fields {unknown}")
 
 
 def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
@@ -188,7 +274,11 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"--config: {path} is not valid YAML or JSON: {error}") from error
     if not isinstance(values, dict):
         raise ValueError(f"--config: {path} must hold a mapping of TrainConfig fields, got {type(values).__name__}")
-    return values
+    try:
+        _check_names(values)
+        return {name: parse_field(name, value) for name, value in values.items()}
+    except ValueError as error:
+        raise ValueError(f"--config {path}: {error}") from None
 
 
 def parse_value(text: str) -> Any:
@@ -203,16 +293,22 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     """--config FILE, one --field flag per TrainConfig field, and --set KEY=VALUE (dotted keys reach into dicts)."""
     parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")
     options = parser.add_argument_group("training config (each overrides --config)")
+    defaults = TrainConfig()
     for f in dataclasses.fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         kind = _plain_type(f.type)
+        help_text = f"{f.metadata['help']} (default: {_shown(getattr(defaults, f.name))})"
         if kind is bool:
-            options.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS)
+            options.add_argument(
+                flag, dest=f.name, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=help_text
+            )
         else:
             convert = kind if kind in (int, float, str) else parse_value
             if _is_optional(f.type):  # "none" / "null" clears the field
                 convert = _optional(convert)
-            options.add_argument(flag, dest=f.name, type=convert, default=argparse.SUPPRESS, metavar=f.name.upper())
+            options.add_argument(
+                flag, dest=f.name, type=convert, default=argparse.SUPPRESS, metavar=f.name.upper(), help=help_text
+            )
     parser.add_argument(
         "--set",
         dest="overrides",
@@ -242,6 +338,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
                 raise ValueError(f"--set {item!r}: {name} is not a mapping")
         target[leaf] = parse_value(text)
     return TrainConfig.from_dict(values)
+
+
+def _shown(value: Any) -> str:
+    """A default as the command line writes it; argparse's help formats % signs, hence doubled."""
+    text = "none" if value is None else yaml.safe_dump(value, default_flow_style=True).strip().removesuffix("...")
+    return text.strip().replace("%", "%%")
 
 
 def _is_optional(annotation) -> bool:

@@ -64,6 +64,8 @@ def start(device: str = "auto") -> Processes:
         if not torch.cuda.is_available():
             raise ValueError(f"device {device!r} asked for but CUDA is not available (use --device cpu)")
         chosen = torch.device("cuda", local_rank if chosen.index is None else chosen.index)
+        if chosen.index >= torch.cuda.device_count():
+            raise ValueError(f"device {str(chosen)!r} asked for, but this machine has {torch.cuda.device_count()} GPUs")
         torch.cuda.set_device(chosen)
     if world > 1 and not dist.is_initialized():
         dist.init_process_group(backend="nccl" if chosen.type == "cuda" else "gloo")

@@ -6,6 +6,7 @@ raised, lip corners pulled up"), so that logit c, class name c and prompt c alwa
 """
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -179,6 +180,19 @@ def clip_dataset(
     return ClipDataset(
         clips, num_frames=model_config.frames, transform=transform, seed=seed, skip_bad=skip_bad, cache=cache
     )
+
+
+def warn_missing(split: str, dataset: ClipDataset) -> None:
+    """Say on stderr which clips of a split the data set left out because their files are missing (skip_bad)."""
+    if dataset.skipped:
+        shown = ", ".join(f"{bad.id} ({bad.path})" for bad in dataset.skipped[:5])
+        more = f" and {len(dataset.skipped) - 5} more" if len(dataset.skipped) > 5 else ""
+        total = len(dataset) + len(dataset.skipped)
+        print(
+            f"warning: {split}: {len(dataset.skipped)} of {total} clips are missing on disk and left out (skip_bad): "
+            f"{shown}{more}",
+            file=sys.stderr,
+        )
 
 
 def grace_loss(model_config: GraceConfig, train: ClipList) -> GraceLoss:

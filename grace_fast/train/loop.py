@@ -16,6 +16,7 @@ import contextlib
 import dataclasses
 import math
 import signal
+import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -29,6 +30,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from grace_fast.errors import CheckpointError
 from grace_fast.eval.metrics import classification_metrics
 from grace_fast.eval.report import write_report
 from grace_fast.text.jobs import write_jsonl
@@ -63,7 +65,8 @@ RESUMABLE_CHANGES = (
 @dataclass
 class FitResult:
     """What fit() did: the run folder, the exported best model (None if no epoch finished), the selected
-    epoch and its validation metrics, the per-epoch history, and whether a stop request ended it early."""
+    epoch and its validation metrics, the per-epoch history, whether a stop request ended it early, and the
+    records of the clips skipped as unreadable (those of skipped.jsonl)."""
 
     run: Path
     best_checkpoint: Path | None
@@ -72,6 +75,7 @@ class FitResult:
     history: list[dict[str, Any]]
     global_step: int
     interrupted: bool = False
+    skipped: list[dict[str, Any]] = field(default_factory=list)
 
 
 @dataclass
@@ -132,9 +136,12 @@ class _Trainer:
         if found and not config.resume:
             raise FileExistsError(f"{run} already holds checkpoints: pass --resume to continue it, or a new --out")
         if found:
-            self._resume(found[-1])
+            self._resume(found)
         else:
             _seed_everything(derive_seed(config.seed, PROCESS_STREAM, processes.rank))
+        # clips the data sets left out when they were built (skip_bad: files missing on disk)
+        missing = [*getattr(train_set, "skipped", []), *getattr(val_set, "skipped", [])]
+        self.state.skipped = _merge_skipped(self.state.skipped, missing)
         if processes.main:
             run.mkdir(parents=True, exist_ok=True)
             config.save(run / CONFIG_NAME)
@@ -295,8 +302,33 @@ class _Trainer:
             self.run_dir, self.state.global_step, self.processes, self.model, trainer, rank_state, keep
         )
 
-    def _resume(self, folder: Path) -> None:
-        trainer, rank_state = ckpt.load_checkpoint(folder, self.model, self.processes.rank)
+    def _resume(self, found: list[Path]) -> None:
+        """Continue from the newest of the checkpoints found that every process can read. Newer ones with a file
+        that cannot be read (truncated or corrupt) are set aside as step-N.corrupt with a warning naming the file;
+        when none can be read, the newest one's CheckpointError is raised and nothing is set aside."""
+        unreadable: list[tuple[Path, CheckpointError | None]] = []
+        for folder in reversed(found):
+            try:
+                trainer, rank_state = ckpt.load_checkpoint(folder, self.model, self.processes.rank)
+                error = None
+            except CheckpointError as raised:
+                error = raised
+            if not self.processes.any(error is not None):
+                break
+            unreadable.append((folder, error))
+        else:
+            error = next((e for _, e in unreadable if e is not None), None)
+            reason = str(error) if error else f"checkpoint {found[-1]} cannot be read by another process"
+            raise CheckpointError(f"{reason}; no earlier checkpoint of {self.run_dir} can be read either")
+        self.processes.barrier()
+        for bad, error in unreadable:
+            if error is not None:
+                print(
+                    f"warning: {error}; set aside as {bad.name}.corrupt, resuming from {folder.name}", file=sys.stderr
+                )
+            if self.processes.main:
+                ckpt.set_aside(bad)
+        self.processes.barrier()
         _check_resumable(trainer, self.config, self.processes, folder)
         if rank_state is None:
             raise ValueError(f"checkpoint {folder} has no state for rank {self.processes.rank}")
@@ -329,6 +361,7 @@ class _Trainer:
             history=list(state.history),
             global_step=state.global_step,
             interrupted=interrupted,
+            skipped=list(state.skipped),
         )
 
 
@@ -356,7 +389,8 @@ def collect_predictions(
     progress: bool = True,
 ) -> Predictions:
     """Run model over dataset, each rank a shard, and gather the predictions on every rank (grouped by rank).
-    The model is put in eval mode and back into the mode it had."""
+    The skipped clips are those the data set left out when it was built (its .skipped) and those its batches
+    skipped. The model is put in eval mode and back into the mode it had."""
     was_training = model.training
     model.eval()
     loader = DataLoader(
@@ -388,7 +422,7 @@ def collect_predictions(
         torch.cat(labels).numpy(),
         torch.cat(probs).numpy(),
         [i for part in parts for i in part[2]],
-        [s for part in parts for s in part[3]],
+        [*getattr(dataset, "skipped", []), *[s for part in parts for s in part[3]]],
     )
 
 
@@ -419,6 +453,14 @@ def _mean_terms(per_rank: list[dict[str, float]]) -> dict[str, float]:
     steps = sum(s.get("steps", 0) for s in per_rank)
     names = [name for name in per_rank[0] if name != "steps"]
     return {f"train_{name}": sum(s[name] for s in per_rank) / steps for name in names} if steps else {}
+
+
+def write_skipped(run: Path, known: list[dict[str, Any]], new: list) -> None:
+    """Write run/skipped.jsonl: the skipped-clip records known (a FitResult's) and new skipped clips (e.g. the
+    test split's), each clip once."""
+    merged = _merge_skipped(known, new)
+    if merged:
+        write_jsonl(run / SKIPPED_NAME, merged)
 
 
 def _merge_skipped(known: list[dict[str, Any]], new: list) -> list[dict[str, Any]]:

@@ -16,20 +16,20 @@ import argparse
 import json
 import os
 import statistics
-import sys
 from pathlib import Path
 from typing import Any
 
 import torch
 
 from grace_fast.data.datasets import collate
-from grace_fast.data.video import VideoReadError
 from grace_fast.eval.evaluate import write_evaluation
 from grace_fast.eval.report import write_report
+from grace_fast.files import read_safetensors
 from grace_fast.model.io import WEIGHTS_NAME
 from grace_fast.train import distributed
 from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
 from grace_fast.train.grace import (
+    FoldClips,
     GraceClassifier,
     build_model,
     clip_dataset,
@@ -37,15 +37,18 @@ from grace_fast.train.grace import (
     grace_loss,
     load_normalization,
     prepare_tokenizer,
+    warn_missing,
 )
 from grace_fast.train.loop import (
     BEST,
     CONFIG_NAME,
     SELECTION_NAME,
+    SKIPPED_NAME,
     amp_dtype,
     check_same_run,
     collect_predictions,
     fit,
+    write_skipped,
 )
 
 TEST_DIR, SUMMARY_NAME = "test", "summary.json"
@@ -63,12 +66,14 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
     processes = distributed.start(config.device)
     try:
         folds = config.fold_list()
+        # every fold's splits are read before any fold trains: a fold the data set lacks fails at once
+        clips = {fold: fold_clips(config, fold) for fold in folds}
         out = Path(config.out)
         results = []
         for fold in folds:
             run = out / f"fold-{fold}" if config.folds is not None else out
             fold_config = config.replace(fold=fold, folds=None, out=str(run))
-            result = _train_fold(fold_config, run, processes, out, on_step)
+            result = _train_fold(fold_config, clips[fold], run, processes, out, on_step)
             results.append(result)
             if result["interrupted"]:
                 break
@@ -81,12 +86,11 @@ def train(config: TrainConfig, *, on_step=None) -> dict[str, Any]:
             distributed.stop()
 
 
-def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
+def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, workdir: Path, on_step) -> dict[str, Any]:
     report_path = run / TEST_DIR / "report.json"
     if config.resume and report_path.is_file() and (run / BEST / SELECTION_NAME).is_file():
         check_same_run(TrainConfig.load(run / CONFIG_NAME), config, run)
         return _fold_result(config.fold, run, report_path)
-    clips = fold_clips(config, config.fold)
     if processes.main:
         workdir.mkdir(parents=True, exist_ok=True)
         prepare_tokenizer(config, workdir)
@@ -108,6 +112,9 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
         for name, part in (("train", clips.train), ("val", clips.val), ("test", clips.test))
         if part is not None
     }
+    if processes.main:
+        for name, dataset in datasets.items():
+            warn_missing(f"fold {config.fold} {name}", dataset)
     result = fit(
         config,
         model,
@@ -123,9 +130,7 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
         return {"fold": config.fold, "run": str(run), "interrupted": True}
     test = None
     if "test" in datasets:
-        from safetensors.torch import load_file
-
-        grace.load_state_dict(load_file(run / BEST / WEIGHTS_NAME))
+        grace.load_state_dict(read_safetensors(run / BEST / WEIGHTS_NAME))
         predicted = collect_predictions(
             model,
             datasets["test"],
@@ -141,6 +146,7 @@ def _train_fold(config: TrainConfig, run: Path, processes, workdir: Path, on_ste
             write_evaluation(
                 run / TEST_DIR, predicted, clips.classes, title=title, fold=config.fold, best_epoch=result.best_epoch
             )
+            write_skipped(run, result.skipped, predicted.skipped)
         processes.barrier()
         test = report_path
     return _fold_result(config.fold, run, test)
@@ -152,6 +158,7 @@ def _fold_result(fold: int, run: Path, test_report: Path | None) -> dict[str, An
     if test_report is not None:
         report = json.loads(Path(test_report).read_text())
         test = {"uar": report["uar"], "war": report["war"], "num_samples": report["num_samples"]}
+    skipped = run / SKIPPED_NAME
     return {
         "fold": fold,
         "run": str(run),
@@ -159,6 +166,7 @@ def _fold_result(fold: int, run: Path, test_report: Path | None) -> dict[str, An
         "best_epoch": val.get("epoch"),
         "val": val,
         "test": test,
+        "skipped": len(skipped.read_text().splitlines()) if skipped.is_file() else 0,
         "interrupted": False,
     }
 
@@ -179,17 +187,15 @@ def _summary(results: list[dict[str, Any]], folds: list[int]) -> dict[str, Any]:
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     add_config_arguments(parser)
+    parser.add_argument(
+        "--quiet", dest="progress", action="store_false", default=argparse.SUPPRESS, help="no progress bars"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast train`: exit 0 when every fold finished, 130 when a SIGINT/SIGTERM stopped it (resumable)."""
-    try:
-        config = config_from_args(args)
-        summary = train(config)
-    except (ValueError, FileExistsError, FileNotFoundError, VideoReadError) as error:
-        # what the user can fix (a config, a folder, a file); anything else keeps its traceback
-        print(f"train: error: {error}", file=sys.stderr)
-        return 2
+    config = config_from_args(args)
+    summary = train(config)
     if int(os.environ.get("RANK", "0")) != 0:  # torchrun: the main process reports
         return 130 if summary["interrupted"] else 0
     if summary["interrupted"]:
@@ -199,6 +205,9 @@ def run(args: argparse.Namespace) -> int:
         test = result["test"]
         scores = f"test UAR {100 * test['uar']:.2f} WAR {100 * test['war']:.2f}" if test else "no test split"
         print(f"fold {result['fold']}: best epoch {result['best_epoch']}, {scores} -> {result['best_checkpoint']}")
+        if result["skipped"]:
+            listed = Path(result["run"]) / SKIPPED_NAME
+            print(f"fold {result['fold']}: {result['skipped']} clips skipped as unreadable, listed in {listed}")
     if len(summary["folds"]) > 1 and summary["mean"]:
         mean, std = summary["mean"], summary["std"]
         print(

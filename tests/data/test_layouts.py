@@ -191,14 +191,23 @@ def test_csv_reads_paths_labels_and_captions_relative_to_itself(tmp_path):
 
 
 def test_csv_without_classes_takes_integer_labels_and_needs_the_header(tmp_path):
-    (tmp_path / "clips.csv").write_text("id,path,label\nfirst,x.mp4,0\nsecond,y.mp4,3\n")
+    (tmp_path / "clips.csv").write_text("id,path,label\nfirst,x.mp4,0\nsecond,y.mp4,1\n")
     clips = csv_clips(tmp_path / "clips.csv")
-    assert clips.classes == ("0", "1", "2", "3") and [c.id for c in clips] == ["first", "second"]
+    assert clips.classes == ("0", "1") and [c.id for c in clips] == ["first", "second"]
     (tmp_path / "bare.csv").write_text("x.mp4,0\n")
     with pytest.raises(ValueError, match="bare.csv: the header must name 'path' and 'label'"):
         csv_clips(tmp_path / "bare.csv")
-    with pytest.raises(ValueError, match=r"labels outside 0..1 for clips \['second'\]"):
-        csv_clips(tmp_path / "clips.csv", classes=["a", "b"])
+    with pytest.raises(ValueError, match=r"labels outside 0..0 for clips \['second'\]"):
+        csv_clips(tmp_path / "clips.csv", classes=["a"])
+
+
+def test_csv_without_classes_refuses_labels_that_skip_a_class(tmp_path):
+    rows = [f"c{i}.mp4,{label}" for i, label in enumerate([0, 1, 2, 0, 1, 2, 9, 1])]  # a typo: 9 for 2
+    (tmp_path / "clips.csv").write_text("path,label\n" + "\n".join(rows) + "\n")
+    with pytest.raises(ValueError, match=r"clips.csv: labels 3..8 have no clip; label 9 is on line 8") as error:
+        csv_clips(tmp_path / "clips.csv")
+    assert "pass classes" in str(error.value)
+    assert len(csv_clips(tmp_path / "clips.csv", classes=[str(i) for i in range(10)]).classes) == 10
 
 
 def test_synthetic_reads_the_made_set_with_its_captions(synthetic_dir):

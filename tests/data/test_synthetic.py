@@ -1,8 +1,10 @@
 """grace_fast.data.synthetic: determinism, decodable mp4s, DFEW folds, resume, the label in local motion, the CLI."""
 
 import csv
+import hashlib
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -34,27 +36,57 @@ def _all_frames(path) -> np.ndarray:
     return read_frames(path, 1, sampler=lambda length, _: np.arange(length))
 
 
-def _annotation_files(folder) -> dict[str, bytes]:
+def _files(folder) -> dict[str, bytes]:
+    """Every file under folder, by its path relative to folder."""
     files = {}
     for root, _, names in os.walk(folder):
         for name in names:
-            if not name.endswith(".mp4"):
-                path = os.path.join(root, name)
-                files[os.path.relpath(path, folder)] = open(path, "rb").read()
+            path = os.path.join(root, name)
+            files[os.path.relpath(path, folder)] = open(path, "rb").read()
     return files
+
+
+def _annotation_files(folder) -> dict[str, bytes]:
+    return {name: data for name, data in _files(folder).items() if not name.endswith(".mp4")}
 
 
 def _clip(folder, clip) -> str:
     return os.path.join(folder, "Clip", "original", f"{clip}.mp4")
 
 
-def test_same_seed_gives_identical_annotations_and_decoded_frames(synthetic_dir, tmp_path):
-    make_synthetic(tmp_path, CLIPS, SEED, size=SIZE, progress=False)
-    first, second = _annotation_files(synthetic_dir), _annotation_files(tmp_path)
-    assert first == second
-    assert len(first) == 2 * 5 + 3  # 5 folds x train/test, captions.csv, annotations.jsonl, synthetic.json
-    for clip in range(1, CLIPS + 1):
-        np.testing.assert_array_equal(_all_frames(_clip(synthetic_dir, clip)), _all_frames(_clip(tmp_path, clip)))
+def test_the_same_arguments_give_byte_identical_files_in_fresh_processes_and_twice_in_one(tmp_path):
+    """Issue 15: x264's AVX-512 code read memory it had not written, so clips followed what the heap held. Each fresh
+    process here starts from other heap bytes (MALLOC_PERTURB_, read by glibc): on an AVX-512 machine the two
+    perturbed runs then differed every time (clips 4 and 20); plain fresh runs differed in 24 of 28 pairs."""
+    clips, seed, size = 24, 0, 32
+    command = [sys.executable, "-m", "grace_fast", "make-synthetic", "--clips", str(clips), "--seed", str(seed)]
+    plain = {name: value for name, value in os.environ.items() if name != "MALLOC_PERTURB_"}
+    outs = []
+    for perturb in (None, "85", "170"):
+        outs.append(tmp_path / f"process-{perturb or 'plain'}")
+        env = plain if perturb is None else {**plain, "MALLOC_PERTURB_": perturb}
+        done = subprocess.run(
+            [*command, "--size", str(size), "--quiet", "--out", str(outs[-1])], env=env, capture_output=True, text=True
+        )
+        assert done.returncode == 0, done.stderr
+    for run in range(2):  # after torch and the other tests' imports, and after a first run
+        outs.append(tmp_path / f"this-process-{run}")
+        make_synthetic(outs[-1], clips, seed, size=size, progress=False)
+    first = _files(outs[0])
+    assert sum(name.endswith(".mp4") for name in first) == clips
+    assert len(first) == clips + 2 * 5 + 4  # 5 folds x train/test, captions, annotations, clips.md5, synthetic.json
+    for out in outs[1:]:
+        files = _files(out)
+        assert files.keys() == first.keys()
+        assert [name for name in first if files[name] != first[name]] == [], out.name
+
+
+def test_clips_md5_holds_the_md5_of_every_clip_in_md5sum_format(synthetic_dir):
+    lines = (synthetic_dir / "clips.md5").read_text().splitlines()
+    assert lines == [
+        f"{hashlib.md5(open(_clip(synthetic_dir, clip), 'rb').read()).hexdigest()}  Clip/original/{clip}.mp4"
+        for clip in range(1, CLIPS + 1)
+    ]
 
 
 def test_another_seed_gives_other_clips_and_annotations(synthetic_dir, tmp_path):
@@ -130,20 +162,54 @@ def test_an_interrupted_run_is_completed_without_rewriting_finished_clips(synthe
     assert not (tmp_path / "captions.csv").exists() and not (tmp_path / "EmoLabel_DataSplit").exists()
     finished = {name: os.stat(clip_dir / name).st_mtime_ns for name in os.listdir(clip_dir)}
     (clip_dir / ".5.mp4.x1y2.tmp").write_bytes(b"left by kill -9")
+    with open(tmp_path / "clips.md5", "a") as ledger:
+        ledger.write("0f3c2a  Clip/orig")  # a line cut short by kill -9
 
     summary = make_synthetic(tmp_path, CLIPS, SEED, size=SIZE, progress=False)
     assert (summary["written"], summary["skipped"]) == (CLIPS - 3, 3)
     assert {name: os.stat(clip_dir / name).st_mtime_ns for name in finished} == finished
-    assert sorted(os.listdir(clip_dir)) == sorted(f"{i}.mp4" for i in range(1, CLIPS + 1))
-    assert _annotation_files(tmp_path) == _annotation_files(synthetic_dir)
-    np.testing.assert_array_equal(_all_frames(_clip(tmp_path, 5)), _all_frames(_clip(synthetic_dir, 5)))
+    assert _files(tmp_path) == _files(synthetic_dir)
+
+
+def test_a_rerun_rewrites_every_file_in_place_of_a_clip_it_did_not_write(synthetic_dir, tmp_path):
+    """Issue 19: a rerun counted any file named N.mp4 as a finished clip, even a text file."""
+    make_synthetic(tmp_path, CLIPS, SEED, size=SIZE, progress=False)
+    clip_dir = tmp_path / "Clip" / "original"
+    (clip_dir / "2.mp4").write_bytes(b"not a video")
+    (clip_dir / "3.mp4").write_bytes((clip_dir / "1.mp4").read_bytes())  # a valid mp4, but another clip
+    (clip_dir / "4.mp4").unlink()
+    kept = {name: os.stat(clip_dir / f"{name}.mp4").st_mtime_ns for name in (1, 5, 6, 7, 8)}
+
+    summary = make_synthetic(tmp_path, CLIPS, SEED, size=SIZE, progress=False)
+    assert (summary["written"], summary["skipped"]) == (3, CLIPS - 3)
+    assert {name: os.stat(clip_dir / f"{name}.mp4").st_mtime_ns for name in kept} == kept
+    assert _files(tmp_path) == _files(synthetic_dir)
+
+
+@pytest.mark.parametrize(
+    "user_files",
+    [
+        {"EmoLabel_DataSplit/train(single-labeled)/set_1.csv": b"video_name,label\nmine,3\n"},
+        {"Clip/original/1.mp4": b"my notes"},
+        {"notes.txt": b"keep me"},
+    ],
+    ids=["split-file", "file-named-like-a-clip", "other-file"],
+)
+def test_a_folder_it_did_not_make_is_refused_and_left_as_it_was(tmp_path, user_files):
+    """Issue 19: make-synthetic into a folder it had not made overwrote the user's split files."""
+    for name, data in user_files.items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_bytes(data)
+    with pytest.raises(ValueError, match=f"out {re.escape(str(tmp_path))} is not an empty folder and holds no"):
+        make_synthetic(tmp_path, CLIPS, SEED, size=SIZE, progress=False)
+    assert _files(tmp_path) == user_files
 
 
 def test_a_rerun_with_other_arguments_is_refused_and_changes_nothing(synthetic_dir):
-    before = _annotation_files(synthetic_dir)
+    before = _files(synthetic_dir)
     with pytest.raises(ValueError, match=r"other arguments .*'clips': \(8, 9\)"):
         make_synthetic(synthetic_dir, CLIPS + 1, SEED, size=SIZE, progress=False)
-    assert _annotation_files(synthetic_dir) == before
+    assert _files(synthetic_dir) == before
 
 
 def test_make_synthetic_rejects_a_bad_size(tmp_path):
@@ -232,11 +298,25 @@ def test_captions_describe_the_visible_person_and_often_the_expression():
     assert len({spec.caption for spec in specs}) == len(specs)
 
 
-def test_cli_make_synthetic_writes_a_loadable_set(tmp_path):
+def test_cli_make_synthetic_writes_a_set_and_refuses_other_arguments_with_one_line_and_exit_2(tmp_path):
     command = [sys.executable, "-m", "grace_fast", "make-synthetic", "--out", str(tmp_path), "--clips", "3"]
     done = subprocess.run([*command, "--seed", "5", "--size", "32", "--quiet"], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
     assert "3 clips written, 0 already there" in done.stdout
     assert sorted(os.listdir(tmp_path / "Clip" / "original")) == ["1.mp4", "2.mp4", "3.mp4"]
     refused = subprocess.run([*command, "--seed", "6", "--size", "32", "--quiet"], capture_output=True, text=True)
-    assert refused.returncode != 0 and "'seed': (5, 6)" in refused.stderr
+    assert refused.returncode == 2
+    assert refused.stderr.startswith("grace-fast make-synthetic: error: ") and "'seed': (5, 6)" in refused.stderr
+    assert len(refused.stderr.splitlines()) == 1
+
+
+def test_cli_make_synthetic_refuses_a_folder_it_did_not_make_with_one_line_and_exit_2(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep me")
+    command = [sys.executable, "-m", "grace_fast", "make-synthetic", "--out", str(tmp_path), "--clips", "3", "--quiet"]
+    refused = subprocess.run(command, capture_output=True, text=True)
+    assert refused.returncode == 2
+    assert refused.stderr == (
+        f"grace-fast make-synthetic: error: out {tmp_path} is not an empty folder and holds no synthetic.json, so"
+        " make-synthetic did not make it; choose a new or empty --out\n"
+    )
+    assert os.listdir(tmp_path) == ["notes.txt"]

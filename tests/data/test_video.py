@@ -1,6 +1,8 @@
 """grace_fast.data.video: mp4 writing, uniform frame sampling through decord, clip listing, errors naming files."""
 
 import os
+import subprocess
+import sys
 
 import av
 import numpy as np
@@ -18,6 +20,29 @@ def _numbered_frames(n: int, height: int = 32, width: int = 80) -> np.ndarray:
 
 def _decoded_index(frames: np.ndarray) -> np.ndarray:
     return np.rint((frames.reshape(len(frames), -1).mean(1) - 20) / 10).astype(np.int64)
+
+
+def _moving_texture(n: int, size: int) -> np.ndarray:
+    """[n, size, size, 3] uint8: a drifting coloured texture with noise, for which x264 has motion to search and
+    references to weigh."""
+    t = np.arange(n)[:, None, None]
+    y, x = np.mgrid[:size, :size]
+    grey = 128 + 60 * np.sin((x + 3 * t) / 7) * np.cos((y - 2 * t) / 11)
+    noise = np.random.default_rng(0).normal(0, 6, (n, size, size, 3))
+    return np.clip(np.rint(grey[..., None] + np.array([0, 20, -20]) + noise), 0, 255).astype(np.uint8)
+
+
+# writes each FOLDER/NAME.npy to FOLDER/NAME-PROCESS.mp4 (argv: FOLDER PROCESS); a PROCESS name ending in
+# "one-core" first confines it to one CPU
+WRITE_IN_A_FRESH_PROCESS = """
+import os, pathlib, sys
+import numpy as np
+if sys.argv[2].endswith("one-core"):
+    os.sched_setaffinity(0, {min(os.sched_getaffinity(0))})
+from grace_fast.data.video import write_mp4
+for frames in pathlib.Path(sys.argv[1]).glob("*.npy"):
+    write_mp4(frames.with_name(f"{frames.stem}-{sys.argv[2]}.mp4"), np.load(frames), fps=25)
+"""
 
 
 @pytest.mark.parametrize(
@@ -38,6 +63,29 @@ def test_read_frames_returns_the_uniformly_sampled_frames_of_a_written_mp4(tmp_p
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
         assert (stream.codec_context.name, stream.average_rate, stream.frames) == ("h264", 12.5, 20)
+
+
+def test_write_mp4_gives_the_same_bytes_in_any_process_and_on_any_number_of_cores(tmp_path):
+    """Issue 15: with x264's assembly the bytes followed what the heap held (each fresh process here starts from
+    other heap bytes: MALLOC_PERTURB_, read by glibc; it showed at 64 px), and from 128 px up x264 cut each frame
+    into one slice per core (hence a process confined to one core; on a one-core machine that part cannot fail)."""
+    sizes = (64, 128)
+    for size in sizes:
+        np.save(tmp_path / f"{size}px.npy", _moving_texture(24, size))
+    plain = {name: value for name, value in os.environ.items() if name != "MALLOC_PERTURB_"}
+    fresh = {"plain": {}, "heap-85": {"MALLOC_PERTURB_": "85"}, "heap-170-one-core": {"MALLOC_PERTURB_": "170"}}
+    processes = [
+        subprocess.Popen([sys.executable, "-c", WRITE_IN_A_FRESH_PROCESS, tmp_path, name], env={**plain, **env})
+        for name, env in fresh.items()
+    ]
+    for run in range(2):
+        for size in sizes:
+            write_mp4(tmp_path / f"{size}px-this-process-{run}.mp4", np.load(tmp_path / f"{size}px.npy"), fps=25)
+    assert [process.wait() for process in processes] == [0] * len(fresh)
+    for size in sizes:
+        written = {path.name: path.read_bytes() for path in tmp_path.glob(f"{size}px-*.mp4")}
+        assert len(written) == 2 + len(fresh)
+        assert [name for name, data in written.items() if data != written[f"{size}px-this-process-0.mp4"]] == []
 
 
 def test_write_mp4_accepts_a_torch_tensor_and_leaves_no_temporary_file(tmp_path):

@@ -7,6 +7,7 @@ import torch
 
 from grace_fast.model import GraceModel
 from tests.model.conftest import TEXTS, clips
+from tests.model.test_config import DEFINITION_1
 
 
 @pytest.fixture
@@ -28,8 +29,10 @@ def test_round_trip_gives_identical_outputs(saved):
     assert loaded.config.diff(model.config).keys() == {"tokenizer"}
     for text in (TEXTS, None):  # descriptions, then the class-prompt mode
         a, b = model(clips(4), text), loaded(clips(4), text)
-        for name in ("logits", "aux_logits", "plan", "video_embedding", "text_embedding", "logit_scale"):
+        for name in ("logits", "aux_logits", "class_logits", "video_embedding", "logit_scale"):
             assert torch.equal(getattr(a, name), getattr(b, name)), name
+        assert torch.equal(a.classes.plan, b.classes.plan)
+        assert text is None or torch.equal(a.caption.plan, b.caption.plan)
     assert loaded.tokenizer("a face")["input_ids"] == model.tokenizer("a face")["input_ids"]
 
 
@@ -64,6 +67,23 @@ def test_mismatching_config_names_what_differs(saved):
         "shape mismatches (+" in message
         and "patch_embeddings.projection.bias: checkpoint (32,), model (64,)" in message
     )
+
+
+def test_a_definition_1_checkpoint_is_refused_naming_the_change(saved):
+    """The config.json that grace_fast wrote before definition 2 is refused, and so are weights that carry it (as
+    save_pretrained stores the config in the weights' metadata), whatever config.json says."""
+    from safetensors.torch import load_file, save_file
+
+    _, folder = saved
+    new = (folder / "config.json").read_text()
+    (folder / "config.json").write_text(DEFINITION_1.read_text())
+    with pytest.raises(ValueError, match=r"config.json: this config is of GRACE definition 1 .*retrain"):
+        GraceModel.from_pretrained(folder)
+    (folder / "config.json").write_text(new)
+    weights = folder / "model.safetensors"
+    save_file(load_file(weights), weights, metadata={"format": "pt", "grace_config": DEFINITION_1.read_text()})
+    with pytest.raises(ValueError, match=r"the weights .*model.safetensors is of GRACE definition 1 .*retrain"):
+        GraceModel.from_pretrained(folder)
 
 
 def test_missing_files_are_named(saved, tmp_path):

@@ -82,18 +82,19 @@ def _output(logits, aux_logits, video, text, scale):
     B = logits.shape[0]
     none = torch.zeros(B, 1)
     return GraceOutput(
-        logits,
-        aux_logits,
-        None,
-        None,
-        none,
-        none.long(),
-        none.bool(),
-        video,
-        text,
-        torch.tensor(scale),
-        none.long(),
-        none.bool(),
+        logits=logits,
+        aux_logits=aux_logits,
+        class_logits=None,
+        caption=None,
+        classes=None,
+        motion_weights=none,
+        selected_index=none.long(),
+        selected_mask=none.bool(),
+        video_embedding=video,
+        text_embedding=text,
+        logit_scale=torch.tensor(scale),
+        text_ids=None,
+        text_mask=None,
     )
 
 
@@ -106,6 +107,14 @@ def test_grace_loss_combines_the_terms_with_the_lambdas():
     torch.testing.assert_close(terms.contrastive, info_nce(video, text, torch.tensor(5.0)))
     torch.testing.assert_close(terms.auxiliary, F.cross_entropy(aux, labels))
     torch.testing.assert_close(terms.total, terms.focal + 0.25 * terms.contrastive + 0.75 * terms.auxiliary)
+
+
+def test_grace_loss_without_a_caption_has_no_contrastive_term():
+    logits, video = torch.randn(6, 4), torch.randn(6, 8)
+    labels = torch.randint(0, 4, (6,))
+    terms = GraceLoss(GraceConfig(num_classes=4))(_output(logits, logits, video, None, 5.0), labels)
+    assert terms.contrastive == 0
+    torch.testing.assert_close(terms.total, focal_loss(logits, labels) + 0.5 * F.cross_entropy(logits, labels))
 
 
 def test_bad_labels_and_weights_are_named():

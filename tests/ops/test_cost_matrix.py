@@ -12,7 +12,7 @@ from tests.utils import assert_error_bounded, max_error, random_mask
 FAST = available(("cpu", "cuda"))
 ALL = [pytest.param("torch"), *FAST]
 
-CANONICAL = {  # GRACE.md: (B, N, M, D)
+CANONICAL = {  # docs/method.md: (B, N, M, D)
     "paper-rho0.5": (32, 77, 784, 512),
     "paper-all-tokens": (32, 77, 1568, 512),
     "long-clip-64f": (8, 77, 3136, 512),

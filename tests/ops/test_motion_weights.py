@@ -1,4 +1,4 @@
-"""grace_fast.ops.motion_weights: the reference against a loop-by-loop reading of GRACE.md section 1, and every
+"""grace_fast.ops.motion_weights: the reference against a loop-by-loop reading of docs/method.md section 1, and every
 backend this machine has against the reference."""
 
 import itertools
@@ -62,7 +62,7 @@ def _matrix_cases() -> list:
 
 
 def _naive(X, alpha, window, temperature, beta):
-    """GRACE.md section 1 token by token in float64: explicit differences and clipped windows."""
+    """docs/method.md section 1 token by token in float64: explicit differences and clipped windows."""
     X = X.double()
     B, T, H, W, D = X.shape
     if T == 1:

@@ -1,4 +1,4 @@
-"""grace_fast.ops.select_tokens against a clip-by-clip reading of GRACE.md section 2."""
+"""grace_fast.ops.select_tokens against a clip-by-clip reading of docs/method.md section 2."""
 
 import math
 from fractions import Fraction

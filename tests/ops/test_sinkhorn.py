@@ -24,7 +24,7 @@ TAUS = {  # (tau_a, tau_b)
     "rows-relaxed": (0.3, math.inf),
     "unbalanced": (0.5, 0.1),
 }
-CANONICAL = {  # GRACE.md: (B, N, M)
+CANONICAL = {  # docs/method.md: (B, N, M)
     "paper-rho0.5": (32, 77, 784),
     "paper-all-tokens": (32, 77, 1568),
     "long-clip-64f": (8, 77, 3136),

@@ -2,8 +2,9 @@
 
 Its answer to a request is reply(caption), the caption read back from the prompt, so a test knows what each
 clip's description must be. Faults are scripted per caption: each request for that caption takes the next
-action of its script ("500", "429", "400", "401", "timeout", "malformed", "empty"), then "ok" once the script
-is used up. `python -m tests.text.chat_server DELAY` serves alone and prints its port.
+action of its script ("500", "429", "400", "401", "timeout", "malformed", "empty", and "trickle" or
+"trickle-headers": the answer, or the whole response from its status line, one byte every `trickle` seconds),
+then "ok" once the script is used up. `python -m tests.text.chat_server DELAY` serves alone and prints its port.
 """
 
 import json
@@ -23,8 +24,8 @@ def reply(caption: str) -> str:
 class ChatServer:
     """Serves POST /v1/chat/completions in a thread; records every request body."""
 
-    def __init__(self, delay: float = 0.0, timeout_sleep: float = 1.0):
-        self.delay, self.timeout_sleep = delay, timeout_sleep
+    def __init__(self, delay: float = 0.0, timeout_sleep: float = 1.0, trickle: float = 0.1):
+        self.delay, self.timeout_sleep, self.trickle = delay, timeout_sleep, trickle
         self.scripts: dict[str, list[str]] = {}
         self.always: str | None = None  # an action for every request, e.g. "401"
         self.bodies: list[dict] = []
@@ -70,11 +71,15 @@ class ChatServer:
                 time.sleep(server.delay)
                 if action == "timeout":
                     time.sleep(server.timeout_sleep)
-                if action in ("ok", "timeout"):
+                if action in ("ok", "timeout", "trickle", "trickle-headers"):
                     message = {"role": "assistant", "content": reply(caption)}
                     choice = {"index": 0, "message": message, "finish_reason": "stop"}
                     answer = {"id": "c", "object": "chat.completion", "created": 0, "model": body["model"]}
-                    self._send(200, json.dumps({**answer, "choices": [choice]}).encode())
+                    data = json.dumps({**answer, "choices": [choice]}).encode()
+                    if action.startswith("trickle"):
+                        self._trickle(data, headers_too=action == "trickle-headers")
+                    else:
+                        self._send(200, data)
                 elif action == "malformed":
                     self._send(200, b'{"id": "c", "choices": [')
                 elif action == "empty":
@@ -83,6 +88,18 @@ class ChatServer:
                     status = int(action)
                     error = {"error": {"message": f"scripted {status}", "type": "test", "code": status}}
                     self._send(status, json.dumps(error).encode(), {"Retry-After": "0"} if status == 429 else {})
+
+            def _trickle(self, data, headers_too):
+                head = f"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: {len(data)}\r\n\r\n"
+                if not headers_too:
+                    self.wfile.write(head.encode())
+                try:
+                    for byte in (head.encode() if headers_too else b"") + data:
+                        self.wfile.write(bytes([byte]))
+                        time.sleep(server.trickle)
+                except (BrokenPipeError, ConnectionResetError):
+                    pass
+                self.close_connection = True
 
             def _send(self, status, data, headers=None):
                 try:

@@ -1,6 +1,7 @@
 """The captioner: a tiny random Video-LLaVA saved to a folder captions real mp4 clips; caption import."""
 
 import json
+import re
 
 import numpy as np
 import pytest
@@ -175,11 +176,36 @@ def test_import_captions_from_each_format(tmp_path, suffix):
 
 def test_import_captions_names_missing_fields_and_duplicates(tmp_path):
     (tmp_path / "c.csv").write_text("clip,english\n01,x\n")
-    with pytest.raises(ValueError, match=r"c.csv: record 1 lacks 'clip' or 'caption' \(found \['clip', 'english'\]\)"):
+    with pytest.raises(
+        ValueError, match=r"c.csv: the header names no 'caption' column \(found \['clip', 'english'\]\)"
+    ):
         import_captions(tmp_path / "c.csv")
     (tmp_path / "d.csv").write_text("clip,caption\n01,x\n01,y\n")
     with pytest.raises(ValueError, match="clip '01' occurs twice"):
         import_captions(tmp_path / "d.csv")
+
+
+BAD_IMPORTS = {  # file name -> (content, what the error says)
+    "no-field.jsonl": ('{"clip": "01", "caption": "x"}\n{"clip": "02"}\n', "line 2: clip '02' has no 'caption'"),
+    "null.jsonl": ('{"clip": "01", "caption": null}\n', "line 1: clip '01' has no 'caption' (null)"),
+    "number.json": ('{"01": 5}', "record 1: clip '01': 'caption' must be text, got 5"),
+    "empty.csv": ("clip,caption\n01,x\n02,  \n", "line 3: clip '02' has an empty 'caption'"),
+    "short-row.csv": ("clip,caption\n01,x\n02\n", "line 3 has 1 fields, the header 2"),
+    "long-row.csv": ("clip,caption\n01,A man, smiling\n", "line 2 has 3 fields, the header 2"),
+    "open-quote-at-end.csv": ('clip,caption\n01,"A man smiles\n02,A woman frowns\n', "the quote opened on line 2"),
+    "open-quote.csv": ('clip,caption\n01,"A man smiles\n02,A woman "frowns"\n', "the quote opened on line 2"),
+    "bad-line.jsonl": ('{"clip": "01", "caption": "x"}\n{"clip": "02", \n', "line 2 is not JSON"),
+    "bad.json": ('{"01": "x",}', "is not JSON"),
+}
+
+
+@pytest.mark.parametrize("name", BAD_IMPORTS)
+def test_import_captions_refuses_a_record_without_a_caption_naming_its_line(tmp_path, name):
+    content, message = BAD_IMPORTS[name]
+    (tmp_path / name).write_text(content)
+    with pytest.raises(ValueError, match=re.escape(f"captions file {tmp_path / name}")) as error:
+        import_captions(tmp_path / name)
+    assert message in str(error.value)
 
 
 def test_the_cli_imports_captions(tmp_path, capsys):

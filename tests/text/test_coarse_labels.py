@@ -118,12 +118,20 @@ def test_the_cli_writes_labels_beside_the_captions_and_redoes_them_for_a_new_che
     ]
 
 
-def test_the_cli_names_a_bad_classifier_spec(videos, tmp_path):
+@pytest.mark.parametrize(
+    "spec, message",
+    [
+        ("nonsense", "--classifier must be MODULE:FACTORY, got 'nonsense'"),
+        (f"{__name__}:missing", f"--classifier: module {__name__} has no 'missing'"),
+        ("no_such_module_here:build", "--classifier: no module named 'no_such_module_here'"),
+    ],
+    ids=["not-module-factory", "no-factory", "no-module"],
+)
+def test_the_cli_names_a_bad_classifier_spec(videos, tmp_path, capsys, spec, message):
     args = ["coarse-labels", "--videos", str(videos), "--dataset", "dfew", "--out", str(tmp_path / "l.jsonl")]
-    with pytest.raises(ValueError, match="--classifier must be MODULE:FACTORY, got 'nonsense'"):
-        main([*args, "--classifier", "nonsense"])
-    with pytest.raises(ValueError, match=f"module {__name__} has no 'missing'"):
-        main([*args, "--classifier", f"{__name__}:missing"])
+    assert main([*args, "--classifier", spec]) == 2
+    (line,) = capsys.readouterr().err.splitlines()
+    assert line.startswith(f"grace-fast coarse-labels: error: {message}")
 
 
 def test_the_classifier_module_may_live_in_the_working_folder(videos, tmp_path, monkeypatch):

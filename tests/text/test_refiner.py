@@ -16,7 +16,15 @@ from grace_fast.text.cache import Cache
 from grace_fast.text.jobs import read_jsonl
 from grace_fast.text.lexicon import Lexicon
 from grace_fast.text.prompt import PROMPT_VERSION, TEMPLATE_VERSION, render_messages, template_description
-from grace_fast.text.refiner import ClipText, Endpoint, EndpointError, Refiner, load_descriptions, refine_clips
+from grace_fast.text.refiner import (
+    ClipText,
+    Endpoint,
+    EndpointError,
+    Refiner,
+    RequestFailed,
+    load_descriptions,
+    refine_clips,
+)
 from tests.text.chat_server import ChatServer, reply
 
 REPO = Path(__file__).resolve().parents[2]
@@ -104,6 +112,17 @@ def test_faults_are_retried_and_only_successes_are_cached(tmp_path, script, requ
         assert records["c01"]["description"] == reply("caption 1")
 
 
+@pytest.mark.parametrize("action", ["trickle", "trickle-headers"])
+def test_the_timeout_limits_the_whole_request_against_a_trickling_server(action):
+    with ChatServer(trickle=0.1) as server:  # the answer would take about 30 s
+        refiner = Refiner(LEXICON, Endpoint(server.url, "m", "k", timeout=1.0, max_retries=0))
+        server.scripts["caption 0"] = [action]
+        start = time.monotonic()
+        with pytest.raises(RequestFailed, match=r"timed out after 1.0 s \(after 1 attempts\)"):
+            refiner.describe("caption 0", LABELS)
+        assert time.monotonic() - start < 1.6
+
+
 def test_401_stops_the_run_at_once_with_a_clear_error(tmp_path):
     with ChatServer() as server, Cache(tmp_path / "c.sqlite") as cache:
         server.always = "401"
@@ -120,7 +139,8 @@ def test_the_cli_exits_2_on_401_and_writes_no_output(tmp_path, capsys):
         args = ["--base-url", server.url, "--api-key", "bad", "--retries", "3", "--concurrency", "1"]
         code = main(["refine", *_io_args(tmp_path), *args])
     assert code == 2 and len(server.bodies) == 1
-    assert "refine: stopped: the endpoint" in capsys.readouterr().err
+    last = capsys.readouterr().err.splitlines()[-1]  # after the progress bar
+    assert last.startswith("grace-fast refine: error: the endpoint") and "HTTP 401" in last
     assert not (tmp_path / "refined.jsonl").exists()
 
 

@@ -93,6 +93,37 @@ def test_unreadable_clip_is_skipped_and_reported(data, corrupt, trained, tmp_pat
         train(config)
 
 
+def test_skip_bad_reports_the_clips_missing_on_disk_of_every_split(data, corrupt, tmp_path, capsys):
+    root = tmp_path / "data"
+    shutil.copytree(data, root)
+    train_part, val = synthetic(root, fold=1, split="train").holdout(0.2, seed=0)
+    test = synthetic(root, fold=1, split="test")
+    gone = [train_part[1], val[0], test[0]]  # train_part[0] is the corrupt clip
+    for clip in gone:
+        Path(clip.path).unlink()
+    run = tmp_path / "run"
+    args = ["--data-root", str(root), "--out", str(run), "--epochs", "1", "--batch-size", "8", "--val-fraction", "0.2"]
+    assert main(["train", *args, "--skip-bad", "--no-progress"]) == 0
+    skipped = {r["id"]: r for r in map(json.loads, (run / "skipped.jsonl").read_text().splitlines())}
+    assert skipped.keys() == {clip.id for clip in gone} | {corrupt}
+    assert all("not found" in skipped[clip.id]["error"] for clip in gone)
+    report = json.loads((run / "test" / "report.json").read_text())
+    assert report["skipped"] == [test[0].id] and report["num_samples"] == len(test) - 1
+    (record,) = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    assert record["val_clips"] == len(val) - 1
+    out, err = capsys.readouterr()
+    assert f"fold 1: 4 clips skipped as unreadable, listed in {run}/skipped.jsonl" in out
+    named = [f"{clip.id} ({Path(clip.path).with_suffix('')}" in err for clip in gone]  # a missing file has no suffix
+    assert named == [True] * 3 and err.count("missing on disk and left out") == 3
+
+    evaluated = tmp_path / "evaluated"
+    args = ["--checkpoint", str(run / "best"), "--data-root", str(root), "--out", str(evaluated), "--skip-bad"]
+    assert main(["evaluate", *args]) == 0
+    assert json.loads((evaluated / "report.json").read_text())["skipped"] == [test[0].id]
+    out, err = capsys.readouterr()
+    assert f"on {len(test) - 1} clips (1 skipped as unreadable)" in out and f"test: 1 of {len(test)} clips" in err
+
+
 def test_training_changes_the_seeded_initial_weights(trained):
     from safetensors.torch import load_file
 
@@ -157,10 +188,10 @@ def test_predict_cli_prints_each_clip_and_names_a_bad_one(data, trained):
         "predict", *clips, str(data / "missing.mp4"), "--checkpoint", str(run / "best"), "--json", check=False
     )
     assert done.returncode == 1, done.stderr[-2000:]
-    lines = done.stdout.strip().splitlines()
-    assert lines[0].startswith(str(data / "missing.mp4")) and "video file not found" in lines[0]
+    assert f"grace-fast predict: video file not found: {data / 'missing.mp4'}\n" in done.stderr
+    lines = done.stdout.strip().splitlines()  # JSON only
     expected = Predictor.from_pretrained(run / "best", device="cpu").predict(clips)
-    for line, prediction in zip(lines[1:], expected, strict=True):
+    for line, prediction in zip(lines, expected, strict=True):
         printed = json.loads(line)
         assert printed["label"] == prediction.label
         assert printed["probabilities"] == pytest.approx(prediction.probabilities, abs=1e-6)
@@ -174,6 +205,13 @@ def test_train_command_names_what_to_fix(data, trained, capsys):
     assert "the config changed (" in (err := capsys.readouterr().err) and "epochs: 1 -> 2" in err
     assert main(["train", "--data-root", str(data), "--batch-size", "0"]) == 2
     assert "batch_size must be an integer >= 1, got 0" in capsys.readouterr().err
+
+
+def test_folds_the_data_set_lacks_are_refused_before_any_fold_trains(data, tmp_path, capsys):
+    args = ["--data-root", str(data), "--out", str(tmp_path / "run"), "--folds", "1-9", "--epochs", "1"]
+    assert main(["train", *args]) == 2
+    assert capsys.readouterr().err == "grace-fast train: error: fold must be one of [1, 2, 3, 4, 5], got 6\n"
+    assert not (tmp_path / "run").exists()
 
 
 def test_descriptions_replace_the_captions_of_the_clips_they_name(data, tmp_path):

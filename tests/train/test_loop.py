@@ -3,6 +3,7 @@ real SIGKILL, and DistributedDataParallel on 2 gloo processes against one proces
 
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -11,6 +12,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from grace_fast.errors import CheckpointError
 from grace_fast.train.checkpoint import checkpoints
 from grace_fast.train.loop import BEST, METRICS_NAME
 from tests.train.conftest import SUBPROCESS_ENV
@@ -124,6 +126,40 @@ def test_existing_run_needs_resume_and_an_unchanged_config(uninterrupted, tmp_pa
         train(tmp_path)
     with pytest.raises(ValueError, match=r"config changed \(lr: 0.05 -> 0.1\)"):
         train(tmp_path, resume=True, lr=0.1)
+
+
+CORRUPTIONS = {  # file of the newest checkpoint -> what is done to it
+    "model.safetensors": lambda data: data[: len(data) // 2],  # truncated
+    "trainer.pt": lambda data: b"not a checkpoint" * 64,  # garbage
+    "rank-0.pt": lambda data: b"",  # empty
+}
+
+
+@pytest.mark.parametrize("name", CORRUPTIONS)
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt(uninterrupted, tmp_path, capsys, name):
+    _, reference, _ = uninterrupted
+    with pytest.raises(Crash):
+        train(tmp_path, on_step=crash_at(15))  # checkpoints of steps 12 and 14
+    bad = tmp_path / "checkpoints" / "step-00000014"
+    (bad / name).write_bytes(CORRUPTIONS[name]((bad / name).read_bytes()))
+    _, model = train(tmp_path, resume=True)
+    assert_same_weights(weights(model), reference)  # step 12 continued exactly
+    out, err = capsys.readouterr()
+    assert f"checkpoint file {bad / name} cannot be read" in err and "set aside as step-00000014.corrupt" in err
+    assert "from step-00000012" in out and "weights_only" not in out + err
+    assert (tmp_path / "checkpoints" / "step-00000014.corrupt" / name).is_file()
+
+
+def test_resume_with_every_checkpoint_corrupt_names_the_newest_file(tmp_path):
+    with pytest.raises(Crash):
+        train(tmp_path, on_step=crash_at(5))  # checkpoints of steps 2 and 4
+    for folder in checkpoints(tmp_path):
+        (folder / "trainer.pt").write_bytes(b"garbage")
+    newest = tmp_path / "checkpoints" / "step-00000004" / "trainer.pt"
+    with pytest.raises(CheckpointError, match=re.escape(f"checkpoint file {newest} cannot be read")) as error:
+        train(tmp_path, resume=True)
+    assert "no earlier checkpoint of" in str(error.value) and "weights_only" not in str(error.value)
+    assert [p.name for p in checkpoints(tmp_path)] == ["step-00000002", "step-00000004"]  # left as they were
 
 
 def test_split_smaller_than_one_step_is_refused(tmp_path):

@@ -1,4 +1,4 @@
-"""Reference motion-difference weighting (the spec of grace_fast.ops.motion_weights, GRACE.md section 1)."""
+"""Reference motion-difference weighting (the spec of grace_fast.ops.motion_weights, docs/method.md section 1)."""
 
 import torch
 import torch.nn.functional as F

@@ -1,4 +1,4 @@
-"""Token selection by weight (the spec of grace_fast.ops.select_tokens, GRACE.md section 2)."""
+"""Token selection by weight (the spec of grace_fast.ops.select_tokens, docs/method.md section 2)."""
 
 import math
 from typing import NamedTuple
