@@ -494,7 +494,9 @@ def test_semi_relaxed_rows_are_exact_and_columns_follow_the_cost(backend):
 @pytest.mark.parametrize("backend", ALL)
 def test_large_tau_gives_the_balanced_result(backend):
     C, a, b = _problem(2, 5, 8, dtype=torch.float64, pad=True, device=device_of(backend))
-    kw = {"eps": 0.1, "max_iter": 20000, "tol": 1e-13, "backend": backend}
+    # tau 1e8 runs to max_iter: its err stays near (1 - rho) |g| / eps ~ 1e-9 (the gauge mode decays by rho_a rho_b per
+    # iteration), while its plan is within 1e-9 of the balanced one (converged here in ~100 iterations) from then on
+    kw = {"eps": 0.1, "max_iter": 500, "tol": 1e-13, "backend": backend}
     balanced = sinkhorn(C, a, b, **kw)
     for taus in ((math.inf, 1e8), (1e8, math.inf), (1e8, 1e8)):
         relaxed = sinkhorn(C, a, b, tau_a=taus[0], tau_b=taus[1], **kw)
