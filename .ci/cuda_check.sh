@@ -73,7 +73,7 @@ printf '#include <cusparse.h>\n#include <cublas_v2.h>\n' >"$build/probe.cu"
 g++ -E -x c++ -I"$CUDA_HOME/include" "$build/probe.cu" -o /dev/null
 "$CUDA_HOME/bin/nvcc" -E "$build/probe.cu" -o /dev/null
 
-cp -r setup.py csrc kernels grace_fast "$build/"
+cp -r setup.py csrc grace_fast "$build/"
 find "$build/grace_fast" -name '_C*.so' -delete  # the main tree's CPU build must not stand in for this one
 start=$SECONDS
 (cd "$build" && "$py" setup.py -q build_ext --inplace)

@@ -2,7 +2,7 @@
 # The GPU record (REPORT-<gpu>.md), on a machine the device tool lends: its image has a CUDA torch (2.11 when last
 # read, not the 2.13 of the CPU machines), Triton (3.6), nvcc, setuptools and ninja, but no network and none of
 # grace_fast's other dependencies. Installs grace_fast in place with its CUDA kernels (editable, so that
-# grace_fast.kernels maps to kernels/), runs the op tests on the GPU, runs `python -m benchmarks ARGS` (default
+# the build stays in the source tree), runs the op tests on the GPU, runs `python -m benchmarks ARGS` (default
 # --all), and leaves benchmarks/results/ packed in $OUT/results.tgz and its logs in $OUT, also when a step fails;
 # results.tgz is unpacked into benchmarks/ here and committed.
 #
