@@ -6,8 +6,8 @@ True
 """
 
 from grace_fast import ops
-from grace_fast._backends import backends
 from grace_fast.model import GraceConfig, GraceModel
+from grace_fast.ops._backends import backends
 
 __version__ = "0.1.0"
 __all__ = ["GraceConfig", "GraceModel", "Predictor", "backends", "ops", "__version__"]

@@ -30,7 +30,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "demo": ("grace_fast.demo", "the main job: synthetic set, tiny GRACE and its ablations trained and tested on CPU"),
     "coarse-labels": ("grace_fast.text.coarse_labels", "top-k emotions per clip from a baseline classifier (CATE)"),
     "make-synthetic": ("grace_fast.data.synthetic", "write the synthetic DFER set: mp4 faces in DFEW's layout"),
-    "evaluate": ("grace_fast.eval.evaluate", "UAR, WAR, per-class recall and confusion matrix of a checkpoint"),
+    "evaluate": ("grace_fast.evaluate", "UAR, WAR, per-class recall and confusion matrix of a checkpoint"),
     "explain": ("grace_fast.explain", "PNG of a clip's frames, motion weights and OT plan of its top text tokens"),
     "predict": ("grace_fast.predict", "the emotion of each clip from a trained checkpoint"),
     "refine": ("grace_fast.text.refiner", "rewrite captions into emotion-aware descriptions with an LLM (CATE)"),

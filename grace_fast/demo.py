@@ -32,11 +32,11 @@ from grace_fast.data.layouts import DFEW_CLASSES, load_clips  # noqa: E402
 from grace_fast.data.synthetic import make_synthetic  # noqa: E402
 from grace_fast.files import write_atomic, write_figure  # noqa: E402
 from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, demo_config  # noqa: E402
+from grace_fast.train.batch_order import steps_per_epoch  # noqa: E402
 from grace_fast.train.config import TrainConfig  # noqa: E402
-from grace_fast.train.grace import fold_clips  # noqa: E402
 from grace_fast.train.loop import METRICS_NAME  # noqa: E402
 from grace_fast.train.run import train  # noqa: E402
-from grace_fast.train.sampling import steps_per_epoch  # noqa: E402
+from grace_fast.train.task import fold_clips  # noqa: E402
 
 VARIANTS = {  # name -> GraceConfig overrides
     "GRACE": {},

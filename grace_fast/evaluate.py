@@ -2,15 +2,11 @@
 
 Either a trained checkpoint is run on a data split, or a predictions CSV (columns `label` and `prediction`,
 class ids or names) is scored as it is. The output folder receives report.json and confusion.png (and, for a
-checkpoint, predictions.csv: clip, label, prediction and the class probabilities).
-
->>> report = score([0, 0, 1, 2], [0, 1, 1, 1], "out/", class_names=["happy", "sad", "angry"])
->>> report["uar"], report["war"]
-(0.5, 0.5)
+checkpoint, predictions.csv: clip, label, prediction and the class probabilities). The scoring itself is
+grace_fast.eval's.
 """
 
 import csv
-import io
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -19,38 +15,10 @@ from typing import Any
 from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.layouts import LOADERS
 from grace_fast.errors import UserError
-from grace_fast.eval.metrics import classification_metrics
-from grace_fast.eval.report import plot_confusion, report_dict, write_report
-from grace_fast.files import write_atomic
+from grace_fast.eval.report import CONFUSION_NAME, REPORT_NAME, score, write_evaluation
 from grace_fast.predict import COMPILE_HELP, DTYPE_HELP, compile_parts
 
-REPORT_NAME, CONFUSION_NAME, PREDICTIONS_NAME = "report.json", "confusion.png", "predictions.csv"
 DTYPE_AMP = {"auto": "auto", "float32": "off", "bfloat16": "bf16"}  # --dtype as the --amp it means
-
-
-def score(
-    labels: Sequence[int],
-    predictions: Sequence[int],
-    out: str | os.PathLike | None,
-    *,
-    class_names: Sequence[str] | None = None,
-    num_classes: int | None = None,
-    title: str = "",
-    **extra: Any,
-) -> dict[str, Any]:
-    """The report of predicted class ids against true ones; written to out/report.json and out/confusion.png
-    unless out is None. num_classes defaults to len(class_names); extra fields go into the report."""
-    if num_classes is None:
-        if class_names is None:
-            raise ValueError("score needs class_names or num_classes")
-        num_classes = len(class_names)
-    metrics = classification_metrics(labels, predictions, num_classes)
-    report = report_dict(metrics, class_names, **extra)
-    if out is not None:
-        out = Path(out)
-        write_report(out / REPORT_NAME, report)
-        plot_confusion(out / CONFUSION_NAME, metrics, class_names, title)
-    return report
 
 
 def read_predictions(path: str | os.PathLike, class_names: Sequence[str] | None) -> tuple[list[int], list[int]]:
@@ -80,44 +48,6 @@ def _class_id(value: str, index: dict[str, int], path: Path, line: int) -> int:
     except ValueError:
         known = f"one of {list(index)}" if index else "an integer class id (or pass --classes to use names)"
         raise ValueError(f"--predictions: {path} line {line}: class {value!r} is not {known}") from None
-
-
-def write_predictions(path: str | os.PathLike, rows: list[dict[str, Any]]) -> None:
-    """Write prediction rows (same keys each) as CSV, atomically."""
-    buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=list(rows[0]) if rows else ["clip", "label", "prediction"])
-    writer.writeheader()
-    writer.writerows(rows)
-    write_atomic(Path(path), buffer.getvalue().encode())
-
-
-def write_evaluation(folder: str | os.PathLike, predicted, classes: Sequence[str], **extra: Any) -> dict[str, Any]:
-    """Score a model's Predictions (grace_fast.train.loop.collect_predictions) into folder: report.json (with the
-    skipped clips), confusion.png and predictions.csv (clip, label, prediction, one probability per class)."""
-    predictions = predicted.probabilities.argmax(1)
-    title = extra.pop("title", "")
-    report = score(
-        predicted.labels,
-        predictions,
-        folder,
-        class_names=list(classes),
-        title=title,
-        skipped=[getattr(s, "id", str(s)) for s in predicted.skipped],
-        **extra,
-    )
-    rows = [
-        {
-            "clip": clip,
-            "label": classes[label],
-            "prediction": classes[prediction],
-            **{f"p_{name}": round(float(p), 6) for name, p in zip(classes, probs, strict=True)},
-        }
-        for clip, label, prediction, probs in zip(
-            predicted.ids, predicted.labels, predictions, predicted.probabilities, strict=True
-        )
-    ]
-    write_predictions(Path(folder) / PREDICTIONS_NAME, rows)
-    return report
 
 
 def add_arguments(parser) -> None:
@@ -172,10 +102,11 @@ def run(args) -> int:
 
 def _evaluate_checkpoint(args) -> dict[str, Any]:
     from grace_fast.data.datasets import collate
+    from grace_fast.data.transforms import load_normalization
     from grace_fast.model import GraceModel
     from grace_fast.train import distributed
-    from grace_fast.train.grace import GraceClassifier, clip_dataset, load_normalization, split_clips, warn_missing
     from grace_fast.train.loop import amp_dtype, collect_predictions
+    from grace_fast.train.task import GraceClassifier, clip_dataset, split_clips, warn_missing
 
     if args.data_root is None:
         raise UserError("--checkpoint needs --data-root")

@@ -1,13 +1,15 @@
 """Atomic file writes shared by every job that leaves files behind: a file is complete or absent, never half written;
-and the readers of checkpoint files, whose errors name the file.
+and the readers of checkpoint files, whose errors name the file; JSON lines.
 
 Files are shared artefacts (data sets, checkpoints, reports): each gets the permissions open() would give it,
 0666 less the umask, although tempfile.mkstemp and safetensors make theirs 0600.
 """
 
 import io
+import json
 import os
 import tempfile
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +130,8 @@ def write_figure(figure, path: str | os.PathLike, *, dpi: int = 100) -> Path:
     plt.close(figure)
     write_atomic(path, buffer.getvalue())
     return Path(path)
+
+
+def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
+    """Write records as JSON lines, atomically (a temporary file in the same folder, then os.replace)."""
+    write_atomic(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())

@@ -99,9 +99,8 @@ class Predictor:
         """Load a checkpoint folder written by training (RUN/best) or GraceModel.save_pretrained; overrides change
         GraceConfig fields (e.g. frames=32). device "auto" is the GPU when there is one; dtype and compile as for
         Predictor."""
-        from grace_fast.data.transforms import VideoTransform
+        from grace_fast.data.transforms import VideoTransform, load_normalization
         from grace_fast.model import GraceModel
-        from grace_fast.train.grace import load_normalization
 
         model = GraceModel.from_pretrained(folder, **overrides)
         transform = VideoTransform(model.config.image_size, train=False, normalization=load_normalization(folder))

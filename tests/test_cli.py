@@ -16,7 +16,7 @@ from grace_fast import __version__
 from grace_fast.cli import COMMANDS, main
 from grace_fast.model import GraceModel
 from grace_fast.model.tiny import build_tiny_tokenizer, tiny_config
-from grace_fast.train.grace import GraceClassifier
+from grace_fast.train.task import GraceClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 pytestmark = pytest.mark.usefixtures("one_thread")

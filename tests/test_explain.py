@@ -20,7 +20,7 @@ from grace_fast.explain import explain, plot, token_labels
 from grace_fast.model import GraceModel
 from grace_fast.model.tiny import build_tiny_tokenizer, tiny_config
 from grace_fast.predict import Predictor
-from grace_fast.train.grace import GraceClassifier
+from grace_fast.train.task import GraceClassifier
 
 REPO = Path(__file__).resolve().parents[1]
 CLASSES = ["happy", "sad", "surprise", "angry", "disgust", "fear", "neutral"]  # the order of tiny_config's prompts

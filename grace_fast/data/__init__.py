@@ -3,7 +3,7 @@
 from grace_fast.data.datasets import BadClip, Batch, ClipDataset, Sample, collate
 from grace_fast.data.frames import read_clip
 from grace_fast.data.layouts import Clip, ClipList, csv_clips, dfew, ferv39k, load_clips, mafw, synthetic
-from grace_fast.data.sampling import segment_indices
+from grace_fast.data.segments import segment_indices
 from grace_fast.data.synthetic import make_synthetic
 from grace_fast.data.transforms import Normalization, VideoTransform
 from grace_fast.data.video import VideoReadError, list_videos, read_frames, uniform_indices, write_mp4

@@ -38,7 +38,7 @@ import torch
 
 from grace_fast.data.frames import read_clip
 from grace_fast.data.layouts import Clip, ClipList
-from grace_fast.data.sampling import segment_indices
+from grace_fast.data.segments import segment_indices
 from grace_fast.data.transforms import VideoTransform
 from grace_fast.data.video import VideoReadError
 

@@ -70,6 +70,7 @@ FERV39K_SPLIT_FILE = "4_setups/All_scenes/{split}_All.csv"
 MAFW_SPLIT_DIR = "Train & Test Set/single"
 SPLITS = ("train", "test")
 FOLDS = (1, 2, 3, 4, 5)
+FOLDLESS = ("ferv39k", "csv")
 
 
 @dataclass(frozen=True)
@@ -404,3 +405,19 @@ def _relative_id(file: Path, folder: Path) -> str:
         return file.relative_to(folder).with_suffix("").as_posix()
     except ValueError:
         return file.stem
+
+
+def load_split(
+    dataset: str, root: str | os.PathLike, split: str, fold: int = 1, classes: Sequence[str] | None = None
+) -> ClipList | None:
+    """The clips of one split ("train" or "test") of a data set by name; the fold is ignored for a data set with
+    one split (FOLDLESS). For csv, root is a folder with train.csv and test.csv (a missing test.csv gives None) and
+    classes names the classes of its labels."""
+    root = Path(root)
+    if dataset == "csv":
+        path = root / f"{split}.csv"
+        if split == "test" and not path.is_file():
+            return None
+        return load_clips("csv", path, classes=classes)
+    options = {} if dataset in FOLDLESS else {"fold": fold}
+    return load_clips(dataset, root, split=split, **options)

@@ -22,6 +22,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from grace_fast.files import write_atomic
+
 # VideoMAE's statistics (timm's IMAGENET_DEFAULT_MEAN/STD, in the preprocessor_config.json of its checkpoints)
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
@@ -119,3 +121,16 @@ class VideoTransform:
                     return int(rng.integers(0, height - h + 1)), int(rng.integers(0, width - w + 1)), h, w
         side = min(height, width)
         return (height - side) // 2, (width - side) // 2, side, side
+
+
+def save_normalization(folder: Path, normalization: Normalization) -> None:
+    """Write mean/std as a transformers image processor config, which Normalization.from_pretrained reads."""
+    values = {"do_normalize": True, "image_mean": list(normalization.mean), "image_std": list(normalization.std)}
+    write_atomic(folder / PROCESSOR_CONFIG, (json.dumps(values, indent=2) + "\n").encode())
+
+
+def load_normalization(folder: str | os.PathLike | None) -> Normalization:
+    """The normalisation saved in folder (a checkpoint or backbone folder), else VideoMAE's default."""
+    if folder is not None and (Path(folder) / PROCESSOR_CONFIG).is_file():
+        return Normalization.from_pretrained(folder)
+    return Normalization()

@@ -1,4 +1,5 @@
-"""save_pretrained / from_pretrained: a checkpoint folder of config.json, model.safetensors and the tokenizer files.
+"""GraceModel.save_pretrained / from_pretrained: a checkpoint folder of config.json, model.safetensors and the
+tokenizer files.
 
 Each file is written atomically (a temporary file in the folder, then os.replace), weights last; the weights
 carry the config they were saved with, so a config.json that does not match them is reported field by field.
@@ -21,7 +22,7 @@ WEIGHTS_NAME = "model.safetensors"
 CONFIG_METADATA_KEY = "grace_config"
 
 
-def save_pretrained(model, folder: str | os.PathLike) -> None:
+def save_checkpoint(model, folder: str | os.PathLike) -> None:
     """Write model's tokenizer files, config.json and model.safetensors into folder (created if missing)."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -44,8 +45,8 @@ def save_pretrained(model, folder: str | os.PathLike) -> None:
         raise
 
 
-def from_pretrained(folder: str | os.PathLike, **overrides):
-    """Load the GraceModel saved in folder; overrides change config fields before the model is built.
+def load_checkpoint(model_class, folder: str | os.PathLike, **overrides):
+    """The model_class (GraceModel) saved in folder; overrides change config fields before the model is built.
 
     A weights file that does not fit the requested config raises a ValueError naming the config fields that
     differ from those the weights were saved with and the mismatching tensors; one that cannot be read raises
@@ -53,8 +54,6 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
     (GraceConfig.definition; written before definition 2 they have none) raise a ValueError that names what changed:
     their weights belong to a different model.
     """
-    from grace_fast.model.model import GraceModel
-
     folder = Path(folder)
     for name in (CONFIG_NAME, WEIGHTS_NAME):
         if not (folder / name).is_file():
@@ -63,7 +62,7 @@ def from_pretrained(folder: str | os.PathLike, **overrides):
     saved_json = safetensors_metadata(folder / WEIGHTS_NAME).get(CONFIG_METADATA_KEY)
     if saved_json is not None:
         check_definition(json.loads(saved_json).get("definition", 1), f"the weights {folder / WEIGHTS_NAME}")
-    model = GraceModel(config, tokenizer=load_tokenizer(folder), load_pretrained=False)
+    model = model_class(config, tokenizer=load_tokenizer(folder), load_pretrained=False)
     state = read_safetensors(folder / WEIGHTS_NAME)
     problems = _state_mismatch(model.state_dict(), state)
     if problems:

@@ -14,6 +14,7 @@ from grace_fast import ops
 from grace_fast.model.alignment import Aligned, NoAlignment, align_classes, build_alignment, masked_mean
 from grace_fast.model.config import GraceConfig
 from grace_fast.model.heads import MAX_LOGIT_SCALE, AuxiliaryHead, FusionHead
+from grace_fast.model.io import load_checkpoint, save_checkpoint
 from grace_fast.model.text import TextEncoder
 from grace_fast.model.video import VideoEncoder
 
@@ -154,16 +155,12 @@ class GraceModel(nn.Module):
 
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         """Write config.json, model.safetensors and the tokenizer files to folder (each file atomically)."""
-        from grace_fast.model.io import save_pretrained
-
-        save_pretrained(self, folder)
+        save_checkpoint(self, folder)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **overrides) -> "GraceModel":
         """Load a model written by save_pretrained; overrides change config fields (e.g. frames=64, alignment=...)."""
-        from grace_fast.model.io import from_pretrained
-
-        return from_pretrained(folder, **overrides)
+        return load_checkpoint(cls, folder, **overrides)
 
 
 def _diff_dict(config) -> dict:

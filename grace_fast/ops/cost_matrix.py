@@ -2,8 +2,8 @@
 
 import torch
 
-from grace_fast._backends import extension_loaded, resolve
 from grace_fast.ops._autocast import no_autocast
+from grace_fast.ops._backends import extension_loaded, resolve
 from grace_fast.ops._checks import check_devices, check_float, check_mask, check_same, refuse_double_backward
 from grace_fast.ops.reference.cost_matrix import cost_matrix_reference
 

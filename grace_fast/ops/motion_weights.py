@@ -4,7 +4,7 @@ import math
 
 import torch
 
-from grace_fast._backends import extension_loaded, resolve
+from grace_fast.ops._backends import extension_loaded, resolve
 from grace_fast.ops._checks import check_float, refuse_double_backward
 from grace_fast.ops.reference.motion_weights import NORM_EPS, motion_weights_reference
 

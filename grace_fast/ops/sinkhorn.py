@@ -5,8 +5,8 @@ from typing import NamedTuple
 
 import torch
 
-from grace_fast._backends import resolve
 from grace_fast.ops._autocast import no_autocast
+from grace_fast.ops._backends import resolve
 from grace_fast.ops._checks import check_float, check_mask
 from grace_fast.ops.reference.sinkhorn import marginal_penalty, sinkhorn_reference
 

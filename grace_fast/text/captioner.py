@@ -27,8 +27,9 @@ from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGene
 from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.video import list_videos, read_frames
 from grace_fast.errors import UserError
+from grace_fast.files import write_jsonl
 from grace_fast.text.cache import Cache
-from grace_fast.text.jobs import CACHE_NAME, Summary, fingerprint, process_videos, write_jsonl
+from grace_fast.text.jobs import CACHE_NAME, Summary, fingerprint, process_videos
 
 DEFAULT_PROMPT = (
     "USER: <video>\nDescribe the person's face in this video: the expression, how it changes, and the movements "

@@ -23,8 +23,9 @@ import torch.nn.functional as F
 from grace_fast.arguments import DEVICE_HELP, device, integer
 from grace_fast.data.video import list_videos, read_frames
 from grace_fast.errors import UserError
+from grace_fast.files import write_jsonl
 from grace_fast.text.cache import Cache
-from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, fingerprint, process_videos, write_jsonl
+from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, fingerprint, process_videos
 from grace_fast.text.lexicon import DEFAULT_PATH, Lexicon
 
 Classifier = Callable[[torch.Tensor], torch.Tensor]

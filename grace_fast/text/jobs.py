@@ -6,14 +6,13 @@ replaced whole at the end of a run, never appended to, so a reader never sees ha
 
 import json
 import os
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from tqdm import tqdm
 
 from grace_fast.data.video import VideoReadError
-from grace_fast.files import write_atomic
 from grace_fast.text.cache import Cache, cache_key
 
 CACHE_NAME = "cate_cache.sqlite"
@@ -40,11 +39,6 @@ def read_jsonl(path: str | os.PathLike, what: str) -> list[dict]:
         seen.add(record["clip"])
         records.append(record)
     return records
-
-
-def write_jsonl(path: str | os.PathLike, records: Iterable[dict]) -> None:
-    """Write records as JSON lines, atomically (a temporary file in the same folder, then os.replace)."""
-    write_atomic(Path(path), "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in records).encode())
 
 
 def fingerprint(path: str | os.PathLike) -> list:

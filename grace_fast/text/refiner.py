@@ -31,8 +31,9 @@ from tqdm import tqdm
 
 from grace_fast.arguments import integer, positive
 from grace_fast.errors import UserError
+from grace_fast.files import write_jsonl
 from grace_fast.text.cache import Cache, cache_key
-from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, read_jsonl, write_jsonl
+from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, Summary, read_jsonl
 from grace_fast.text.lexicon import DEFAULT_PATH, Lexicon
 from grace_fast.text.prompt import PROMPT_VERSION, TEMPLATE_VERSION, render_messages, template_description
 

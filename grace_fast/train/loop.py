@@ -33,12 +33,10 @@ from tqdm import tqdm
 from grace_fast.errors import CheckpointError
 from grace_fast.eval.metrics import classification_metrics
 from grace_fast.eval.report import write_report
+from grace_fast.files import write_jsonl
 from grace_fast.hardware import auto_dtype
-from grace_fast.text.jobs import write_jsonl
 from grace_fast.train import checkpoint as ckpt
-from grace_fast.train.config import TrainConfig
-from grace_fast.train.distributed import Processes
-from grace_fast.train.sampling import (
+from grace_fast.train.batch_order import (
     PROCESS_STREAM,
     IndexedCollate,
     SeededItems,
@@ -46,6 +44,8 @@ from grace_fast.train.sampling import (
     StepBatches,
     derive_seed,
 )
+from grace_fast.train.config import TrainConfig
+from grace_fast.train.distributed import Processes
 from grace_fast.train.schedule import build_scheduler
 
 BEST, METRICS_NAME, CONFIG_NAME, SELECTION_NAME = "best", "metrics.jsonl", "config.yaml", "selection.json"

@@ -22,23 +22,12 @@ from typing import Any
 import torch
 
 from grace_fast.data.datasets import collate
-from grace_fast.eval.evaluate import write_evaluation
-from grace_fast.eval.report import write_report
+from grace_fast.data.transforms import load_normalization
+from grace_fast.eval.report import write_evaluation, write_report
 from grace_fast.files import read_safetensors
 from grace_fast.model.io import WEIGHTS_NAME
 from grace_fast.train import distributed
 from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
-from grace_fast.train.grace import (
-    FoldClips,
-    GraceClassifier,
-    build_model,
-    clip_dataset,
-    fold_clips,
-    grace_loss,
-    load_normalization,
-    prepare_tokenizer,
-    warn_missing,
-)
 from grace_fast.train.loop import (
     BEST,
     CONFIG_NAME,
@@ -49,6 +38,16 @@ from grace_fast.train.loop import (
     collect_predictions,
     fit,
     write_skipped,
+)
+from grace_fast.train.task import (
+    FoldClips,
+    GraceClassifier,
+    build_model,
+    clip_dataset,
+    fold_clips,
+    grace_loss,
+    prepare_tokenizer,
+    warn_missing,
 )
 
 TEST_DIR, SUMMARY_NAME = "test", "summary.json"

@@ -1,5 +1,5 @@
-"""GRACE behind the trainer's interfaces: the model built from a TrainConfig, the data sets of a fold, and the
-adapter that feeds a grace_fast.data Batch to GraceModel.
+"""The GRACE task adapter, shared by training and evaluation: the model built from a TrainConfig, the data sets
+of a fold, and the adapter that feeds a grace_fast.data Batch to GraceModel.
 
 Class names come from the data set and class prompts from the CATE lexicon ("a face showing happiness: cheeks
 raised, lip corners pulled up"), so that logit c, class name c and prompt c always agree.
@@ -14,14 +14,12 @@ import torch
 from torch import nn
 
 from grace_fast.data.datasets import ClipDataset
-from grace_fast.data.layouts import ClipList, load_clips
-from grace_fast.data.transforms import PROCESSOR_CONFIG, Normalization, VideoTransform
-from grace_fast.files import write_atomic
+from grace_fast.data.layouts import FOLDLESS, ClipList, load_split
+from grace_fast.data.transforms import Normalization, VideoTransform, save_normalization
 from grace_fast.model import GraceConfig, GraceLoss, GraceModel, GraceOutput, inverse_frequency_weights
 from grace_fast.train.config import TrainConfig
 
 TOKENIZER_DIR = "tokenizer"
-FOLDLESS = ("ferv39k", "csv")
 
 
 class GraceClassifier(nn.Module):
@@ -41,21 +39,6 @@ class GraceClassifier(nn.Module):
     def save_pretrained(self, folder: str | os.PathLike) -> None:
         self.grace.save_pretrained(folder)
         save_normalization(Path(folder), self.normalization)
-
-
-def save_normalization(folder: Path, normalization: Normalization) -> None:
-    """Write mean/std as a transformers image processor config, which Normalization.from_pretrained reads."""
-    import json
-
-    values = {"do_normalize": True, "image_mean": list(normalization.mean), "image_std": list(normalization.std)}
-    write_atomic(folder / PROCESSOR_CONFIG, (json.dumps(values, indent=2) + "\n").encode())
-
-
-def load_normalization(folder: str | os.PathLike | None) -> Normalization:
-    """The normalisation saved in folder (a checkpoint or backbone folder), else VideoMAE's default."""
-    if folder is not None and (Path(folder) / PROCESSOR_CONFIG).is_file():
-        return Normalization.from_pretrained(folder)
-    return Normalization()
 
 
 def class_prompts(classes: tuple[str, ...]) -> list[str]:
@@ -125,19 +108,10 @@ class FoldClips:
 def split_clips(
     dataset: str, root: str | os.PathLike, split: str, fold: int = 1, classes=None, descriptions=None
 ) -> ClipList | None:
-    """The clips of one split ("train" or "test") of a data set; for csv, root is a folder with train.csv and
-    test.csv (a missing test.csv gives None). descriptions: a `grace-fast refine` JSONL whose texts replace the
-    captions of the clips it lists."""
-    root = Path(root)
-    if dataset == "csv":
-        path = root / f"{split}.csv"
-        if split == "test" and not path.is_file():
-            return None
-        clips = load_clips("csv", path, classes=classes)
-    else:
-        options = {} if dataset in FOLDLESS else {"fold": fold}
-        clips = load_clips(dataset, root, split=split, **options)
-    if descriptions is not None:
+    """The clips of one split of a data set (grace_fast.data.layouts.load_split) with the captions of
+    descriptions, a `grace-fast refine` JSONL whose texts replace the captions of the clips it lists."""
+    clips = load_split(dataset, root, split, fold, classes)
+    if clips is not None and descriptions is not None:
         from grace_fast.text.refiner import load_descriptions
 
         texts = load_descriptions(descriptions)

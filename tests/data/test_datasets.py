@@ -10,7 +10,7 @@ import torch
 from grace_fast.data.datasets import BadClip, Batch, ClipDataset, Sample, collate
 from grace_fast.data.frames import read_clip, read_frame_folder
 from grace_fast.data.layouts import Clip, ClipList, read_captions, synthetic
-from grace_fast.data.sampling import segment_indices
+from grace_fast.data.segments import segment_indices
 from grace_fast.data.transforms import VideoTransform
 from grace_fast.data.video import VideoReadError, read_frames
 

@@ -1,9 +1,9 @@
-"""grace_fast.data.sampling: DFEW-style segment sampling, centres to evaluate, random within segments to train."""
+"""grace_fast.data.segments: DFEW-style segment sampling, centres to evaluate, random within segments to train."""
 
 import numpy as np
 import pytest
 
-from grace_fast.data.sampling import segment_indices
+from grace_fast.data.segments import segment_indices
 from grace_fast.data.video import uniform_indices
 
 CASES = [(64, 16), (20, 8), (16, 16), (17, 16), (100, 3), (5, 16), (1, 4)]

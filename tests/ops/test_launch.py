@@ -71,7 +71,7 @@ def test_every_launcher_is_wrapped(module, launcher):
 
 def test_triton_on_cpu_tensors_needs_the_interpreter(monkeypatch):
     """On a CUDA machine "triton" is available, but CPU tensors must not reach its kernels: a clear error instead."""
-    from grace_fast import _backends
+    from grace_fast.ops import _backends
 
     monkeypatch.setattr(_backends, "_INTERPRET", False)
     monkeypatch.setitem(_backends._AVAILABLE, "triton", True)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from grace_fast.train.sampling import SeededItems, ShardBatches, StepBatches, epoch_order
+from grace_fast.train.batch_order import SeededItems, ShardBatches, StepBatches, epoch_order
 from grace_fast.train.schedule import warmup_cosine
 
 

@@ -18,8 +18,8 @@ from grace_fast.data.video import VideoReadError, read_frames
 from grace_fast.predict import Predictor
 from grace_fast.train.checkpoint import checkpoints
 from grace_fast.train.config import TrainConfig
-from grace_fast.train.grace import build_model, split_clips
 from grace_fast.train.run import train
+from grace_fast.train.task import build_model, split_clips
 from tests.train.conftest import SUBPROCESS_ENV
 
 REPO = Path(__file__).resolve().parents[2]
