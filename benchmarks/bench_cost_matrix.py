@@ -1,8 +1,8 @@
 """Benchmark of grace_fast.ops.cost_matrix: each fast backend against the torch reference and against
 torch.compile(reference) ("compiled-reference", inductor; compiled afresh per case, in the warm-up).
 
-python -m benchmarks.bench_cost            # canonical GRACE shapes, fp32 and bf16, writes results/cost.json
-pytest benchmarks/bench_cost.py --benchmark-only
+python -m benchmarks.bench_cost_matrix   # canonical GRACE shapes, fp32 and bf16 -> results/cost_matrix.json
+pytest benchmarks/bench_cost_matrix.py --benchmark-only
 """
 
 import functools
@@ -98,4 +98,4 @@ def test_cost_matrix(benchmark, provider, mode):
 
 
 if __name__ == "__main__":
-    benchmark_main("cost", __doc__, SHAPES, run, COLUMNS)
+    benchmark_main("cost_matrix", __doc__, SHAPES, run, COLUMNS)

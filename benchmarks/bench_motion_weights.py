@@ -1,8 +1,9 @@
 """Benchmark of grace_fast.ops.motion_weights: each fast backend against the torch reference and against
 torch.compile(reference) ("compiled-reference", inductor; compiled afresh per case, in the warm-up).
 
-python -m benchmarks.bench_motion   # X [32, 8, 14, 14, 768], [8, 32, 14, 14, 768]; fp32, bf16 -> results/motion.json
-pytest benchmarks/bench_motion.py --benchmark-only
+python -m benchmarks.bench_motion_weights   # X [32, 8, 14, 14, 768], [8, 32, 14, 14, 768]; fp32, bf16
+                                            # -> results/motion_weights.json
+pytest benchmarks/bench_motion_weights.py --benchmark-only
 
 Modes: forward, and full (forward plus the backward of random upstream gradients of X_out and w, which are made
 before the clock starts). peak_over_X is the peak memory the call allocates through torch (outputs, saved tensors
@@ -91,4 +92,4 @@ def test_motion_weights(benchmark, provider, mode):
 
 
 if __name__ == "__main__":
-    benchmark_main("motion", __doc__, SHAPES, run, COLUMNS)
+    benchmark_main("motion_weights", __doc__, SHAPES, run, COLUMNS)

@@ -22,13 +22,14 @@ from benchmarks.utils import describes, result_suffix
 
 ROOT = Path(__file__).resolve().parent.parent
 BENCHMARKS = {  # name -> (module, the tests that must pass before its numbers count)
-    "cost": ("bench_cost", ["tests/ops/test_cost_matrix.py"]),
+    "cost_matrix": ("bench_cost_matrix", ["tests/ops/test_cost_matrix.py"]),
     "sinkhorn": ("bench_sinkhorn", ["tests/ops/test_sinkhorn.py"]),
-    "motion": ("bench_motion", ["tests/ops/test_motion_weights.py", "tests/ops/test_select_tokens.py"]),
+    "motion_weights": ("bench_motion_weights", ["tests/ops/test_motion_weights.py", "tests/ops/test_select_tokens.py"]),
     "scaling": ("bench_scaling", ["tests/ops/test_sinkhorn.py", "tests/ops/test_motion_weights.py"]),
     "model": ("bench_model", ["tests/model"]),
     "inference": ("bench_inference", ["tests/model"]),
 }
+FORMER_NAMES = {"cost_matrix": "cost", "motion_weights": "motion"}  # a revision before the rename runs bench_<former>
 
 
 def build(tree: Path, what: str) -> None:
@@ -79,10 +80,12 @@ def base_tree(base: str) -> Iterator[Path]:
 
 def run_in(tree: Path, name: str, device: str, shapes: list[str] | None, out: Path | None) -> list[dict]:
     """Rows of benchmark `name` run as a fresh process in `tree`; written to `out` if given (a revision that
-    predates --out writes into its own results/)."""
-    module = f"benchmarks.{BENCHMARKS[name][0]}"
-    command = [sys.executable, "-m", module, "--device", device, *(["--shapes", *shapes] if shapes else [])]
-    command += ["--out", str(out)] if out else []
+    predates --out writes into its own results/, one that predates the benchmark's rename under its FORMER_NAMES)."""
+    module = BENCHMARKS[name][0]
+    if not (tree / "benchmarks" / f"{module}.py").is_file() and name in FORMER_NAMES:
+        name, module = FORMER_NAMES[name], f"bench_{FORMER_NAMES[name]}"
+    command = [sys.executable, "-m", f"benchmarks.{module}", "--device", device]
+    command += (["--shapes", *shapes] if shapes else []) + (["--out", str(out)] if out else [])
     written = (out or tree / "benchmarks" / "results") / f"{name}{result_suffix(device)}.json"
     written.unlink(missing_ok=True)  # a revision's committed results are no measurement of this run
     if subprocess.run(command, cwd=tree, env={**os.environ, "PYTHONPATH": str(tree)}).returncode:

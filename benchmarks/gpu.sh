@@ -9,7 +9,7 @@
 # POT (a baseline and a test reference) and flash-sinkhorn are not in the image: download their wheels here first,
 # into .whl/ (ignored by git; the device tool's README gives the pip download flags for its Python 3.12), and
 # carry it:
-#   run(command="bash benchmarks/gpu.sh --op sinkhorn cost", carry=[".whl"])
+#   run(command="bash benchmarks/gpu.sh --op sinkhorn cost_matrix", carry=[".whl"])
 # One call runs at most 10 minutes: split --all into several --op calls while the machine is warm (the build is
 # kept between calls).
 set -euo pipefail

@@ -13,7 +13,7 @@ from benchmarks.bench_scaling import growth_exponents  # noqa: E402
 from benchmarks.utils import COMPILED, RESULTS, describes  # noqa: E402
 from grace_fast.files import write_atomic, write_figure  # noqa: E402
 
-ORDER = ["cost", "sinkhorn", "motion", "scaling", "model", "inference"]
+ORDER = ["cost_matrix", "sinkhorn", "motion_weights", "scaling", "model", "inference"]
 TIMING = {"median_ms", "p20_ms", "p80_ms", "reps"}
 VS_COMPILED = f"speedup_vs_{COMPILED}"
 
@@ -30,9 +30,9 @@ def cpu_without_bf16(machine: dict) -> bool:
 # The issues' targets: (benchmark, what, the rows it reads, field, "min" >= bound or "max" <= bound[, the machines
 # it is for: a test of the result's machine description])
 TARGETS = [
-    ("cost", "cpu vs torch, fp32, every shape, forward and full", {"provider": "cpu", "dtype": "fp32"},
+    ("cost_matrix", "cpu vs torch, fp32, every shape, forward and full", {"provider": "cpu", "dtype": "fp32"},
      "speedup_vs_torch", "min", 1.0),
-    ("cost", "cpu vs torch, bf16, every shape, forward and full", {"provider": "cpu", "dtype": "bf16"},
+    ("cost_matrix", "cpu vs torch, bf16, every shape, forward and full", {"provider": "cpu", "dtype": "bf16"},
      "speedup_vs_torch", "min", 1.5),
     ("sinkhorn", "cpu vs POT batch log_sinkhorn, paper shape, 50 iterations", {"provider": "cpu",
      "marginals": "balanced", "shape": "paper-rho0.5", "iters": "50 fixed"}, "speedup_vs_pot-batch-log", "min", 4.0),
@@ -45,16 +45,17 @@ TARGETS = [
       "mode": "forward"}, "speedup_vs_pot-batch-log", "min", 4.0),
     ("sinkhorn", "class prompts 32 x 7, forward+backward, batched vs a loop over classes", {"provider": "batched cpu",
      "shape": "class-prompts-train", "mode": "full"}, "speedup_vs_loop over classes", "min", 3.0),
-    ("motion", "cpu vs torch, forward+backward", {"provider": "cpu", "mode": "full"}, "speedup_vs_torch", "min", 3.0),
-    ("motion", "cpu forward+backward peak over sizeof(X)", {"provider": "cpu", "mode": "full"}, "peak_over_X",
+    ("motion_weights", "cpu vs torch, forward+backward", {"provider": "cpu", "mode": "full"}, "speedup_vs_torch", "min",
+     3.0),
+    ("motion_weights", "cpu forward+backward peak over sizeof(X)", {"provider": "cpu", "mode": "full"}, "peak_over_X",
      "max", 2.0),
-    ("motion", "cpu vs torch.compile(reference), fp32, forward+backward", {"provider": "cpu", "mode": "full",
+    ("motion_weights", "cpu vs torch.compile(reference), fp32, forward+backward", {"provider": "cpu", "mode": "full",
      "dtype": "fp32"}, VS_COMPILED, "min", 3.0),
-    ("motion", "cpu vs torch.compile(reference), bf16, forward+backward", {"provider": "cpu", "mode": "full",
+    ("motion_weights", "cpu vs torch.compile(reference), bf16, forward+backward", {"provider": "cpu", "mode": "full",
      "dtype": "bf16"}, VS_COMPILED, "min", 3.0),
-    ("cost", "cpu vs torch.compile(reference), fp32, forward+backward", {"provider": "cpu", "mode": "full",
+    ("cost_matrix", "cpu vs torch.compile(reference), fp32, forward+backward", {"provider": "cpu", "mode": "full",
      "dtype": "fp32"}, VS_COMPILED, "min", 2.0),
-    ("cost", "cpu vs torch.compile(reference), bf16, forward+backward", {"provider": "cpu", "mode": "full",
+    ("cost_matrix", "cpu vs torch.compile(reference), bf16, forward+backward", {"provider": "cpu", "mode": "full",
      "dtype": "bf16"}, VS_COMPILED, "min", 2.0),
     ("inference", "AMX CPU: ViT-B batch 1 class prompts, bf16 p50 vs fp32 eager", {"provider": "auto",
      "variant": "bf16", "shape": "vit-b-16f", "batch": 1, "mode": "class-prompts"}, "speedup_vs_fp32-eager", "min",

@@ -26,17 +26,17 @@ def row(shape, provider, median_ms):
 
 def test_no_ratio_is_reported_when_this_tree_fails_its_tests(tmp_path):
     this = tree_with_tests(tmp_path / "this", passing=False)
-    with pytest.raises(SystemExit, match="cost: the tests fail on this tree; no comparison reported"):
-        cmp.check_tests("cost", this, "this tree", "cpu")
-    cmp.check_tests("cost", tree_with_tests(tmp_path / "fixed", passing=True), "this tree", "cpu")
+    with pytest.raises(SystemExit, match="cost_matrix: the tests fail on this tree; no comparison reported"):
+        cmp.check_tests("cost_matrix", this, "this tree", "cpu")
+    cmp.check_tests("cost_matrix", tree_with_tests(tmp_path / "fixed", passing=True), "this tree", "cpu")
 
 
 def test_nothing_is_timed_when_the_base_fails_its_tests(tmp_path, monkeypatch):
     base = tree_with_tests(tmp_path / "base", passing=False)
     runs = []
     monkeypatch.setattr(cmp, "run_in", lambda *args: runs.append(args) or [])
-    with pytest.raises(SystemExit, match="cost: the tests fail on REV; no comparison reported"):
-        cmp.compare("cost", base, "REV", "cpu", None, rounds=2)
+    with pytest.raises(SystemExit, match="cost_matrix: the tests fail on REV; no comparison reported"):
+        cmp.compare("cost_matrix", base, "REV", "cpu", None, rounds=2)
     assert runs == []
 
 
@@ -53,7 +53,7 @@ def test_sides_run_in_turn_and_the_ratio_is_of_medians_over_rounds(tmp_path, mon
 
     monkeypatch.setattr(cmp, "ROOT", this)
     monkeypatch.setattr(cmp, "run_in", fake_run_in)
-    (out,) = cmp.compare("cost", base, "REV", "cpu", ["paper"], rounds=3)
+    (out,) = cmp.compare("cost_matrix", base, "REV", "cpu", ["paper"], rounds=3)
     # ABBA order, so that a drift of the machine falls on both sides; only this tree's JSON is redirected
     assert calls == [("this", True), ("base", False), ("base", False), ("this", True), ("this", True), ("base", False)]
     assert out["REV_ms"] == 12.0 and out["median_ms"] == 5.0 and out["speedup_vs_base"] == pytest.approx(12 / 5)
@@ -95,7 +95,8 @@ def test_rows_are_matched_on_what_they_describe_not_on_what_they_measured():
 
 
 def test_a_revision_without_out_is_read_from_its_own_results(tmp_path):
-    """run_in really runs `python -m benchmarks.bench_cost` in the tree; an old revision ignores --out."""
+    """run_in really runs the benchmark in the tree; a revision from before bench_cost.py became bench_cost_matrix.py
+    and --out existed runs it under its former name and is read from its own results/cost.json."""
     script = tmp_path / "benchmarks" / "bench_cost.py"
     script.parent.mkdir()
     (script.parent / "__init__.py").write_text("")
@@ -108,22 +109,23 @@ def test_a_revision_without_out_is_read_from_its_own_results(tmp_path):
         out.write_text(json.dumps({{"rows": [{json.dumps(row("paper", "cpu", 3.0))}]}}))
         """)
     )
-    assert cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None) == [row("paper", "cpu", 3.0)]
+    assert cmp.run_in(tmp_path, "cost_matrix", "cpu", ["paper"], None) == [row("paper", "cpu", 3.0)]
     script.write_text("pass")  # the committed results of the revision are still there, but were not written now
     with pytest.raises(SystemExit, match="wrote no .*cost.json"):
-        cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None)
+        cmp.run_in(tmp_path, "cost_matrix", "cpu", ["paper"], None)
     script.write_text("raise SystemExit(3)")
     with pytest.raises(SystemExit, match="the benchmark failed"):
-        cmp.run_in(tmp_path, "cost", "cpu", ["paper"], None)
+        cmp.run_in(tmp_path, "cost_matrix", "cpu", ["paper"], None)
 
 
 def test_bench_main_writes_its_json_where_out_says(tmp_path, monkeypatch):
-    from benchmarks import bench_cost, utils
+    from benchmarks import bench_cost_matrix, utils
 
-    monkeypatch.setattr(bench_cost, "run", lambda shapes, device: [row(s, "torch", 1.0) for s in shapes])
-    monkeypatch.setattr("sys.argv", ["bench_cost", "--shapes", "low-latency", "--out", str(tmp_path)])
-    utils.benchmark_main("cost", "", bench_cost.SHAPES, bench_cost.run, ["provider", "median_ms"])
-    assert json.loads((tmp_path / "cost.json").read_text())["rows"] == [row("low-latency", "torch", 1.0)]
+    monkeypatch.setattr(bench_cost_matrix, "run", lambda shapes, device: [row(s, "torch", 1.0) for s in shapes])
+    monkeypatch.setattr("sys.argv", ["bench_cost_matrix", "--shapes", "low-latency", "--out", str(tmp_path)])
+    bench = bench_cost_matrix
+    utils.benchmark_main("cost_matrix", "", bench.SHAPES, bench.run, ["provider", "median_ms"])
+    assert json.loads((tmp_path / "cost_matrix.json").read_text())["rows"] == [row("low-latency", "torch", 1.0)]
 
 
 def test_the_base_tree_imports_its_own_triton_kernels(tmp_path):

@@ -44,9 +44,9 @@ def test_report_collects_every_result_file(tmp_path):
     machine = {"cpu": "test cpu", "cores": 2}
     (tmp_path / "scaling.json").write_text(json.dumps({"machine": machine, "rows": _rows(1.0, 1.0)}))
     cost = [{"op": "cost", "provider": "cpu", "median_ms": 1.0, "p20_ms": 1.0, "p80_ms": 1.0}]
-    (tmp_path / "cost.json").write_text(json.dumps({"machine": machine, "rows": cost}))
+    (tmp_path / "cost_matrix.json").write_text(json.dumps({"machine": machine, "rows": cost}))
     text = write_report(tmp_path).read_text()
-    assert "- cpu: test cpu" in text and "## cost" in text and "## scaling" in text
+    assert "- cpu: test cpu" in text and "## cost_matrix" in text and "## scaling" in text
     assert "sinkhorn, M (frames): time ~ size^1.00, memory ~ size^1.00" in text
     assert (tmp_path / "scaling-M.png").stat().st_size > 0
 
@@ -62,18 +62,18 @@ def test_headline_reads_the_worst_matching_row_against_each_target():
         {"provider": "cpu", "mode": "full", "speedup_vs_torch": 2.5, "peak_over_X": 2.2},
         {"provider": "torch", "mode": "full", "speedup_vs_torch": 1.0, "peak_over_X": 6.0},
     ]
-    lines = headline({"motion": {"rows": rows}}).splitlines()
-    assert lines[2] == "| motion | cpu vs torch, forward+backward: speedup_vs_torch >= 3 | 2.5 | NO |"
-    assert lines[3] == "| motion | cpu forward+backward peak over sizeof(X): peak_over_X <= 2 | 2.2 | NO |"
+    lines = headline({"motion_weights": {"rows": rows}}).splitlines()
+    assert lines[2] == "| motion_weights | cpu vs torch, forward+backward: speedup_vs_torch >= 3 | 2.5 | NO |"
+    assert lines[3] == "| motion_weights | cpu forward+backward peak over sizeof(X): peak_over_X <= 2 | 2.2 | NO |"
     assert len(lines) == 4  # benchmarks without results are left out
 
 
 def test_unknown_shape_is_refused_before_anything_runs():
     result = subprocess.run(
-        [sys.executable, "-m", "benchmarks", "--op", "cost", "--shapes", "no-such-shape"],
+        [sys.executable, "-m", "benchmarks", "--op", "cost_matrix", "--shapes", "no-such-shape"],
         capture_output=True, text=True, cwd=Path(__file__).resolve().parent.parent,
     )  # fmt: skip
-    assert result.returncode == 2 and "cost has no shape ['no-such-shape']" in result.stderr
+    assert result.returncode == 2 and "cost_matrix has no shape ['no-such-shape']" in result.stderr
 
 
 @pytest.mark.parametrize(
