@@ -6,7 +6,7 @@ from grace_fast.data.layouts import Clip, ClipList, csv_clips, dfew, ferv39k, lo
 from grace_fast.data.segments import segment_indices
 from grace_fast.data.synthetic import make_synthetic
 from grace_fast.data.transforms import Normalization, VideoTransform
-from grace_fast.data.video import VideoReadError, list_videos, read_frames, uniform_indices, write_mp4
+from grace_fast.data.video import VideoReadError, list_videos, read_video, uniform_indices, write_mp4
 
 __all__ = [
     "BadClip",
@@ -27,7 +27,7 @@ __all__ = [
     "mafw",
     "make_synthetic",
     "read_clip",
-    "read_frames",
+    "read_video",
     "segment_indices",
     "synthetic",
     "uniform_indices",

@@ -1,4 +1,4 @@
-"""Read a clip stored either as a video file (decoded by decord through `video.read_frames`) or as a folder of
+"""Read a clip stored either as a video file (decoded by decord through `video.read_video`) or as a folder of
 frame images (how DFEW's clip_224x224 and FERV39k's 2_ClipsforFaceCrop ship), with errors naming the clip.
 
 >>> import numpy as np, tempfile
@@ -16,7 +16,7 @@ from collections.abc import Callable
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from grace_fast.data.video import VideoReadError, read_frames, uniform_indices
+from grace_fast.data.video import VideoReadError, read_video, uniform_indices
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp")
 
@@ -32,7 +32,7 @@ def read_clip(
     empty or unreadable."""
     if os.path.isdir(path):
         return read_frame_folder(path, num_frames, sampler=sampler)
-    return read_frames(path, num_frames, sampler=sampler)
+    return read_video(path, num_frames, sampler=sampler)
 
 
 def frame_files(folder: str | os.PathLike) -> list[str]:

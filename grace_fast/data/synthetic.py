@@ -46,7 +46,7 @@ from tqdm import tqdm
 
 from grace_fast.data.faces import ACTION_UNITS, FrameStates, Identity, render
 from grace_fast.data.layouts import DFEW_CLASSES, DFEW_SPLIT_FILE, FOLDS
-from grace_fast.data.video import VideoReadError, read_frames, write_mp4
+from grace_fast.data.video import VideoReadError, read_video, write_mp4
 from grace_fast.files import write_atomic
 
 VERSION = 1
@@ -560,7 +560,7 @@ def _md5(path: Path) -> str | None:
 
 def _check_decodable(path: Path, size: int) -> None:
     try:
-        read_frames(path, 1)
+        read_video(path, 1)
     except VideoReadError as error:
         path.unlink()
         raise VideoReadError(f"{error} (decord cannot read {size}x{size} H.264 here; try another --size)") from error

@@ -3,7 +3,7 @@
 >>> import numpy as np
 >>> frames = np.zeros((16, 64, 64, 3), dtype=np.uint8)
 >>> write_mp4("/tmp/clip.mp4", frames, fps=25)
->>> read_frames("/tmp/clip.mp4", 8).shape
+>>> read_video("/tmp/clip.mp4", 8).shape
 (8, 64, 64, 3)
 """
 
@@ -77,7 +77,7 @@ def uniform_indices(length: int, num_frames: int) -> np.ndarray:
     return ((np.arange(num_frames) + 0.5) * length / num_frames).astype(np.int64)
 
 
-def read_frames(
+def read_video(
     path: str | os.PathLike,
     num_frames: int,
     *,

@@ -8,7 +8,7 @@ VideoLlavaProcessor does; VideoLlavaProcessor itself is not used because in tran
 torchvision, which has no CPU build on PyPI to match torch's.
 
 >>> captioner = Captioner("checkpoints/Video-LLaVA-7B-hf", device="cuda")
->>> captioner.caption([read_frames("clip.mp4", 8)])
+>>> captioner.caption([read_video("clip.mp4", 8)])
 ['The man in the video is talking and smiling ...']
 """
 
@@ -25,7 +25,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
 
 from grace_fast.arguments import DEVICE_HELP, device, integer
-from grace_fast.data.video import list_videos, read_frames
+from grace_fast.data.video import list_videos, read_video
 from grace_fast.errors import UserError
 from grace_fast.files import write_jsonl
 from grace_fast.text.cache import Cache
@@ -75,7 +75,7 @@ class Captioner:
 
     @torch.inference_mode()
     def caption(self, videos: Sequence[np.ndarray]) -> list[str]:
-        """One caption per video; videos: each [num_frames, H, W, 3] uint8 RGB (e.g. from read_frames)."""
+        """One caption per video; videos: each [num_frames, H, W, 3] uint8 RGB (e.g. from read_video)."""
         for i, video in enumerate(videos):
             if video.ndim != 4 or video.shape[0] != self.num_frames or video.shape[-1] != 3:
                 raise ValueError(f"videos[{i}] must be [{self.num_frames}, H, W, 3], got shape {video.shape}")
@@ -114,7 +114,7 @@ def caption_clips(
     results, summary = process_videos(
         clips,
         captioner.settings(),
-        lambda path: read_frames(path, captioner.num_frames),
+        lambda path: read_video(path, captioner.num_frames),
         lambda videos: [{"caption": text} for text in captioner.caption(videos)],
         cache,
         batch_size=batch_size,

@@ -21,7 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from grace_fast.arguments import DEVICE_HELP, device, integer
-from grace_fast.data.video import list_videos, read_frames
+from grace_fast.data.video import list_videos, read_video
 from grace_fast.errors import UserError
 from grace_fast.files import write_jsonl
 from grace_fast.text.cache import Cache
@@ -44,7 +44,7 @@ def top_k(logits: torch.Tensor, classes: Sequence[str], k: int) -> list[tuple[li
 
 def load_clip(path: str, num_frames: int, size: int) -> torch.Tensor:
     """num_frames frames sampled uniformly from a video, resized to size x size: [T, 3, size, size] in [0, 1]."""
-    frames = torch.from_numpy(read_frames(path, num_frames)).permute(0, 3, 1, 2).float() / 255
+    frames = torch.from_numpy(read_video(path, num_frames)).permute(0, 3, 1, 2).float() / 255
     return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 

@@ -12,7 +12,7 @@ from grace_fast.data.frames import read_clip, read_frame_folder
 from grace_fast.data.layouts import Clip, ClipList, read_captions, synthetic
 from grace_fast.data.segments import segment_indices
 from grace_fast.data.transforms import VideoTransform
-from grace_fast.data.video import VideoReadError, read_frames
+from grace_fast.data.video import VideoReadError, read_video
 
 FRAMES, SIZE = 8, 16
 
@@ -30,7 +30,7 @@ def test_a_sample_is_the_clips_sampled_normalised_frames_with_its_label_id_and_c
     transform = VideoTransform(SIZE)
     sample = ClipDataset(clips, num_frames=FRAMES, transform=transform)[1]
     assert isinstance(sample, Sample) and sample.frames.shape == (FRAMES, 3, SIZE, SIZE)
-    expected = transform(read_frames(clips[1].path, FRAMES))  # the segment centres
+    expected = transform(read_video(clips[1].path, FRAMES))  # the segment centres
     torch.testing.assert_close(sample.frames, expected, rtol=0, atol=0)
     captions = read_captions(synthetic_dir / "captions.csv")
     assert (sample.label, sample.id, sample.caption) == (clips[1].label, clips[1].id, captions[clips[1].id])

@@ -28,12 +28,12 @@ from grace_fast.data.synthetic import (
     render_clip,
     sample_specs,
 )
-from grace_fast.data.video import read_frames
+from grace_fast.data.video import read_video
 from tests.data.conftest import CLIPS, SEED, SIZE
 
 
 def _all_frames(path) -> np.ndarray:
-    return read_frames(path, 1, sampler=lambda length, _: np.arange(length))
+    return read_video(path, 1, sampler=lambda length, _: np.arange(length))
 
 
 def _files(folder) -> dict[str, bytes]:

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from grace_fast.data.video import VideoReadError, list_videos, read_frames, uniform_indices, write_mp4
+from grace_fast.data.video import VideoReadError, list_videos, read_video, uniform_indices, write_mp4
 
 
 def _numbered_frames(n: int, height: int = 32, width: int = 80) -> np.ndarray:
@@ -54,10 +54,10 @@ def test_uniform_indices_are_segment_centres(length, num_frames, expected):
     assert uniform_indices(length, num_frames).tolist() == expected
 
 
-def test_read_frames_returns_the_uniformly_sampled_frames_of_a_written_mp4(tmp_path):
+def test_read_video_returns_the_uniformly_sampled_frames_of_a_written_mp4(tmp_path):
     path = tmp_path / "clip.mp4"
     write_mp4(path, _numbered_frames(20), fps=12.5)
-    frames = read_frames(path, 8)
+    frames = read_video(path, 8)
     assert frames.shape == (8, 32, 80, 3) and frames.dtype == np.uint8
     assert _decoded_index(frames).tolist() == uniform_indices(20, 8).tolist()
     with av.open(str(path)) as container:
@@ -91,12 +91,12 @@ def test_write_mp4_gives_the_same_bytes_in_any_process_and_on_any_number_of_core
 def test_write_mp4_accepts_a_torch_tensor_and_leaves_no_temporary_file(tmp_path):
     write_mp4(tmp_path / "clip.mp4", torch.from_numpy(_numbered_frames(4)), fps=25)
     assert os.listdir(tmp_path) == ["clip.mp4"]
-    assert _decoded_index(read_frames(tmp_path / "clip.mp4", 4)).tolist() == [0, 1, 2, 3]
+    assert _decoded_index(read_video(tmp_path / "clip.mp4", 4)).tolist() == [0, 1, 2, 3]
 
 
-def test_read_frames_with_a_custom_sampler(tmp_path):
+def test_read_video_with_a_custom_sampler(tmp_path):
     write_mp4(tmp_path / "clip.mp4", _numbered_frames(10), fps=25)
-    frames = read_frames(tmp_path / "clip.mp4", 3, sampler=lambda length, n: np.array([length - 1, 0, 4]))
+    frames = read_video(tmp_path / "clip.mp4", 3, sampler=lambda length, n: np.array([length - 1, 0, 4]))
     assert _decoded_index(frames).tolist() == [9, 0, 4]
 
 
@@ -116,24 +116,24 @@ def test_write_mp4_rejects_bad_frames_and_writes_nothing(tmp_path, frames, error
     assert os.listdir(tmp_path) == []
 
 
-def test_read_frames_names_a_missing_file(tmp_path):
+def test_read_video_names_a_missing_file(tmp_path):
     with pytest.raises(VideoReadError, match="not found: .*missing.mp4"):
-        read_frames(tmp_path / "missing.mp4", 8)
+        read_video(tmp_path / "missing.mp4", 8)
 
 
 @pytest.mark.parametrize("content", [b"not a video" * 50, b""], ids=["garbage", "empty"])
-def test_read_frames_names_a_corrupt_file(tmp_path, content):
+def test_read_video_names_a_corrupt_file(tmp_path, content):
     (tmp_path / "bad.mp4").write_bytes(content)
     with pytest.raises(VideoReadError, match="cannot decode video .*bad.mp4"):
-        read_frames(tmp_path / "bad.mp4", 8)
+        read_video(tmp_path / "bad.mp4", 8)
 
 
-def test_read_frames_names_a_truncated_file(tmp_path):
+def test_read_video_names_a_truncated_file(tmp_path):
     write_mp4(tmp_path / "clip.mp4", _numbered_frames(20), fps=25)
     data = (tmp_path / "clip.mp4").read_bytes()
     (tmp_path / "cut.mp4").write_bytes(data[: len(data) // 2])
     with pytest.raises(VideoReadError, match="cut.mp4"):
-        read_frames(tmp_path / "cut.mp4", 8)
+        read_video(tmp_path / "cut.mp4", 8)
 
 
 def test_list_videos_of_a_folder_uses_relative_paths_as_ids(tmp_path):

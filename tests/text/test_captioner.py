@@ -17,7 +17,7 @@ from transformers import (
 )
 
 from grace_fast.cli import main
-from grace_fast.data.video import read_frames, write_mp4
+from grace_fast.data.video import read_video, write_mp4
 from grace_fast.text.cache import Cache
 from grace_fast.text.captioner import Captioner, caption_clips, import_captions
 from grace_fast.text.jobs import read_jsonl
@@ -97,7 +97,7 @@ def captioner(model_dir):
 
 
 def test_batched_captions_equal_one_clip_at_a_time(captioner, videos):
-    clips = [read_frames(videos / f"clip{i}.mp4", 8) for i in range(4)]
+    clips = [read_video(videos / f"clip{i}.mp4", 8) for i in range(4)]
     batched = captioner.caption(clips)
     assert batched == [captioner.caption([clip])[0] for clip in clips]
     assert len(set(batched)) > 1, batched
@@ -107,7 +107,7 @@ def test_batched_captions_equal_one_clip_at_a_time(captioner, videos):
 
 def test_captions_are_greedy_generation_from_the_frames(captioner, videos, model_dir):
     """The caption is the model's greedy continuation: recompute it by hand with argmax over the full forward."""
-    frames = read_frames(videos / "clip0.mp4", 8)
+    frames = read_video(videos / "clip0.mp4", 8)
     expanded = PROMPT.replace("<video>", "<video>" * (captioner.tokens_per_frame * 8))
     ids = captioner.tokenizer(expanded, return_tensors="pt")["input_ids"]
     pixels = VideoLlavaImageProcessor.from_pretrained(model_dir)(
@@ -141,7 +141,7 @@ def test_caption_clips_caches_and_reports_bad_videos(captioner, videos, tmp_path
         assert "cannot decode video" in summary.failed["broken"] and len(cache) == 3
         again, summary = caption_clips(clips[:3], captioner, cache, batch_size=2, progress=False)
     assert (summary.done, summary.cached, summary.failed) == (0, 3, {})
-    assert again == captions and captions["clip1"] == captioner.caption([read_frames(clips[1][1], 8)])[0]
+    assert again == captions and captions["clip1"] == captioner.caption([read_video(clips[1][1], 8)])[0]
 
 
 def test_the_cli_captions_a_folder_and_resumes_from_the_cache(model_dir, videos, tmp_path, capsys):

@@ -14,7 +14,7 @@ import torch
 
 from grace_fast.cli import main
 from grace_fast.data.layouts import read_captions, synthetic
-from grace_fast.data.video import VideoReadError, read_frames
+from grace_fast.data.video import VideoReadError, read_video
 from grace_fast.predict import Predictor
 from grace_fast.train.checkpoint import checkpoints
 from grace_fast.train.config import TrainConfig
@@ -194,7 +194,7 @@ def test_predictor_takes_paths_frames_and_model_ready_tensors(data, trained):
     predictor = Predictor.from_pretrained(run / "best", device="cpu", batch_size=2)
     path = synthetic(data, fold=1, split="test")[0].path
     by_path = predictor.predict(path)  # class prompts
-    frames = read_frames(path, 16)  # uniform sampling of 16 frames: the same frames the path gives
+    frames = read_video(path, 16)  # uniform sampling of 16 frames: the same frames the path gives
     by_frames = predictor.predict(frames)
     by_tensor = predictor.predict(predictor.load(path))
     assert by_path.label in predictor.classes and sum(by_path.probabilities.values()) == pytest.approx(1.0)
