@@ -14,13 +14,9 @@ import grace_fast
 from benchmarks.utils import COMPILED, add_ratios, benchmark_main, compiled, measure_together, peak_memory_mb
 from grace_fast.ops import cost_matrix
 from grace_fast.ops.reference import cost_matrix_reference
+from grace_fast.shapes import OT_PROBLEMS
 
-SHAPES = {  # docs/method.md canonical shapes: (B, N, M, D)
-    "paper-rho0.5": (32, 77, 784, 512),
-    "paper-all-tokens": (32, 77, 1568, 512),
-    "long-clip-64f": (8, 77, 3136, 512),
-    "low-latency": (1, 77, 784, 512),
-}
+SHAPES = OT_PROBLEMS  # (B, N, M, D)
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

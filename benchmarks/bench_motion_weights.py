@@ -21,11 +21,9 @@ import grace_fast
 from benchmarks.utils import COMPILED, add_ratios, benchmark_main, compiled, measure_together, peak_memory_mb
 from grace_fast.ops import motion_weights
 from grace_fast.ops.reference import motion_weights_reference
+from grace_fast.shapes import MOTION_TOKENS
 
-SHAPES = {  # docs/method.md: VideoMAE tokens X [B, T', H', W', D]
-    "16-frames": (32, 8, 14, 14, 768),
-    "64-frames": (8, 32, 14, 14, 768),
-}
+SHAPES = MOTION_TOKENS  # VideoMAE tokens X [B, T', H', W', D]
 DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 

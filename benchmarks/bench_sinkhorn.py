@@ -45,17 +45,11 @@ from benchmarks.utils import add_ratios, benchmark_main, measure, peak_memory_mb
 from grace_fast.model import GraceConfig
 from grace_fast.model.alignment import OTAlignment, align_classes
 from grace_fast.ops import cost_matrix, sinkhorn
+from grace_fast.shapes import CLASS_PROMPT_PROBLEMS, OT_PROBLEMS
 
-OT_SHAPES = {  # docs/method.md canonical shapes: (B, N, M)
-    "paper-rho0.5": (32, 77, 784),
-    "paper-all-tokens": (32, 77, 1568),
-    "long-clip-64f": (8, 77, 3136),
-    "low-latency": (1, 77, 784),
-}
-CLASS_PROMPT_SHAPES = {  # (B clips, C classes, N prompt tokens, M visual tokens)
-    "class-prompts-train": (32, 7, 32, 784),
-    "class-prompts-latency": (1, 7, 32, 784),
-}
+OT_SHAPES = {name: (B, N, M) for name, (B, N, M, _) in OT_PROBLEMS.items()}
+# (B clips, C classes, N prompt tokens, M visual tokens)
+CLASS_PROMPT_SHAPES = {name: (B, C, N, M) for name, (B, C, N, M, _) in CLASS_PROMPT_PROBLEMS.items()}
 SHAPES = OT_SHAPES | CLASS_PROMPT_SHAPES
 EPS = 0.05
 TAU_B = 0.1

@@ -9,7 +9,14 @@ import pytest
 PACKAGE = Path(__file__).resolve().parents[1] / "grace_fast"
 # bottom to top; a module imports its own layer or lower ones. A module is placed by its longest prefix here.
 LAYERS = {
-    "base": ("grace_fast.errors", "grace_fast.files", "grace_fast.arguments", "grace_fast.hardware", "grace_fast._C"),
+    "base": (
+        "grace_fast.errors",
+        "grace_fast.files",
+        "grace_fast.arguments",
+        "grace_fast.hardware",
+        "grace_fast.shapes",
+        "grace_fast._C",
+    ),
     "ops": ("grace_fast.ops", "grace_fast.kernels"),
     "library": ("grace_fast.model", "grace_fast.data", "grace_fast.text", "grace_fast.eval"),
     "train": ("grace_fast.train",),

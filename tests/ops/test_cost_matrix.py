@@ -6,18 +6,14 @@ import torch
 import grace_fast
 from grace_fast.ops import cost_matrix
 from grace_fast.ops.reference import cost_matrix_reference
+from grace_fast.shapes import OT_PROBLEMS
 from tests.conftest import available, device_of
 from tests.utils import assert_error_bounded, max_error, random_mask
 
 FAST = available(("cpu", "cuda"))
 ALL = [pytest.param("torch"), *FAST]
 
-CANONICAL = {  # docs/method.md: (B, N, M, D)
-    "paper-rho0.5": (32, 77, 784, 512),
-    "paper-all-tokens": (32, 77, 1568, 512),
-    "long-clip-64f": (8, 77, 3136, 512),
-    "low-latency": (1, 77, 784, 512),
-}
+CANONICAL = OT_PROBLEMS  # (B, N, M, D)
 ODD = [1, 3, 77, 1000]
 
 

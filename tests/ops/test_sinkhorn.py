@@ -12,6 +12,7 @@ import torch
 from benchmarks.utils import peak_memory_mb
 from grace_fast.ops import sinkhorn
 from grace_fast.ops.reference import sinkhorn_reference
+from grace_fast.shapes import OT_PROBLEMS
 from tests.conftest import INTERPRETED, available, device_of
 from tests.utils import assert_error_bounded
 
@@ -24,12 +25,7 @@ TAUS = {  # (tau_a, tau_b)
     "rows-relaxed": (0.3, math.inf),
     "unbalanced": (0.5, 0.1),
 }
-CANONICAL = {  # docs/method.md: (B, N, M)
-    "paper-rho0.5": (32, 77, 784),
-    "paper-all-tokens": (32, 77, 1568),
-    "long-clip-64f": (8, 77, 3136),
-    "low-latency": (1, 77, 784),
-}
+CANONICAL = {name: (B, N, M) for name, (B, N, M, _) in OT_PROBLEMS.items()}
 
 
 def _problem(B, N, M, dtype=torch.float32, scale=1.0, pad=False, device="cpu"):

@@ -21,6 +21,8 @@ from types import ModuleType
 
 import torch
 
+from grace_fast.shapes import OT_PROBLEMS
+
 
 class _Recorder:
     """Stands in for a kernel: `kernel[grid](*args, **kwargs)` appends (kernel, args, kwargs) to launches."""
@@ -53,7 +55,7 @@ def sinkhorn_launches() -> list[tuple]:
 
     def calls():
         for dtype in (torch.float32, torch.float64):
-            for N, M in ((77, 784), (77, 3136), (3, 77), (77, 3)):
+            for N, M in [*sorted({(N, M) for _, N, M, _ in OT_PROBLEMS.values()}), (3, 77), (77, 3)]:
                 C = torch.rand(1, N, M, dtype=dtype)
                 a, b = torch.full((1, N), 1 / N, dtype=dtype), torch.full((1, M), 1 / M, dtype=dtype)
                 for tau_a, tau_b in ((math.inf, math.inf), (math.inf, 0.1), (0.1, 0.1)):  # balanced and relaxed
