@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from grace_fast.arguments import DEVICE_HELP, device, integer
-from grace_fast.data.layouts import LOADERS
+from grace_fast.data.layouts import LAYOUTS
 from grace_fast.errors import UserError
 from grace_fast.eval.report import CONFUSION_NAME, REPORT_NAME, score, write_evaluation
 from grace_fast.predict import COMPILE_HELP, DTYPE_HELP, compile_parts
@@ -56,7 +56,7 @@ def add_arguments(parser) -> None:
     source.add_argument("--predictions", help="a CSV with `label` and `prediction` columns to score as it is")
     parser.add_argument("--out", required=True, help="folder for report.json, confusion.png (and predictions.csv)")
     data = parser.add_argument_group("with --checkpoint")
-    data.add_argument("--dataset", default="synthetic", choices=list(LOADERS), help="the data set's layout")
+    data.add_argument("--dataset", default="synthetic", choices=list(LAYOUTS), help="the data set's layout")
     data.add_argument("--data-root", help="the data set's folder (csv: a folder with train.csv / test.csv)")
     data.add_argument("--split", default="test", choices=["train", "test"])
     data.add_argument("--fold", type=integer(1), default=1, help="the fold of the split")

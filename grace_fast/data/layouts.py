@@ -41,7 +41,7 @@ relative to the CSV's folder.
 
 import csv
 import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -70,7 +70,6 @@ FERV39K_SPLIT_FILE = "4_setups/All_scenes/{split}_All.csv"
 MAFW_SPLIT_DIR = "Train & Test Set/single"
 SPLITS = ("train", "test")
 FOLDS = (1, 2, 3, 4, 5)
-FOLDLESS = ("ferv39k", "csv")
 
 
 @dataclass(frozen=True)
@@ -333,15 +332,41 @@ def read_captions(path: str | os.PathLike) -> dict[str, str]:
         return {row["clip"]: row["caption"] for row in reader}
 
 
-LOADERS = {"dfew": dfew, "ferv39k": ferv39k, "mafw": mafw, "csv": csv_clips, "synthetic": synthetic}
+@dataclass(frozen=True)
+class Layout:
+    """What grace_fast knows of a data set: its name (the --dataset value), the loader of its annotation files,
+    its class names in label order (None: named by the annotation or the caller, as csv) and its test folds (none:
+    one train/test split)."""
+
+    name: str
+    loader: Callable[..., ClipList]
+    classes: tuple[str, ...] | None
+    folds: tuple[int, ...] = ()
+
+
+LAYOUTS = {
+    layout.name: layout
+    for layout in (
+        Layout("synthetic", synthetic, DFEW_CLASSES, FOLDS),
+        Layout("dfew", dfew, DFEW_CLASSES, FOLDS),
+        Layout("ferv39k", ferv39k, FERV39K_CLASSES),
+        Layout("mafw", mafw, MAFW_CLASSES, FOLDS),
+        Layout("csv", csv_clips, None),
+    )
+}
+
+
+def layout(dataset: str) -> Layout:
+    """The Layout of a data set by name (one of LAYOUTS)."""
+    if dataset not in LAYOUTS:
+        raise ValueError(f"dataset must be one of {list(LAYOUTS)}, got {dataset!r}")
+    return LAYOUTS[dataset]
 
 
 def load_clips(dataset: str, root: str | os.PathLike, **options) -> ClipList:
-    """The ClipList of a data set by name (one of LOADERS), e.g. load_clips("dfew", root, fold=2, split="test");
+    """The ClipList of a data set by name (one of LAYOUTS), e.g. load_clips("dfew", root, fold=2, split="test");
     options go to the loader (for "csv", root is the CSV file)."""
-    if dataset not in LOADERS:
-        raise ValueError(f"dataset must be one of {list(LOADERS)}, got {dataset!r}")
-    return LOADERS[dataset](root, **options)
+    return layout(dataset).loader(root, **options)
 
 
 def _check_choice(name, value, choices):
@@ -411,13 +436,13 @@ def load_split(
     dataset: str, root: str | os.PathLike, split: str, fold: int = 1, classes: Sequence[str] | None = None
 ) -> ClipList | None:
     """The clips of one split ("train" or "test") of a data set by name; the fold is ignored for a data set with
-    one split (FOLDLESS). For csv, root is a folder with train.csv and test.csv (a missing test.csv gives None) and
-    classes names the classes of its labels."""
+    one split (no Layout.folds). For csv, root is a folder with train.csv and test.csv (a missing test.csv gives
+    None) and classes names the classes of its labels."""
     root = Path(root)
     if dataset == "csv":
         path = root / f"{split}.csv"
         if split == "test" and not path.is_file():
             return None
         return load_clips("csv", path, classes=classes)
-    options = {} if dataset in FOLDLESS else {"fold": fold}
+    options = {"fold": fold} if layout(dataset).folds else {}
     return load_clips(dataset, root, split=split, **options)

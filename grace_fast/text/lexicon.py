@@ -1,4 +1,5 @@
-"""The CATE lexicon: the facial action units and descriptor phrases of each emotion, and each data set's classes.
+"""The CATE lexicon: the facial action units and descriptor phrases of each emotion, and the lexicon's names of
+each data set's classes (grace_fast.data.layouts.LAYOUTS, in label order).
 
 The data lives in grace_fast/text/lexicon.json; its "about" field says where each part comes from.
 
@@ -14,6 +15,8 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
+from grace_fast.data.layouts import LAYOUTS
+
 DEFAULT_PATH = Path(__file__).with_name("lexicon.json")
 
 
@@ -28,10 +31,9 @@ class ActionUnit:
 
 @dataclass(frozen=True)
 class Lexicon:
-    """Action units per emotion, class names per data set (logit order) and aliases of class names."""
+    """Action units per emotion and aliases of class names."""
 
     version: int
-    datasets: dict[str, tuple[str, ...]]
     emotions: dict[str, tuple[ActionUnit, ...]]
     aliases: dict[str, str]
 
@@ -42,7 +44,6 @@ class Lexicon:
             data = json.loads(Path(path).read_text())
             lexicon = cls(
                 version=data["version"],
-                datasets={name: tuple(classes) for name, classes in data["datasets"].items()},
                 emotions={
                     name: tuple(ActionUnit(**unit) for unit in units) for name, units in data["emotions"].items()
                 },
@@ -53,17 +54,20 @@ class Lexicon:
         for name, units in lexicon.emotions.items():
             if not units:
                 raise ValueError(f"lexicon file {path}: emotion {name!r} has no action units")
-        unknown = {c for classes in lexicon.datasets.values() for c in classes} | set(lexicon.aliases.values())
+        named = {lexicon.aliases.get(c, c) for layout in LAYOUTS.values() for c in layout.classes or ()}
+        unknown = named | set(lexicon.aliases.values())
         unknown -= set(lexicon.emotions)
         if unknown:
             raise ValueError(f"lexicon file {path}: classes or aliases without an emotion entry: {sorted(unknown)}")
         return lexicon
 
     def classes(self, dataset: str) -> tuple[str, ...]:
-        """The class names of a data set ("dfew", "ferv39k", "mafw") in the index order of the logits."""
-        if dataset.lower() not in self.datasets:
-            raise ValueError(f"dataset must be one of {sorted(self.datasets)}, got {dataset!r}")
-        return self.datasets[dataset.lower()]
+        """The lexicon's names of a data set's classes ("dfew", "ferv39k", "mafw", ...) in the index order of the
+        logits."""
+        named = sorted(name for name, layout in LAYOUTS.items() if layout.classes)
+        if dataset.lower() not in named:
+            raise ValueError(f"dataset must be one of {named}, got {dataset!r}")
+        return tuple(self.emotion(name) for name in LAYOUTS[dataset.lower()].classes)
 
     def emotion(self, name: str) -> str:
         """The lexicon's name for an emotion, e.g. "Happy" -> "happiness"."""

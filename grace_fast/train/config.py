@@ -23,9 +23,9 @@ from typing import Any
 import yaml
 
 from grace_fast.arguments import DEVICE, DEVICE_HELP
+from grace_fast.data.layouts import LAYOUTS
 from grace_fast.files import write_atomic
 
-DATASETS = ("synthetic", "dfew", "ferv39k", "mafw", "csv")
 AMP_MODES = ("auto", "bf16", "fp16", "off")
 SELECT_METRICS = ("uar", "war")
 TEXT_MODES = ("caption", "prompts")
@@ -47,7 +47,7 @@ class TrainConfig:
     clipping and accumulation: one optimiser step sees batch_size * accumulation * processes clips.
     """
 
-    dataset: str = _field("synthetic", f"the data set's layout: {', '.join(DATASETS)}")
+    dataset: str = _field("synthetic", f"the data set's layout: {', '.join(LAYOUTS)}")
     data_root: str | None = _field(None, "the data set's folder (csv: a folder with train.csv and test.csv)")
     classes: list[str] | None = _field(
         None, "class names in label-index order, comma-separated (csv: labels may then be names)"
@@ -106,7 +106,7 @@ class TrainConfig:
         for f in dataclasses.fields(self):
             setattr(self, f.name, parse_field(f.name, getattr(self, f.name)))
         choices_of = (
-            ("dataset", DATASETS),
+            ("dataset", LAYOUTS),
             ("amp", AMP_MODES),
             ("select_metric", SELECT_METRICS),
             ("text", TEXT_MODES),

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from grace_fast.data.datasets import ClipDataset
-from grace_fast.data.layouts import FOLDLESS, ClipList, load_split
+from grace_fast.data.layouts import ClipList, layout, load_split
 from grace_fast.data.transforms import Normalization, VideoTransform, save_normalization
 from grace_fast.model import GraceConfig, GraceLoss, GraceModel, GraceOutput, inverse_frequency_weights
 from grace_fast.train.config import TrainConfig
@@ -129,7 +129,7 @@ def fold_clips(config: TrainConfig, fold: int) -> FoldClips:
     part (stratified, by config.seed)."""
     if config.data_root is None:
         raise ValueError(f"data_root is needed to read the {config.dataset} data set (--data-root)")
-    if config.dataset in FOLDLESS and (config.folds is not None or fold != 1):
+    if not layout(config.dataset).folds and (config.folds is not None or fold != 1):
         raise ValueError(f"{config.dataset} has one train/test split: leave fold and folds unset")
     train = split_clips(config.dataset, config.data_root, "train", fold, config.classes, config.descriptions)
     test = split_clips(config.dataset, config.data_root, "test", fold, train.classes, config.descriptions)

@@ -10,6 +10,7 @@ from PIL import Image
 from grace_fast.data.frames import read_clip
 from grace_fast.data.layouts import (
     DFEW_CLASSES,
+    LAYOUTS,
     MAFW_CLASSES,
     Clip,
     ClipList,
@@ -17,6 +18,7 @@ from grace_fast.data.layouts import (
     dfew,
     ferv39k,
     load_clips,
+    load_split,
     mafw,
     read_captions,
     synthetic,
@@ -225,6 +227,16 @@ def test_load_clips_dispatches_by_name(synthetic_dir):
     assert load_clips("synthetic", synthetic_dir, fold=3, split="test") == synthetic(synthetic_dir, 3, "test")
     with pytest.raises(ValueError, match="dataset must be one of .* got 'afew'"):
         load_clips("afew", synthetic_dir)
+
+
+def test_load_split_reads_the_fold_its_layout_has_and_ignores_it_for_a_foldless_one(synthetic_dir, tmp_path):
+    assert LAYOUTS["synthetic"].folds == (1, 2, 3, 4, 5) and LAYOUTS["ferv39k"].folds == ()
+    synthetic_fold = load_split("synthetic", synthetic_dir, "test", fold=4)
+    assert synthetic_fold == synthetic(synthetic_dir, 4, "test") != synthetic(synthetic_dir, 1, "test")
+    assert synthetic_fold.classes == LAYOUTS["synthetic"].classes
+    (tmp_path / "train.csv").write_text("path,label\na.mp4,1\nb.mp4,0\n")
+    assert load_split("csv", tmp_path, "train", fold=3) == load_clips("csv", tmp_path / "train.csv")
+    assert load_split("csv", tmp_path, "test") is None  # no test.csv: no test split
 
 
 def test_clip_list_counts_classes_replaces_captions_and_holds_out_a_stratified_part():
