@@ -1,7 +1,7 @@
 """Run grace_fast's benchmarks: one table per benchmark, JSON per benchmark, and results/REPORT.md.
 
 python -m benchmarks --all                        # every op benchmark, the scaling sweep and the end-to-end ones
-python -m benchmarks --op sinkhorn cost_matrix           # some of them (the report keeps the others' last results)
+python -m benchmarks --op sinkhorn cost_matrix    # some of them (the report keeps the others' last results)
 python -m benchmarks --op sinkhorn --base HEAD~3  # compare with another revision (printed, not recorded)
 python -m benchmarks --op cost_matrix --shapes low-latency --base HEAD~3  # some shapes only (printed, not recorded)
 
