@@ -26,7 +26,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import NamedTuple
+from typing import ClassVar, NamedTuple
 
 import torch
 from torch import nn
@@ -53,7 +53,7 @@ class PretrainConfig(TrainConfig):
     lists them), a few with pretraining's meaning or default, and the mask. The fields of supervised training
     (UNUSED) are refused when set."""
 
-    UNUSED = ("descriptions", "folds", "val_fraction", "text", "select_metric")  # no flags for them
+    UNUSED: ClassVar[tuple[str, ...]] = ("descriptions", "folds", "val_fraction", "text", "select_metric")
 
     videos: str | None = _field(
         None, "a folder of videos, or a text file of video paths, to pretrain on (else dataset)"

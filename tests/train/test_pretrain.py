@@ -80,6 +80,14 @@ def test_fields_of_supervised_training_are_refused():
         PretrainConfig(text="prompts")
 
 
+def test_a_folder_of_videos_gives_every_clip_in_it_unlabelled(data):
+    clips = pretrain_clips(PretrainConfig(videos=str(data / "Clip")))
+    assert sorted(clip.id for clip in clips) == sorted(f"original/{i}" for i in range(1, 25))
+    assert clips.classes == ("unlabelled",) and {clip.label for clip in clips} == {0}
+    training_fold = pretrain_clips(PretrainConfig(data_root=str(data)))
+    assert 0 < len(training_fold) < 24  # the training split: the test fold's clips are left out
+
+
 def test_masks_depend_on_seed_epoch_and_clip_only(data):
     from grace_fast.data.datasets import ClipDataset
     from grace_fast.data.transforms import VideoTransform
