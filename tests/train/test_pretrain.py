@@ -208,3 +208,16 @@ def test_ddp_on_two_gloo_processes_matches_one_process_with_accumulation(data, t
     expected, got = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-5)
+
+
+def test_the_demos_pretraining_step_gives_a_model_config_that_loads_the_encoder(data, tmp_path):
+    from grace_fast.demo import demo_model, pretrained_model
+    from grace_fast.model import GraceModel
+    from grace_fast.model.config import GraceConfig
+
+    path = pretrained_model(tmp_path, data, demo_model(tmp_path, data), epochs=1, seed=0, progress=False)
+    config = GraceConfig.load(path)
+    assert config.video_pretrained == str(tmp_path / "pretrain" / "best")
+    encoder = read_safetensors(tmp_path / "pretrain" / "best" / "model.safetensors")
+    loaded = GraceModel(config).video.model.state_dict()
+    assert all(torch.equal(loaded[name], tensor) for name, tensor in encoder.items())
