@@ -22,6 +22,7 @@ last finished epoch, a VideoMAEModel folder with its preprocessor_config.json.
 """
 
 import argparse
+import copy
 import dataclasses
 import os
 from dataclasses import dataclass, field
@@ -126,7 +127,11 @@ def build_autoencoder(config: PretrainConfig) -> "MaskedVideoAutoencoder":
     if start is None:
         model = VideoMAEForPreTraining(video)
     else:
-        model = VideoMAEForPreTraining.from_pretrained(start, config=video, local_files_only=True)
+        model, loaded = VideoMAEForPreTraining.from_pretrained(
+            start, config=video, local_files_only=True, output_loading_info=True
+        )
+        if "mask_token" in loaded["missing_keys"]:  # transformers leaves it uninitialised (VideoMAE's is zeros)
+            nn.init.zeros_(model.mask_token)
     return MaskedVideoAutoencoder(model)
 
 
@@ -223,11 +228,9 @@ class MaskedVideoAutoencoder(nn.Module):
         """config.json, model.safetensors (the encoder's weights, weights last) and preprocessor_config.json."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        video = self.model.config.to_dict()
-        video["architectures"] = ["VideoMAEModel"]
-        from transformers import VideoMAEConfig
-
-        write_atomic(folder / "config.json", VideoMAEConfig(**video).to_json_string().encode())
+        video = copy.deepcopy(self.model.config)  # its decoder_* fields stay: a continued run rebuilds the decoder
+        video.architectures = ["VideoMAEModel"]
+        write_atomic(folder / "config.json", video.to_json_string().encode())
         save_normalization(folder, NORMALIZATION)
         state = {name: tensor.detach().contiguous().cpu() for name, tensor in self.encoder.state_dict().items()}
         tmp = temporary_file(folder / "model.safetensors")

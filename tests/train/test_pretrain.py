@@ -134,6 +134,16 @@ def test_grace_model_built_from_the_folder_gets_the_pretrained_encoder_weights(u
     )
 
 
+def test_a_run_continued_from_the_encoder_folder_starts_from_its_weights(uninterrupted):
+    from grace_fast.train.pretrain import build_autoencoder
+
+    _, run = uninterrupted
+    model = build_autoencoder(PretrainConfig(model=str(run / "best"), model_overrides={"num_frames": FRAMES}))
+    encoder = read_safetensors(run / "best" / "model.safetensors")
+    assert all(torch.equal(model.encoder.state_dict()[name], tensor) for name, tensor in encoder.items())
+    assert not model.model.mask_token.any()  # not in the folder: VideoMAE's zeros, not uninitialised memory
+
+
 # pretrain() in a subprocess, printing each step and sleeping after it so that a kill lands mid-run
 PRETRAIN_SLOWLY = """
 import sys, time
