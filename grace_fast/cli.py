@@ -32,6 +32,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "make-synthetic": ("grace_fast.data.synthetic", "write the synthetic DFER set: mp4 faces in DFEW's layout"),
     "evaluate": ("grace_fast.evaluate", "UAR, WAR, per-class recall and confusion matrix of a checkpoint"),
     "explain": ("grace_fast.explain", "PNG of a clip's frames, motion weights and OT plan of its top text tokens"),
+    "pretrain": ("grace_fast.train.pretrain", "self-supervised VideoMAE pretraining of the video tower (masked video)"),
     "predict": ("grace_fast.predict", "the emotion of each clip from a trained checkpoint"),
     "refine": ("grace_fast.text.refiner", "rewrite captions into emotion-aware descriptions with an LLM (CATE)"),
     "train": ("grace_fast.train.run", "train GRACE (one fold or the k-fold protocol), select on validation, test"),

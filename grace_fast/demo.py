@@ -31,10 +31,12 @@ import matplotlib.pyplot as plt  # noqa: E402
 from grace_fast.data.layouts import DFEW_CLASSES, load_clips  # noqa: E402
 from grace_fast.data.synthetic import make_synthetic  # noqa: E402
 from grace_fast.files import write_atomic, write_figure  # noqa: E402
+from grace_fast.model.config import GraceConfig  # noqa: E402
 from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, demo_config  # noqa: E402
 from grace_fast.train.batch_order import steps_per_epoch  # noqa: E402
 from grace_fast.train.config import TrainConfig  # noqa: E402
 from grace_fast.train.loop import METRICS_NAME  # noqa: E402
+from grace_fast.train.pretrain import PretrainConfig, pretrain  # noqa: E402
 from grace_fast.train.run import train  # noqa: E402
 from grace_fast.train.task import fold_clips  # noqa: E402
 
@@ -47,15 +49,25 @@ VARIANTS = {  # name -> GraceConfig overrides
 IMAGE_SIZE = 32  # the clips are rendered at the model's size: 5x cheaper to make and decode than 64 px
 TOKENIZER_VOCAB = 2048  # room for every merge of the captions' words: one token per word
 FOLD, BATCH_SIZE, LR = 1, 16, 3e-3
+# no pretraining by default: measured, it does not make the video tower learn here (README, grace-fast pretrain)
+PRETRAIN_EPOCHS, PRETRAIN_LR = 0, 1e-3
 CHANCE_UAR = 100 / len(DFEW_CLASSES)  # %, the synthetic set's classes
 
 
 def demo(
-    out: str | Path, *, clips: int = 1000, epochs: int = 16, seed: int = 0, jobs: int = 2, progress: bool = True
+    out: str | Path,
+    *,
+    clips: int = 1000,
+    epochs: int = 16,
+    pretrain_epochs: int = PRETRAIN_EPOCHS,
+    seed: int = 0,
+    jobs: int = 2,
+    progress: bool = True,
 ) -> dict:
-    """Runs the demo into out and returns {"clips", "epochs", "seed", "jobs", "seconds": {"data", "total"},
-    "variants": [{name, uar, war, best_epoch, seconds (train + validation), run}]}, or {"interrupted": True} when a
-    stop request (SIGINT, SIGTERM) ended it early."""
+    """Runs the demo into out and returns {"clips", "epochs", "seed", "jobs", "pretrain_epochs", "seconds": {"data",
+    "pretrain", "total"}, "variants": [{name, uar, war, best_epoch, seconds (train + validation), run}]}, or
+    {"interrupted": True} when a stop request (SIGINT, SIGTERM) ended it early. pretrain_epochs > 0 pretrains the
+    video tower first (pretrained_model)."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     start = time.perf_counter()
@@ -64,6 +76,11 @@ def demo(
     make_synthetic(data, clips, seed, size=IMAGE_SIZE, progress=progress)
     model = demo_model(out, data)
     data_seconds = time.perf_counter() - start
+    if pretrain_epochs:
+        model = pretrained_model(out, data, model, pretrain_epochs, seed, progress)
+        if model is None:
+            return {"interrupted": True}
+    pretrain_seconds = time.perf_counter() - start - data_seconds
     runs = {name: out / "runs" / name.replace(" ", "-") for name in VARIANTS}
     configs = {
         name: TrainConfig(
@@ -94,7 +111,12 @@ def demo(
         "epochs": epochs,
         "seed": seed,
         "jobs": jobs,
-        "seconds": {"data": round(data_seconds, 1), "total": round(time.perf_counter() - start, 1)},
+        "pretrain_epochs": pretrain_epochs,
+        "seconds": {
+            "data": round(data_seconds, 1),
+            "pretrain": round(pretrain_seconds, 1),
+            "total": round(time.perf_counter() - start, 1),
+        },
         "variants": rows,
     }
     write_atomic(out / "demo.json", (json.dumps(summary, indent=1) + "\n").encode())
@@ -110,6 +132,40 @@ def demo_model(out: Path, data: Path) -> Path:
         captions = [clip.caption or "" for clip in load_clips("synthetic", data, split="train", fold=FOLD)]
         tokenizer = build_tiny_tokenizer(out / "tokenizer", TOKENIZER_VOCAB, corpus=(*CORPUS, *captions))
         demo_config(tokenizer).save(path)
+    return path
+
+
+def pretrained_model(out: Path, data: Path, model: Path, epochs: int, seed: int, progress: bool) -> Path | None:
+    """out/model-pretrained.json: the demo's GraceConfig whose video tower starts from VideoMAE masked autoencoding
+    (`grace-fast pretrain`, out/pretrain) of the training fold's clips, labels unused, for `epochs` epochs on one
+    torch thread; resumed on a rerun. None when a stop request (SIGINT, SIGTERM) ended it early."""
+    run, path = out / "pretrain", out / "model-pretrained.json"
+    config = PretrainConfig(
+        data_root=str(data),
+        fold=FOLD,
+        cache_frames=True,
+        model=str(model),
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        lr=PRETRAIN_LR,
+        warmup_fraction=0.1,
+        seed=seed,
+        amp="off",
+        out=str(run),
+        checkpoint_every=0,
+        resume=(run / "config.yaml").is_file(),
+        progress=progress,
+    )
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the variants: the tiny model's ops are too small to share across threads
+    try:
+        with open(out / "pretrain.log", "a") as log, contextlib.redirect_stdout(log):
+            result = pretrain(config)
+    finally:
+        torch.set_num_threads(threads)
+    if result.interrupted:
+        return None
+    GraceConfig.load(model).replace(video_pretrained=str(result.best_checkpoint)).save(path)
     return path
 
 
@@ -222,6 +278,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--out", default="demo", help="folder for the data, the runs and the plots (default demo)")
     parser.add_argument("--clips", type=int, default=1000, help="synthetic clips (default 1000; a fifth are tested)")
     parser.add_argument("--epochs", type=int, default=16, help="epochs per variant (default 16)")
+    parser.add_argument(
+        "--pretrain-epochs",
+        type=int,
+        default=PRETRAIN_EPOCHS,
+        help=f"epochs of VideoMAE pretraining of the video tower, e.g. 30 (default {PRETRAIN_EPOCHS}: a random tower)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--jobs", type=int, default=2, help="variants trained at a time, one process each (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -230,12 +292,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """`grace-fast demo`: exit 0 with the table printed, 130 when a stop request ended it (rerun to continue)."""
     progress = not args.quiet
-    summary = demo(args.out, clips=args.clips, epochs=args.epochs, seed=args.seed, jobs=args.jobs, progress=progress)
+    summary = demo(
+        args.out,
+        clips=args.clips,
+        epochs=args.epochs,
+        pretrain_epochs=args.pretrain_epochs,
+        seed=args.seed,
+        jobs=args.jobs,
+        progress=progress,
+    )
     if summary.get("interrupted"):
         print(f"demo: stopped; run the same command again to continue (folder {args.out})")
         return 130
     print(table(summary))
     seconds = summary["seconds"]
-    print(f"chance: UAR {CHANCE_UAR:.1f}%; data {seconds['data']} s, total {seconds['total']} s")
+    print(
+        f"chance: UAR {CHANCE_UAR:.1f}%; data {seconds['data']} s, pretraining {seconds['pretrain']} s, "
+        f"total {seconds['total']} s"
+    )
     print(f"plots and reports: {args.out}/demo.png, {args.out}/runs/*/test/confusion.png, {args.out}/demo.json")
     return 0

@@ -108,6 +108,9 @@ CASES = {
     ("predict", "missing"): (lambda f: ["clip.mp4", *checkpoint_args(f, "none")], "none"),
     ("predict", "corrupt"): (lambda f: ["clip.mp4", *checkpoint_args(f, "corrupt")], "model.safetensors"),
     ("predict", "bad-value"): (lambda f: ["clip.mp4", *checkpoint_args(f, "checkpoint"), "--top-k", "0"], "--top-k"),
+    ("pretrain", "missing"): (lambda f: ["--data-root", str(f / "none"), "--out", str(f / "run")], "none"),
+    ("pretrain", "corrupt"): (lambda f: ["--config", str(f / "run.yaml"), "--out", str(f / "run")], "run.yaml"),
+    ("pretrain", "bad-value"): (lambda f: ["--data-root", str(f), "--mask-ratio", "1.5"], "mask_ratio"),
     ("refine", "missing"): (
         lambda f: ["--captions", str(f / "captions.jsonl"), "--labels", str(f / "none.jsonl"), "--out", str(f / "r")],
         "none.jsonl",
@@ -175,6 +178,7 @@ DEVICE_COMMANDS = {  # command -> arguments besides --device that get it past ar
         ["--videos", str(f / "videos"), "--dataset", "dfew", "--classifier", "m:f"] + ["--out", str(f / "l")]
     ),
     "train": lambda f: ["--data-root", str(f), "--out", str(f / "run")],
+    "pretrain": lambda f: ["--data-root", str(f), "--out", str(f / "run")],
 }
 
 
@@ -286,7 +290,7 @@ def test_the_exit_codes_reach_the_shell(files):
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "evaluate", "caption", "coarse-labels", "refine", "make-synthetic", "demo"]
+    "command", ["train", "pretrain", "evaluate", "caption", "coarse-labels", "refine", "make-synthetic", "demo"]
 )
 def test_every_long_command_has_quiet(command, capsys):
     assert main([command, "--help"]) == 0

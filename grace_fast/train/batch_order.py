@@ -22,7 +22,7 @@ import torch
 from torch.utils.data import Dataset, Sampler
 
 # independent random streams derived from the one seed of a run
-TRAIN_STAGE, EVAL_STAGE, PROCESS_STREAM = 0, 1, 3
+TRAIN_STAGE, EVAL_STAGE, PROCESS_STREAM, MASK_STREAM = 0, 1, 3, 4  # MASK_STREAM: pretraining's tube masks
 
 
 def epoch_order(num_items: int, seed: int, epoch: int) -> list[int]:

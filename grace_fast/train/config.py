@@ -104,7 +104,7 @@ class TrainConfig:
 
     def __post_init__(self):
         for f in dataclasses.fields(self):
-            setattr(self, f.name, parse_field(f.name, getattr(self, f.name)))
+            setattr(self, f.name, parse_field(f.name, getattr(self, f.name), type(self)))
         choices_of = (
             ("dataset", LAYOUTS),
             ("amp", AMP_MODES),
@@ -160,13 +160,13 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "TrainConfig":
-        _check_names(values)
+        _check_names(values, cls)
         return cls(**values)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "TrainConfig":
         """A config from a YAML or JSON file (JSON is YAML); fields it leaves out keep their defaults."""
-        return cls.from_dict(read_config_file(path))
+        return cls.from_dict(read_config_file(path, cls))
 
     def save(self, path: str | os.PathLike) -> None:
         write_atomic(Path(path), yaml.safe_dump(self.to_dict(), sort_keys=False).encode())
@@ -192,14 +192,13 @@ _Loader.add_implicit_resolver(
 )
 
 BOOLEAN_WORDS = {"true": True, "yes": True, "on": True, "false": False, "no": False, "off": False}
-_FIELD_TYPES = {f.name: f.type for f in dataclasses.fields(TrainConfig)}
 
 
-def parse_field(name: str, value: Any) -> Any:
-    """value as the type of TrainConfig field `name`: a string of that type parsed ("1e-3" for a float, "no" for a
-    bool, "a,b" for a list of names), numbers widened (3 -> 3.0, or "3" for a string); anything else raises a
-    ValueError naming the field, the value and the type expected."""
-    annotation = _FIELD_TYPES[name]
+def parse_field(name: str, value: Any, config_class: type = TrainConfig) -> Any:
+    """value as the type of field `name` of config_class (TrainConfig or a subclass): a string of that type parsed
+    ("1e-3" for a float, "no" for a bool, "a,b" for a list of names), numbers widened (3 -> 3.0, or "3" for a
+    string); anything else raises a ValueError naming the field, the value and the type expected."""
+    annotation = _field_types(config_class)[name]
     if value is None and _is_optional(annotation):
         return None
     kind = _plain_type(annotation)
@@ -262,13 +261,17 @@ def _is_scalar(value: Any) -> bool:
     return isinstance(value, str | int | float) and not isinstance(value, bool)
 
 
-def _check_names(values: dict[str, Any]) -> None:
-    unknown = sorted(set(values) - set(_FIELD_TYPES))
+def _field_types(config_class: type) -> dict[str, Any]:
+    return {f.name: f.type for f in dataclasses.fields(config_class)}
+
+
+def _check_names(values: dict[str, Any], config_class: type) -> None:
+    unknown = sorted(set(values) - set(_field_types(config_class)))
     if unknown:
-        raise ValueError(f"unknown TrainConfig fields {unknown}")
+        raise ValueError(f"unknown {config_class.__name__} fields {unknown}")
 
 
-def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
+def read_config_file(path: str | os.PathLike, config_class: type = TrainConfig) -> dict[str, Any]:
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"--config: no file at {path}")
@@ -277,10 +280,12 @@ def read_config_file(path: str | os.PathLike) -> dict[str, Any]:
     except yaml.YAMLError as error:
         raise ValueError(f"--config: {path} is not valid YAML or JSON: {error}") from error
     if not isinstance(values, dict):
-        raise ValueError(f"--config: {path} must hold a mapping of TrainConfig fields, got {type(values).__name__}")
+        raise ValueError(
+            f"--config: {path} must hold a mapping of {config_class.__name__} fields, got {type(values).__name__}"
+        )
     try:
-        _check_names(values)
-        return {name: parse_field(name, value) for name, value in values.items()}
+        _check_names(values, config_class)
+        return {name: parse_field(name, value, config_class) for name, value in values.items()}
     except ValueError as error:
         raise ValueError(f"--config {path}: {error}") from None
 
@@ -293,12 +298,15 @@ def parse_value(text: str) -> Any:
         return text
 
 
-def add_config_arguments(parser: argparse.ArgumentParser) -> None:
-    """--config FILE, one --field flag per TrainConfig field, and --set KEY=VALUE (dotted keys reach into dicts)."""
-    parser.add_argument("--config", help="YAML or JSON file of TrainConfig fields")
-    options = parser.add_argument_group("training config (each overrides --config)")
-    defaults = TrainConfig()
-    for f in dataclasses.fields(TrainConfig):
+def add_config_arguments(parser: argparse.ArgumentParser, config_class: type = TrainConfig) -> None:
+    """--config FILE, one --field flag per field of config_class (TrainConfig or a subclass), and --set KEY=VALUE
+    (dotted keys reach into dicts)."""
+    parser.add_argument("--config", help=f"YAML or JSON file of {config_class.__name__} fields")
+    options = parser.add_argument_group("config (each overrides --config)")
+    defaults = config_class()
+    for f in dataclasses.fields(config_class):
+        if f.name in getattr(config_class, "UNUSED", ()):  # fields a subclass does not use get no flag
+            continue
         flag = "--" + f.name.replace("_", "-")
         kind = _plain_type(f.type)
         help_text = f"{f.metadata['help']} (default: {_shown(getattr(defaults, f.name))})"
@@ -323,9 +331,9 @@ def add_config_arguments(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def config_from_args(args: argparse.Namespace) -> TrainConfig:
-    values = read_config_file(args.config) if getattr(args, "config", None) else {}
-    for f in dataclasses.fields(TrainConfig):
+def config_from_args(args: argparse.Namespace, config_class: type = TrainConfig) -> TrainConfig:
+    values = read_config_file(args.config, config_class) if getattr(args, "config", None) else {}
+    for f in dataclasses.fields(config_class):
         if hasattr(args, f.name):
             values[f.name] = getattr(args, f.name)
     for item in getattr(args, "overrides", []):
@@ -336,12 +344,12 @@ def config_from_args(args: argparse.Namespace) -> TrainConfig:
         target = values
         for i, name in enumerate(parents):
             if i == 0 and name not in target:
-                target[name] = dict(getattr(TrainConfig(), name, {}) or {})
+                target[name] = dict(getattr(config_class(), name, {}) or {})
             target = target.setdefault(name, {})
             if not isinstance(target, dict):
                 raise ValueError(f"--set {item!r}: {name} is not a mapping")
         target[leaf] = parse_value(text)
-    return TrainConfig.from_dict(values)
+    return config_class.from_dict(values)
 
 
 def _shown(value: Any) -> str:

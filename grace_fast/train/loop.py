@@ -521,7 +521,7 @@ def check_same_run(saved: TrainConfig, config: TrainConfig, where: Path) -> None
 
 
 def _check_resumable(trainer: dict[str, Any], config: TrainConfig, processes: Processes, folder: Path) -> None:
-    check_same_run(TrainConfig.from_dict(trainer["config"]), config, folder)
+    check_same_run(type(config).from_dict(trainer["config"]), config, folder)
     if trainer["world"] != processes.world:
         raise ValueError(
             f"cannot resume {folder}: it was written by {trainer['world']} processes, this run has "
