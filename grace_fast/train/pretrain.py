@@ -35,14 +35,14 @@ from torch.utils.data import Dataset
 
 from grace_fast.data.datasets import BadClip, Batch, ClipDataset, collate
 from grace_fast.data.layouts import Clip, ClipList
-from grace_fast.data.transforms import Normalization, VideoTransform
+from grace_fast.data.transforms import Normalization, VideoTransform, save_normalization
 from grace_fast.data.video import list_videos
 from grace_fast.files import save_safetensors, temporary_file, write_atomic
 from grace_fast.train import distributed
+from grace_fast.train.batch_order import MASK_STREAM, derive_seed
 from grace_fast.train.config import TrainConfig, _field, add_config_arguments, config_from_args
-from grace_fast.train.grace import save_normalization, split_clips, warn_missing
 from grace_fast.train.loop import FitResult, fit
-from grace_fast.train.sampling import MASK_STREAM, derive_seed
+from grace_fast.train.task import split_clips, warn_missing
 
 TINY_FRAMES, TINY_IMAGE_SIZE = 16, 32
 DECODER_LAYERS = 4  # VideoMAE's
