@@ -149,6 +149,7 @@ PART_WORDS = {
     "eyebrows": "brows",
     "eyes": "eyes",
     "eyelids": "eyes",
+    "lids": "eyes",
     "cheeks": "eyes",
     "nose": "nose",
     "lip": "mouth",
