@@ -339,6 +339,21 @@ def region_record(spec: ClipSpec) -> dict:
     }
 
 
+def clip_record(path: str | os.PathLike) -> dict | None:
+    """The annotations.jsonl record of a clip file in a make-synthetic folder (DIR/Clip/original/N.mp4, beside
+    DIR/synthetic.json); None for any other path, or a set made before version 2 (no "regions")."""
+    path = Path(path)
+    root = path.parent.parent.parent
+    annotations = root / "annotations.jsonl"
+    if path.parent != root / CLIP_DIR or not (root / "synthetic.json").is_file() or not annotations.is_file():
+        return None
+    for line in annotations.read_text().splitlines():
+        record = json.loads(line)
+        if record["clip"] == path.stem:
+            return record if "regions" in record else None
+    return None
+
+
 def make_synthetic(out: str | os.PathLike, clips: int, seed: int = 0, *, size: int = 64, progress: bool = True) -> dict:
     """Write the data set to out (see the module doc); returns {"out", "written", "skipped"} (clips written now,
     clips an earlier run wrote). Raises ValueError for a bad argument, or an out that is neither new nor empty nor

@@ -61,25 +61,44 @@ def token_footprints(boxes: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
     return (rows[:, :, None] & cols[:, None, :]).any(axis=0)
 
 
+def active_frames(record: dict, event: str, tubelets: np.ndarray, t: int, moving: bool) -> np.ndarray | None:
+    """The frames whose boxes mark an event of a clip's region record at tubelet t (see the module doc), None when
+    the event is not active there: moving over tubelets t - 1 and t (0 and 1 for t = 0), or present in t."""
+    if moving:
+        frames = tubelets[[0, 1] if t == 0 else [t - 1, t]].ravel()
+        if event == "head":
+            head = np.asarray(record["boxes"]["head"])[frames]
+            return frames if (head.max(axis=0) - head.min(axis=0)).max() >= HEAD_MOVING else None
+        level = np.asarray(record["levels"][event])[frames]
+        return frames if level.max() - level.min() >= MOVING else None
+    level = np.asarray(record["levels"][event])[tubelets[t]]
+    return tubelets[t][level >= PRESENT] if level.max() >= PRESENT else None
+
+
 def event_tokens(record: dict, event: str, tubelets: np.ndarray, grid: tuple[int, int], moving: bool) -> np.ndarray:
     """[T', H', W'] bool: the tokens of one event of a clip's region record (see the module doc), moving or present;
     tubelets: `token_frames`."""
-    boxes = {part: np.asarray(record["boxes"][part]) for part in record["parts"][event]}
-    level = None if event == "head" else np.asarray(record["levels"][event])
     out = np.zeros((len(tubelets), *grid), dtype=bool)
+    for t in range(len(tubelets)):
+        frames = active_frames(record, event, tubelets, t, moving)
+        if frames is not None:
+            boxes = [np.asarray(record["boxes"][part])[frames] for part in record["parts"][event]]
+            out[t] = token_footprints(np.concatenate(boxes), grid)
+    return out
+
+
+def tubelet_boxes(record: dict, tubelets: np.ndarray) -> list[list[tuple[str, str, list[float]]]]:
+    """What `grace-fast explain` draws on the first frame of each tubelet: [(kind, event, box)] per tubelet, kind
+    "au" for the part boxes of each action unit present there and "nuisance" for those of each moving nuisance, box
+    (x0, y0, x1, y1) image fractions at that frame."""
+    out = []
     for t, frames in enumerate(tubelets):
-        if moving:
-            frames = tubelets[[0, 1] if t == 0 else [t - 1, t]].ravel()
-            if event == "head":
-                head = boxes["head"][frames]
-                active = (head.max(axis=0) - head.min(axis=0)).max() >= HEAD_MOVING
-            else:
-                active = level[frames].max() - level[frames].min() >= MOVING
-        else:
-            active = level[frames].max() >= PRESENT
-            frames = frames[level[frames] >= PRESENT]
-        if active:
-            out[t] = np.any([token_footprints(box[frames], grid) for box in boxes.values()], axis=0)
+        drawn = []
+        for event, parts in record["parts"].items():
+            kind = "nuisance" if event in NUISANCES else "au"
+            if active_frames(record, event, tubelets, t, moving=kind == "nuisance") is not None:
+                drawn += [(kind, event, record["boxes"][part][frames[0]]) for part in parts]
+        out.append(drawn)
     return out
 
 
@@ -120,7 +139,7 @@ def motion_mass(weights: dict[str, torch.Tensor], regions: dict[str, np.ndarray]
     clip: weights from `weight_maps`, regions from `moving_regions` (all [T', H', W'])."""
     out = {}
     for name, w in weights.items():
-        w = w.double().numpy()
+        w = w.double().cpu().numpy()
         total = max(w.sum(), np.finfo(np.float64).tiny)
         out[name] = {region: float(w[mask].sum() / total) for region, mask in regions.items()}
         out[name].update({f"{region}_area": float(mask.mean()) for region, mask in regions.items()})
@@ -151,6 +170,13 @@ def part_targets(record: dict, part: str, tubelets: np.ndarray, grid: tuple[int,
         return None
     sub = {**record, "parts": {name: [part] for name in units}}
     return np.any([event_tokens(sub, name, tubelets, grid, moving=False) for name in units], axis=0)
+
+
+def word_targets(tokens: list[str], record: dict, tubelets: np.ndarray, grid: tuple[int, int]) -> list:
+    """[(row, target [T', H', W'] bool)] of a text's part words (tokens as `part_word_rows` takes them) whose part
+    shows a present action unit of the clip (record: its region record; `part_targets`)."""
+    found = [(row, part_targets(record, part, tubelets, grid)) for row, part in part_word_rows(tokens)]
+    return [(row, target) for row, target in found if target is not None]
 
 
 def pointing_game(
@@ -209,6 +235,100 @@ def synthetic_motion_mass(
         X = pixel_tokens(render_clip(spec, size)[tubelets.ravel()], tubelet, patch)
         per_clip.append(motion_mass(weight_maps(X), moving_regions(region_record(spec), tubelets, grid)))
     return {"clips": len(tested), "grid": [len(tubelets), *grid], "weights": mean_shares(per_clip)}
+
+
+POINTED = ("ot", "ot_balanced", "cross_attention")  # the alignments with a plan row per text token
+
+
+@torch.inference_mode()
+def model_mechanism(predictor, root, fold: int = 1, split: str = "test", limit: int | None = None) -> dict:
+    """The mechanism metrics of a trained model on a `make-synthetic` folder's clips (the split of `fold`):
+    {"clips", "motion": `mean_shares` on the model's video tokens, "pointing": {alignment: {"caption", "class prompt":
+    `mean_hits`}}}. predictor: a grace_fast.predict.Predictor (its load and forward). The pointing game runs for the
+    model's own alignment and, for OT, the other OT on the same weights (semi-relaxed "ot" and balanced
+    "ot_balanced" differ by tau_b alone); for a caption, on its part words, and for the class prompt of the clip's
+    true class, on the prompt's."""
+    import json
+    from pathlib import Path
+
+    from grace_fast.data.layouts import load_clips
+    from grace_fast.model.alignment import ALIGNMENTS
+
+    model, config = predictor.model, predictor.model.config
+    records = {r["clip"]: r for r in map(json.loads, (Path(root) / "annotations.jsonl").read_text().splitlines())}
+    own = model.alignment
+    swaps = {config.alignment: own} if config.alignment in POINTED else {}
+    if config.alignment in ("ot", "ot_balanced"):
+        other = "ot_balanced" if config.alignment == "ot" else "ot"
+        swaps[other] = ALIGNMENTS[other](config).to(next(model.parameters()).device)
+    tubelet, grid = model.video.model.config.tubelet_size, model.video.grid[1:]
+    prompts = model.text.class_prompts() if model.text.prompts is not None else None
+    clips = load_clips("synthetic", root, fold=fold, split=split).clips[:limit]
+
+    def tokens(ids: torch.Tensor) -> list[str]:
+        return model.tokenizer.convert_ids_to_tokens(ids.tolist())
+
+    motion, hits = [], {name: {"caption": [], "class prompt": []} for name in swaps}
+    try:
+        for clip in clips:
+            record = records[clip.id]
+            tubelets = token_frames(record["frames"], config.frames, tubelet)
+            regions = record["regions"]
+            frames = predictor.load(clip.path)[None]
+            X = model.video(frames.to(predictor.device))
+            motion.append(motion_mass(weight_maps(X), moving_regions(regions, tubelets, grid)))
+
+            for name, alignment in swaps.items():
+                model.alignment = alignment
+                out = predictor.forward(frames, [clip.caption or ""])
+                index, mask = out.selected_index[0].cpu(), out.selected_mask[0].cpu()
+                words = word_targets(tokens(out.text_ids[0]), regions, tubelets, grid)
+                caption = out.caption
+                hits[name]["caption"].append(
+                    pointing_game(caption.plan[0].cpu(), caption.mass[0].cpu(), index, mask, words)
+                )
+                if prompts is not None:
+                    c, classes = clip.label, out.classes
+                    words = word_targets(tokens(prompts.ids[c]), regions, tubelets, grid)
+                    hits[name]["class prompt"].append(
+                        pointing_game(classes.plan[0, c].cpu(), classes.mass[0, c].cpu(), index, mask, words)
+                    )
+    finally:
+        model.alignment = own
+    return {
+        "clips": len(clips),
+        "motion": mean_shares(motion),
+        "pointing": {
+            name: {text: mean_hits(results) for text, results in texts.items()} for name, texts in hits.items()
+        },
+    }
+
+
+def mean_hits(results: list[dict[str, list]]) -> dict[str, float | int | None]:
+    """Hit rates of `pointing_game` results pooled over (clip, text) pairs: "rows" and "rows_chance" over the part
+    words, "q" and "q_chance" over the texts with one, and their counts "words" and "texts"."""
+    pooled = {key: [v for r in results for v in r[key]] for key in ("rows", "q", "chance_rows", "chance_q")}
+    rate = {key: float(np.mean(values)) if values else None for key, values in pooled.items()}
+    return {
+        "rows": rate["rows"],
+        "rows_chance": rate["chance_rows"],
+        "q": rate["q"],
+        "q_chance": rate["chance_q"],
+        "words": len(pooled["rows"]),
+        "texts": len(pooled["q"]),
+    }
+
+
+def pointing_table(pointing: dict[str, dict[str, dict]]) -> str:
+    """A markdown table of `model_mechanism`'s "pointing": hit rates and chance per alignment and text."""
+    lines = ["| alignment | text | word hits % | chance % | q hits % | chance % | words | texts |"]
+    lines.append("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for name, texts in pointing.items():
+        for text, m in texts.items():
+            cells = [m["rows"], m["rows_chance"], m["q"], m["q_chance"]]
+            shown = " | ".join("-" if v is None else f"{100 * v:.1f}" for v in cells)
+            lines.append(f"| {name} | {text} | {shown} | {m['words']} | {m['texts']} |")
+    return "\n".join(lines)
 
 
 def main(argv=None) -> int:
