@@ -185,23 +185,25 @@ def pointing_game(
     """Hits of one (clip, text): plan [R, K] and mass q [K] over the K kept tokens (kept_index [K] flat (t, h, w)
     indices, kept_mask [K] bool); words: [(row, target [T', H', W'] bool)] of the text's part words with a target.
     Returns {"rows": [hit per word], "q": [hit] (empty without words), "chance_rows": [target share of the kept
-    tokens per word], "chance_q": [that of the union]}."""
+    tokens per word], "chance_q": [that of the union]}; a hit is 1.0 or 0.0 (see `_hit` for ties)."""
     kept = kept_index[kept_mask].numpy()
     if not words:
         return {"rows": [], "q": [], "chance_rows": [], "chance_q": []}
     plan, mass = plan[:, kept_mask].float(), mass[kept_mask].float()
+    union = np.any([target for _, target in words], axis=0).reshape(-1)[kept]
     hits, chances = [], []
     for row, target in words:
         on_target = target.reshape(-1)[kept]
-        hits.append(bool(on_target[int(plan[row].argmax())]))
+        hits.append(_hit(plan[row], on_target))
         chances.append(float(on_target.mean()))
-    union = np.any([target for _, target in words], axis=0).reshape(-1)[kept]
-    return {
-        "rows": hits,
-        "q": [bool(union[int(mass.argmax())])],
-        "chance_rows": chances,
-        "chance_q": [float(union.mean())],
-    }
+    return {"rows": hits, "q": [_hit(mass, union)], "chance_rows": chances, "chance_q": [float(union.mean())]}
+
+
+def _hit(values: torch.Tensor, on_target: np.ndarray) -> float:
+    """Whether the largest of values [K] is on a target token ([K] bool): 1 or 0, and under a tie the share of the
+    tied tokens on target (a random pick among them; balanced OT's q is b, all tied when b is uniform)."""
+    peak = (values == values.max()).numpy()
+    return float(on_target[peak].mean())
 
 
 def mean_shares(per_clip: list[dict[str, dict[str, float]]]) -> dict[str, dict[str, float | int]]:
@@ -223,7 +225,7 @@ def synthetic_motion_mass(
 ) -> dict:
     """The motion mass on tokens of pixels over the test fold of `make-synthetic --clips --seed` (clips rendered at
     size x size, no codec), on the grid of a model with frames / tubelet tubelets and patches of `patch` pixels (the
-    defaults give the paper's 8 x 14 x 14 grid) -> {"clips", "grid", "weights": `mean_shares`}."""
+    defaults give the paper's 8 x 14 x 14 grid) -> {"measured", "grid", "weights": `mean_shares`}: measured clips."""
     from grace_fast.data.synthetic import folds, region_record, render_clip, sample_specs
 
     specs = sample_specs(clips, seed)
@@ -234,7 +236,7 @@ def synthetic_motion_mass(
         tubelets = token_frames(spec.frames, frames, tubelet)
         X = pixel_tokens(render_clip(spec, size)[tubelets.ravel()], tubelet, patch)
         per_clip.append(motion_mass(weight_maps(X), moving_regions(region_record(spec), tubelets, grid)))
-    return {"clips": len(tested), "grid": [len(tubelets), *grid], "weights": mean_shares(per_clip)}
+    return {"measured": len(tested), "grid": [len(tubelets), *grid], "weights": mean_shares(per_clip)}
 
 
 POINTED = ("ot", "ot_balanced", "cross_attention")  # the alignments with a plan row per text token
@@ -243,11 +245,11 @@ POINTED = ("ot", "ot_balanced", "cross_attention")  # the alignments with a plan
 @torch.inference_mode()
 def model_mechanism(predictor, root, fold: int = 1, split: str = "test", limit: int | None = None) -> dict:
     """The mechanism metrics of a trained model on a `make-synthetic` folder's clips (the split of `fold`):
-    {"clips", "motion": `mean_shares` on the model's video tokens, "pointing": {alignment: {"caption", "class prompt":
-    `mean_hits`}}}. predictor: a grace_fast.predict.Predictor (its load and forward). The pointing game runs for the
-    model's own alignment and, for OT, the other OT on the same weights (semi-relaxed "ot" and balanced
-    "ot_balanced" differ by tau_b alone); for a caption, on its part words, and for the class prompt of the clip's
-    true class, on the prompt's."""
+    {"measured": clips, "motion": `mean_shares` on the model's video tokens, "pointing": {alignment: {"caption",
+    "class prompt": `mean_hits`}}}. predictor: a grace_fast.predict.Predictor (its load and forward). The pointing
+    game runs for the model's own alignment and, for OT, the other OT on the same weights (semi-relaxed "ot" and
+    balanced "ot_balanced" differ by tau_b alone; cross-attention only for a model trained with it, since its
+    attention weights are learnt); on a caption's part words, and on those of the clip's true class's prompt."""
     import json
     from pathlib import Path
 
@@ -296,7 +298,7 @@ def model_mechanism(predictor, root, fold: int = 1, split: str = "test", limit: 
     finally:
         model.alignment = own
     return {
-        "clips": len(clips),
+        "measured": len(clips),
         "motion": mean_shares(motion),
         "pointing": {
             name: {text: mean_hits(results) for text, results in texts.items()} for name, texts in hits.items()

@@ -111,6 +111,8 @@ def test_a_plan_concentrated_on_the_target_scores_a_hit_and_one_elsewhere_a_miss
     kept_index, kept_mask = torch.tensor([0, 3 * 64 + 5 * 8 + 2, 100, 7]), torch.tensor([True, True, True, False])
     plan = torch.tensor([[0.1, 0.7, 0.2, 0.9], [0.8, 0.0, 0.2, 0.0]])  # row 0 on the target (the padded one ignored)
     result = pointing_game(plan, plan.sum(0), kept_index, kept_mask, [(0, target), (1, target)])
-    assert result["rows"] == [True, False] and result["q"] == [False]  # q peaks on token 0
+    assert result["rows"] == [1.0, 0.0] and result["q"] == [0.0]  # q peaks on token 0
     assert result["chance_rows"] == [pytest.approx(1 / 3)] * 2
     assert pointing_game(plan, plan.sum(0), kept_index, kept_mask, [])["rows"] == []
+    uniform = torch.full((4,), 0.25)  # balanced OT's q = b: a tie over the kept tokens scores their share on target
+    assert pointing_game(plan, uniform, kept_index, kept_mask, [(0, target)])["q"] == [pytest.approx(1 / 3)]
