@@ -4,9 +4,12 @@ import numpy as np
 import pytest
 import torch
 
+from grace_fast.data.synthetic import make_synthetic
+from grace_fast.data.transforms import VideoTransform
 from grace_fast.eval.mechanism import (
     WEIGHTS,
     event_tokens,
+    model_mechanism,
     motion_mass,
     moving_regions,
     part_targets,
@@ -17,6 +20,9 @@ from grace_fast.eval.mechanism import (
     token_frames,
     weight_maps,
 )
+from grace_fast.model import GraceModel
+from grace_fast.model.tiny import build_tiny_tokenizer, tiny_config
+from grace_fast.predict import Predictor
 
 FRAMES, TUBELET, PATCH, SIZE = 16, 2, 8, 64  # an 8 x 8 grid of 8 tubelets
 GRID = (SIZE // PATCH, SIZE // PATCH)
@@ -116,3 +122,20 @@ def test_a_plan_concentrated_on_the_target_scores_a_hit_and_one_elsewhere_a_miss
     assert pointing_game(plan, plan.sum(0), kept_index, kept_mask, [])["rows"] == []
     uniform = torch.full((4,), 0.25)  # balanced OT's q = b: a tie over the kept tokens scores their share on target
     assert pointing_game(plan, uniform, kept_index, kept_mask, [(0, target)])["q"] == [pytest.approx(1 / 3)]
+
+
+def test_a_models_pointing_game_scores_balanced_ot_at_chance_and_leaves_its_alignment_as_it_was(tmp_path):
+    """Balanced OT's q is its uniform b, whatever the text: its q hits must equal their chance exactly."""
+    make_synthetic(tmp_path / "set", 10, 0, size=32, progress=False)
+    torch.manual_seed(0)
+    model = GraceModel(tiny_config(build_tiny_tokenizer(tmp_path / "tokenizer")))
+    predictor = Predictor(model, VideoTransform(32), dtype="float32")
+    alignment = model.alignment
+    result = model_mechanism(predictor, tmp_path / "set", split="train", limit=4)
+    assert model.alignment is alignment and result["measured"] == 4
+    assert sorted(result["pointing"]) == ["ot", "ot_balanced"]
+    balanced = result["pointing"]["ot_balanced"]["class prompt"]
+    assert balanced["texts"] > 0 and balanced["words"] >= balanced["texts"]
+    assert balanced["q"] == pytest.approx(balanced["q_chance"])
+    assert 0 <= result["pointing"]["ot"]["class prompt"]["rows"] <= 1
+    assert result["motion"]["both"]["au_clips"] + result["motion"]["both"]["nuisance_clips"] > 0
