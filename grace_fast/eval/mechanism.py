@@ -31,12 +31,19 @@ array([[1, 1, 0, 0],
        [0, 0, 0, 0]])
 """
 
+import argparse
+import json
+from pathlib import Path
+
 import numpy as np
 import torch
 
 from grace_fast import ops
-from grace_fast.data.synthetic import PART_WORDS
+from grace_fast.data.layouts import load_clips
+from grace_fast.data.synthetic import PART_WORDS, folds, region_record, render_clip, sample_specs
 from grace_fast.data.video import uniform_indices
+from grace_fast.files import write_atomic
+from grace_fast.model.alignment import ALIGNMENTS
 
 MOVING = 0.05  # the level change (0 to 1) over two tubelets that makes an action unit, a blink or talking move
 HEAD_MOVING = 0.01  # the head box's move, as a fraction of the image side, that makes the head move
@@ -228,8 +235,6 @@ def synthetic_motion_mass(
     """The motion mass on tokens of pixels over the test fold of `make-synthetic --clips --seed` (clips rendered at
     size x size, no codec), on the grid of a model with frames / tubelet tubelets and patches of `patch` pixels (the
     defaults give the paper's 8 x 14 x 14 grid) -> {"measured", "grid", "weights": `mean_shares`}: measured clips."""
-    from grace_fast.data.synthetic import folds, region_record, render_clip, sample_specs
-
     specs = sample_specs(clips, seed)
     tested = [spec for spec, f in zip(specs, folds(specs, seed), strict=True) if f == fold]
     grid = (size // patch, size // patch)
@@ -251,13 +256,8 @@ def model_mechanism(predictor, root, fold: int = 1, split: str = "test", limit: 
     "class prompt": `mean_hits`}}}. predictor: a grace_fast.predict.Predictor (its load and forward). The pointing
     game runs for the model's own alignment and, for OT, the other OT on the same weights (semi-relaxed "ot" and
     balanced "ot_balanced" differ by tau_b alone; cross-attention only for a model trained with it, since its
-    attention weights are learnt); on a caption's part words, and on those of the clip's true class's prompt."""
-    import json
-    from pathlib import Path
-
-    from grace_fast.data.layouts import load_clips
-    from grace_fast.model.alignment import ALIGNMENTS
-
+    attention weights are learnt); on a caption's part words, and on those of the prompt of the clip's true class
+    (the config's class_prompts in the data set's class order)."""
     model, config = predictor.model, predictor.model.config
     records = {r["clip"]: r for r in map(json.loads, (Path(root) / "annotations.jsonl").read_text().splitlines())}
     own = model.alignment
@@ -358,12 +358,6 @@ def mechanism_report(result: dict) -> str:
 
 
 def main(argv=None) -> int:
-    import argparse
-    import json
-    from pathlib import Path
-
-    from grace_fast.files import write_atomic
-
     parser = argparse.ArgumentParser(
         prog="python -m grace_fast.eval.mechanism",
         description="The motion mass on action units and nuisances, on tokens of pixels of the synthetic set.",
