@@ -172,12 +172,15 @@ def part_word_rows(tokens: list[str]) -> list[tuple[int, str]]:
 
 def part_targets(record: dict, part: str, tubelets: np.ndarray, grid: tuple[int, int]) -> np.ndarray | None:
     """[T', H', W'] bool: the tokens where `part` shows an action unit of the expression that is present there;
-    None when no such unit moves that part in the clip."""
+    None when no such unit is present in any tubelet (a unit of small weight may never reach PRESENT)."""
     units = [name for name, parts in record["parts"].items() if name not in NUISANCES and part in parts]
-    if not units:
-        return None
     sub = {**record, "parts": {name: [part] for name in units}}
-    return np.any([event_tokens(sub, name, tubelets, grid, moving=False) for name in units], axis=0)
+    target = np.any(
+        [np.zeros((len(tubelets), *grid), dtype=bool)]
+        + [event_tokens(sub, name, tubelets, grid, moving=False) for name in units],
+        axis=0,
+    )
+    return target if target.any() else None
 
 
 def word_targets(tokens: list[str], record: dict, tubelets: np.ndarray, grid: tuple[int, int]) -> list:

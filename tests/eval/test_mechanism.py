@@ -108,7 +108,8 @@ def test_part_targets_are_the_tokens_where_a_present_unit_shows_the_part():
     level = np.where(np.arange(FRAMES) >= 8, 0.9, 0.0)  # present from tubelet 4
     target = part_targets(_record(FRAMES, level), "mouth", tubelets, GRID)
     assert target[4:, 5, 2:4].all() and target.sum() == 4 * 2
-    assert part_targets(_record(FRAMES, level), "brows", tubelets, GRID) is None
+    assert part_targets(_record(FRAMES, level), "brows", tubelets, GRID) is None  # no unit moves the brows
+    assert part_targets(_record(FRAMES, np.full(FRAMES, 0.05)), "mouth", tubelets, GRID) is None  # never present
 
 
 def test_a_plan_concentrated_on_the_target_scores_a_hit_and_one_elsewhere_a_miss():
