@@ -30,12 +30,13 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from grace_fast.data.layouts import DFEW_CLASSES, load_clips  # noqa: E402
 from grace_fast.data.synthetic import make_synthetic  # noqa: E402
+from grace_fast.eval.mechanism import mechanism_report, trained_mechanism  # noqa: E402
 from grace_fast.files import write_atomic, write_figure  # noqa: E402
 from grace_fast.model.config import GraceConfig  # noqa: E402
 from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, demo_config  # noqa: E402
 from grace_fast.train.batch_order import steps_per_epoch  # noqa: E402
 from grace_fast.train.config import TrainConfig  # noqa: E402
-from grace_fast.train.loop import METRICS_NAME  # noqa: E402
+from grace_fast.train.loop import BEST, METRICS_NAME  # noqa: E402
 from grace_fast.train.pretrain import PretrainConfig, pretrain  # noqa: E402
 from grace_fast.train.run import train  # noqa: E402
 from grace_fast.train.task import fold_clips  # noqa: E402
@@ -65,9 +66,9 @@ def demo(
     progress: bool = True,
 ) -> dict:
     """Runs the demo into out and returns {"clips", "epochs", "seed", "jobs", "pretrain_epochs", "seconds": {"data",
-    "pretrain", "total"}, "variants": [{name, uar, war, best_epoch, seconds (train + validation), run}]}, or
-    {"interrupted": True} when a stop request (SIGINT, SIGTERM) ended it early. pretrain_epochs > 0 pretrains the
-    video tower first (pretrained_model)."""
+    "pretrain", "total"}, "variants": [{name, uar, war, best_epoch, seconds (train + validation), run}], "mechanism":
+    GRACE's eval.mechanism.model_mechanism on the test fold}, or {"interrupted": True} when a stop request (SIGINT,
+    SIGTERM) ended it early. pretrain_epochs > 0 pretrains the video tower first (pretrained_model)."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
     start = time.perf_counter()
@@ -106,6 +107,8 @@ def demo(
     rows = _train_variants(configs, jobs, progress)
     if rows is None:
         return {"interrupted": True}
+    grace = next(row for row in rows if row["name"] == "GRACE")
+    mechanism = trained_mechanism(Path(grace["run"]) / BEST, data, FOLD)  # measured against the ground truth
     summary = {
         "clips": clips,
         "epochs": epochs,
@@ -118,6 +121,7 @@ def demo(
             "total": round(time.perf_counter() - start, 1),
         },
         "variants": rows,
+        "mechanism": mechanism,
     }
     write_atomic(out / "demo.json", (json.dumps(summary, indent=1) + "\n").encode())
     _plot(rows, out / "demo.png")
@@ -310,5 +314,6 @@ def run(args: argparse.Namespace) -> int:
         f"chance: UAR {CHANCE_UAR:.1f}%; data {seconds['data']} s, pretraining {seconds['pretrain']} s, "
         f"total {seconds['total']} s"
     )
+    print(mechanism_report(summary["mechanism"]))
     print(f"plots and reports: {args.out}/demo.png, {args.out}/runs/*/test/confusion.png, {args.out}/demo.json")
     return 0

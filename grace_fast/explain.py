@@ -1,7 +1,9 @@
 """`grace-fast explain clip.mp4`: where a trained GRACE model looked. `explain` returns the prediction, the motion
 weights, the text-conditioned visual mass q and the plans of one clip as arrays; `plot` draws them into a PNG with
 one column per tubelet: its first frame, the motion weights over it, q over it, and for each of the top text tokens
-the share of its mass that each patch received.
+the share of its mass that each patch received. Over a clip of a `make-synthetic` folder (version 2 on), every
+picture shows where the generator put the action units present in the tubelet (green boxes) and the nuisances that
+move there (cyan, dashed: blinks, talking, a stray unit, the head), from its annotations (eval.mechanism).
 
 The text: by default the class-prompt mode of `grace-fast predict` without --caption, where every class is scored
 by its own prompt: the figure shows q of the prompts of the top classes and the tokens of the predicted class's
@@ -29,11 +31,14 @@ from pathlib import Path
 import torch
 
 from grace_fast.arguments import DEVICE_HELP, device, integer
+from grace_fast.data.synthetic import clip_record
+from grace_fast.eval.mechanism import token_frames, tubelet_boxes
 from grace_fast.files import write_figure
 from grace_fast.model.alignment import Aligned
 from grace_fast.predict import Clip, Prediction, Predictor, add_speed_arguments
 
 CELL, LABEL_WIDTH, HEADER, DPI = 1.5, 1.5, 0.8, 100  # inches: one panel, the row labels, the title; dots per inch
+BOX_STYLE = {"au": {"edgecolor": "lime", "linestyle": "-"}, "nuisance": {"edgecolor": "cyan", "linestyle": "--"}}
 
 
 @dataclass
@@ -53,6 +58,8 @@ class Explanation:
     Class-prompt mode (else None): class_logits: [C] s(V, U_c) / tau_cls; class_plans: [C, Nc, K] float32, each
     class's plan against its own prompt; class_masses: [C, T', H', W'] their q over the grid; shown_classes: [k]
     long, the top classes by probability, whose q `plot` draws.
+    regions: for a clip of a synthetic set, [T'] lists of (kind, event, box) drawn on each tubelet's pictures
+    (eval.mechanism.tubelet_boxes: kind "au" or "nuisance", box (x0, y0, x1, y1) fractions of the frame); else None.
     """
 
     prediction: Prediction
@@ -72,6 +79,7 @@ class Explanation:
     class_plans: torch.Tensor | None = None
     class_masses: torch.Tensor | None = None
     shown_classes: torch.Tensor | None = None
+    regions: list[list[tuple[str, str, list[float]]]] | None = None
 
     def top_tokens(self) -> list[tuple[str, float]]:
         """(label, peak share) of each top token, the most concentrated first."""
@@ -136,6 +144,10 @@ def explain(predictor: Predictor, clip: Clip, caption: str | None = None, top_k:
             tokens, rows_mask = ["(pooled text)"], torch.ones(1, dtype=torch.bool)
         plan_rows = plan / plan.sum(dim=1, keepdim=True).clamp_min(torch.finfo(plan.dtype).tiny)
     peak, top = plan_rows.amax(dim=1).masked_fill(~rows_mask, -1).topk(min(top_k, int(rows_mask.sum())))
+    record, regions = clip_record(clip) if isinstance(clip, str | os.PathLike) else None, None
+    if record is not None:
+        tubelets = token_frames(record["frames"], model.config.frames, model.video.model.config.tubelet_size)
+        regions = tubelet_boxes(record["regions"], tubelets)
     return Explanation(
         prediction=prediction,
         text=caption,
@@ -150,6 +162,7 @@ def explain(predictor: Predictor, clip: Clip, caption: str | None = None, top_k:
         top=top,
         peak=peak,
         token_maps=on_grid(plan_rows[top]),
+        regions=regions,
         **classes,
     )
 
@@ -213,6 +226,7 @@ def plot(explanation: Explanation, path: str | os.PathLike, title: str = "", dpi
 
     matplotlib.use("Agg")
     from matplotlib import pyplot as plt
+    from matplotlib.patches import Rectangle
 
     e = explanation
     width, height = figure_size(e)
@@ -250,10 +264,15 @@ def plot(explanation: Explanation, path: str | os.PathLike, title: str = "", dpi
     for t in range(columns):
         axes[0, t].imshow(e.frames[t].numpy())
         axes[0, t].set_title(f"tubelet {t}", fontsize=8)
+        for row in range(len(heats) + 1):
+            for kind, _, (x0, y0, x1, y1) in e.regions[t] if e.regions else ():
+                corner, width, height = (x0 * size - 0.5, y0 * size - 0.5), (x1 - x0) * size, (y1 - y0) * size
+                axes[row, t].add_patch(Rectangle(corner, width, height, fill=False, linewidth=0.8, **BOX_STYLE[kind]))
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])
-    for row, label in enumerate(["frame"] + [label for label, _, _ in heats]):
+    frame = "frame\nboxes: action units\n(green), nuisances\n(cyan)" if e.regions else "frame"
+    for row, label in enumerate([frame] + [label for label, _, _ in heats]):
         axes[row, 0].set_ylabel(label, fontsize=8)
     figure.suptitle(heading(e, title), fontsize=9)
     return write_figure(figure, path, dpi=dpi)

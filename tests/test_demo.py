@@ -113,3 +113,10 @@ def test_the_command_refuses_a_bad_jobs_count_with_exit_2_naming_it(tmp_path):
     assert (done.returncode, done.stdout) == (2, "")
     assert "demo: error: jobs must be an integer >= 1, got 0" in done.stderr
     assert not (tmp_path / "demo").exists()
+
+
+def test_the_demo_measures_graces_mechanism_on_every_test_clip(demo_run):
+    out, summary = demo_run
+    assert summary["mechanism"]["measured"] == 14
+    assert sorted(summary["mechanism"]["pointing"]) == ["ot", "ot_balanced"]
+    assert json.loads((out / "demo.json").read_text())["mechanism"] == summary["mechanism"]

@@ -13,9 +13,10 @@ from PIL import Image
 
 from grace_fast import ops
 from grace_fast.cli import main
-from grace_fast.data.synthetic import clip_spec, render_clip
+from grace_fast.data.synthetic import EXPRESSIONS, clip_spec, make_synthetic, region_record, render_clip, sample_specs
 from grace_fast.data.transforms import Normalization
 from grace_fast.data.video import write_mp4
+from grace_fast.eval.mechanism import token_frames, tubelet_boxes
 from grace_fast.explain import explain, plot, token_labels
 from grace_fast.model import GraceModel
 from grace_fast.model.tiny import build_tiny_tokenizer, tiny_config
@@ -220,3 +221,21 @@ def test_token_labels_show_a_word_piece_in_its_word(predictor):
     ids = tokenizer("brows frowning, déjà").input_ids
     labels = ["<|startoftext|>", "brows", "[frown]ing", "frown[ing]", ","] + [f"déjà ({n}/6)" for n in range(1, 7)]
     assert token_labels(tokenizer, ids) == [*labels, "<|endoftext|>"]
+
+
+def test_a_clip_of_a_synthetic_set_shows_its_recorded_regions_on_every_picture(predictor, clip, tmp_path, monkeypatch):
+    make_synthetic(tmp_path / "set", 3, 0, size=32, progress=False)
+    spec = next(s for s in sample_specs(3, 0) if EXPRESSIONS[s.emotion])
+    path = tmp_path / "set" / "Clip" / "original" / f"{spec.clip}.mp4"
+    explanation = explain(predictor, path, top_k=1)
+    tubelets = token_frames(spec.frames, 16, 2)
+    assert explanation.regions == tubelet_boxes(region_record(spec), tubelets)
+    shown = {event for boxes in explanation.regions for kind, event, _ in boxes if kind == "au"}
+    assert shown and shown <= set(EXPRESSIONS[spec.emotion])
+    assert explain(predictor, clip, top_k=1).regions is None  # a clip outside a synthetic set
+
+    figures = []
+    monkeypatch.setattr("grace_fast.explain.write_figure", lambda figure, path, dpi: figures.append(figure))
+    plot(explanation, tmp_path / "x.png")
+    axes = np.array(figures[0].axes).reshape(-1, TUBELETS)
+    assert [[len(ax.patches) for ax in row] for row in axes] == [[len(b) for b in explanation.regions]] * len(axes)

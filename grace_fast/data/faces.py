@@ -44,6 +44,9 @@ REGION_BOXES = {
     "mouth": (-0.85, 0.85, 0.15, 1.8),
     "jaw": (-1.4, 1.4, 0.0, 1.9),  # a dropping jaw lengthens the lower face outline
 }
+# the face-local box of the head with its hair and neck (wide, since the outline stays put as the features yaw);
+# the shoulders below it move with the head too
+HEAD_BOX = (-1.6, 1.6, -1.5, 1.9)
 
 
 @dataclass
@@ -144,6 +147,24 @@ def regions(states: FrameStates, height: int, width: int, boxes=None) -> dict[st
     _, _, _, v, uf, _ = _coordinates(_frame_params(states), height, width)
     boxes = REGION_BOXES if boxes is None else boxes
     return {name: (uf >= u0) & (uf <= u1) & (v >= v0) & (v <= v1) for name, (u0, u1, v0, v1) in boxes.items()}
+
+
+def part_boxes(states: FrameStates, height: int, width: int, boxes=None) -> dict[str, np.ndarray]:
+    """The image box of each face part in each frame, {name: [T, 4] float64 (x0, y0, x1, y1) as fractions of the
+    width and height}: the bounding box of the face-local box (u0, u1, v0, v1) mapped through the head pose and the
+    camera, cut to the image, so that it holds every pixel centre `regions` gives the part. boxes: as `regions`."""
+    pose = ("x", "y", "scale", "angle", "yaw", "shake_x", "shake_y")
+    p = {name: np.asarray(getattr(states, name), dtype=np.float64)[:, None] for name in pose}  # [T, 1] each
+    half = 0.3 * min(height, width) * p["scale"]  # face half-width in pixels
+    cos, sin = np.cos(p["angle"]), np.sin(p["angle"])
+    out = {}
+    for name, (u0, u1, v0, v1) in (REGION_BOXES if boxes is None else boxes).items():
+        uf, v = np.array([u0, u1, u0, u1]), np.array([v0, v0, v1, v1])  # the corners, [4]
+        u = uf * np.cos(p["yaw"]) + 0.35 * np.sin(p["yaw"])  # [T, 4]
+        x = p["x"] + half * (cos * u - sin * v) / width - p["shake_x"]
+        y = p["y"] + half * (sin * u + cos * v) / height - p["shake_y"]
+        out[name] = np.clip(np.stack([x.min(1), y.min(1), x.max(1), y.max(1)], axis=1), 0, 1)
+    return out
 
 
 def _coordinates(p: dict[str, np.ndarray], height: int, width: int):

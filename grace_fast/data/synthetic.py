@@ -6,9 +6,15 @@ disgust: AU9 + AU10; fear: AU1 + AU2 + AU4 + AU5 + AU20; neutral: none), startin
 shape varies from person to person as much as a weak expression would, so that one frame says less than the
 motion. Nuisances that carry no label are drawn independently of it: whole-head translation, roll, yaw and
 zoom, camera shake, blinks, speech-like jaw motion, a brief stray action unit, lighting level, direction, flicker
-and colour, sensor noise; clips vary in length (1 to 3 s) and frame rate (10 to 25 fps). Each clip has an
-English caption of what is visible (MAFW-like, sometimes incomplete or wrong). Classes are as imbalanced as in
-DFEW, with at least 5 clips per class when there are 35 or more clips, and split into DFEW's 5 folds.
+and colour, sensor noise; clips vary in length (1 to 3 s) and frame rate (10 to 25 fps). Classes are as imbalanced
+as in DFEW, with at least 5 clips per class when there are 35 or more clips, and split into DFEW's 5 folds.
+
+Each clip has an English caption of what a video captioner sees (`_caption`, at CAPTION_RATES): the person and the
+scene, then each visible nuisance (head turn, tilt, sway, moving closer or away, camera shake, light change,
+flicker, blinks, talking) with probability 0.7; with probability 0.3 it names one action unit by the movement of its
+face part (AU_PHRASES), and that unit is one that does not move in the clip with probability 0.3 (always for a face
+where none moves). It never names the emotion. `grace_fast.eval.caption_baseline` measures how much of the label
+the captions still give away.
 
 The output folder (read back by `layouts.synthetic`)::
 
@@ -16,7 +22,8 @@ The output folder (read back by `layouts.synthetic`)::
     DIR/EmoLabel_DataSplit/train(single-labeled)/set_1.csv ... set_5.csv   video_name,label (1..7)
     DIR/EmoLabel_DataSplit/test(single-labeled)/set_1.csv ... set_5.csv
     DIR/captions.csv          clip,caption
-    DIR/annotations.jsonl     every clip's parameters (label, fps, action units, nuisances, caption)
+    DIR/annotations.jsonl     every clip's parameters (label, fps, action units, nuisances, caption, the action
+                              unit it names) and where each unit and nuisance is in each frame (`region_record`)
     DIR/clips.md5             the md5 of every clip written (`md5sum -c clips.md5` in DIR checks them)
     DIR/synthetic.json        the arguments; a rerun with other arguments into DIR is refused
 
@@ -44,12 +51,21 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from grace_fast.data.faces import ACTION_UNITS, FrameStates, Identity, render
+from grace_fast.data.faces import (
+    ACTION_UNITS,
+    AU_REGIONS,
+    HEAD_BOX,
+    REGION_BOXES,
+    FrameStates,
+    Identity,
+    part_boxes,
+    render,
+)
 from grace_fast.data.layouts import DFEW_CLASSES, DFEW_SPLIT_FILE, FOLDS
 from grace_fast.data.video import VideoReadError, read_video, write_mp4
 from grace_fast.files import write_atomic
 
-VERSION = 1
+VERSION = 2  # 2: captions at CAPTION_RATES, regions in the annotations
 CLIP_DIR = "Clip/original"
 LEDGER = "clips.md5"  # md5sum's format: "<md5>  Clip/original/<clip>.mp4"
 # the action units of each class at the expression's apex (DFEW's class order)
@@ -110,40 +126,42 @@ WALLS = {
 }
 IRIS = ((0.30, 0.20, 0.10), (0.20, 0.35, 0.60), (0.25, 0.40, 0.25), (0.10, 0.08, 0.06))
 
+# a video captioner's words for each action unit: the movement of one face part, never an emotion word; each phrase
+# names its part with one of PART_WORDS, the words the OT pointing game (grace_fast.eval.mechanism) follows
 AU_PHRASES = {
     "AU1": ("the inner ends of the eyebrows rise", "the inner brows lift"),
     "AU2": ("the outer eyebrows lift", "the brows arch upward"),
-    "AU4": ("the brows lower and draw together", "the eyebrows knit into a frown"),
+    "AU4": ("the brows lower and draw together", "the eyebrows knit together"),
     "AU5": ("the eyes widen", "the upper eyelids rise"),
-    "AU6": ("the cheeks lift", "the cheeks rise and the eyes crinkle"),
+    "AU6": ("the cheeks lift", "the cheeks rise and bunch up"),
     "AU7": ("the eyelids tighten", "the eyes narrow"),
     "AU9": ("the nose wrinkles", "the nose scrunches up"),
     "AU10": ("the upper lip curls up", "the upper lip rises"),
-    "AU12": ("the corners of the mouth pull up into a smile", "the mouth curves into a smile"),
+    "AU12": ("the corners of the mouth pull up", "the lip corners rise"),
     "AU15": ("the corners of the mouth turn down", "the lips turn downward"),
     "AU20": ("the lips stretch sideways", "the mouth pulls tight to the sides"),
     "AU23": ("the lips press tight", "the lips tighten into a thin line"),
     "AU26": ("the jaw drops open", "the mouth falls open"),
 }
-CALM = ("the face stays calm", "the expression barely changes", "the face remains relaxed")
-EMOTION_WORDS = {
-    "happy": "pleased",
-    "sad": "upset",
-    "neutral": "indifferent",
-    "angry": "annoyed",
-    "surprise": "astonished",
-    "disgust": "repulsed",
-    "fear": "frightened",
+# the face part (faces.REGION_BOXES) that each word of AU_PHRASES names
+PART_WORDS = {
+    "brows": "brows",
+    "eyebrows": "brows",
+    "eyes": "eyes",
+    "eyelids": "eyes",
+    "lids": "eyes",
+    "cheeks": "eyes",
+    "nose": "nose",
+    "lip": "mouth",
+    "lips": "mouth",
+    "mouth": "mouth",
+    "jaw": "jaw",
 }
-CONFUSABLE = {
-    "happy": "neutral",
-    "sad": "fear",
-    "neutral": "sad",
-    "angry": "disgust",
-    "surprise": "fear",
-    "disgust": "angry",
-    "fear": "surprise",
-}
+# the caption's rates, chosen once (issue 17) and not tuned afterwards: each visible nuisance is reported with
+# probability "nuisance"; a caption names one action unit with probability "names_au", and a named unit is one that
+# does not move in the clip with probability "wrong_au" (always when none moves: a neutral face without a stray unit)
+CAPTION_RATES = {"nuisance": 0.7, "names_au": 0.3, "wrong_au": 0.3}
+NAMED_WEIGHT = 0.5  # an expression's action units of at least this apex weight are visible enough to be named
 
 
 @dataclass
@@ -160,6 +178,7 @@ class ClipSpec:
     expression: dict  # onset, rise, intensity, release, release_to, delays {AU: s}
     nuisance: dict  # head, shake, blinks, talk, stray, light, noise, noise_seed
     caption: str = ""
+    caption_au: str | None = None  # the action unit the caption names (it may not move in the clip)
 
 
 def class_counts(clips: int, minimum: int | None = None) -> np.ndarray:
@@ -207,7 +226,7 @@ def clip_spec(seed: int, index: int, label: int) -> ClipSpec:
         expression=_expression(np.random.default_rng([seed, index, EXPRESSION]), duration),
         nuisance=_nuisance(motion_rng, duration),
     )
-    spec.caption = _caption(spec, np.random.default_rng([seed, index, CAPTION]))
+    spec.caption, spec.caption_au = _caption(spec, np.random.default_rng([seed, index, CAPTION]))
     return spec
 
 
@@ -286,6 +305,53 @@ def render_clip(spec: ClipSpec, size: int = 64, *, expression: bool = True, nuis
         noise = np.random.default_rng(spec.nuisance["noise_seed"]).standard_normal(frames.shape, dtype=np.float32)
         frames = np.clip(frames + spec.nuisance["noise"] * noise, 0, 1)
     return np.rint(frames * 255).astype(np.uint8)
+
+
+def region_record(spec: ClipSpec) -> dict:
+    """Where each action unit and each nuisance is in each frame of a clip (the "regions" of annotations.jsonl):
+
+    boxes: {part: [T x [x0, y0, x1, y1]]}, the image box of each face part (faces.REGION_BOXES) and of the head
+      (faces.HEAD_BOX) in each frame, as fractions of the image side (3 decimals), cut to the image;
+    levels: {event: [T]}, rounded up to 2 decimals (whatever shows is > 0): each action unit of the expression
+      ("AU12": its intensity, 0 to 1.2), "blink" (lid closure, 0 to 1), "talk" (the jaw opening of speech), "stray"
+      (what the stray action unit adds); only the events the clip has;
+    parts: {event: [part, ...]}, the boxes each event moves: an action unit's faces.AU_REGIONS, the stray unit's,
+      blink the eyes, talk the mouth and jaw, and "head" the head (its motion, with the camera's, is the head box
+      moving: it has no level).
+    """
+    states, expression = frame_states(spec), frame_states(spec, nuisance=False)
+    boxes = part_boxes(states, 1, 1, {**REGION_BOXES, "head": HEAD_BOX})
+    levels = {name: expression.au[:, ACTION_UNITS.index(name)] for name in EXPRESSIONS[spec.emotion]}
+    parts = {name: list(AU_REGIONS[name]) for name in levels}
+    if len(spec.nuisance["blinks"]):
+        levels["blink"], parts["blink"] = states.blink, ["eyes"]
+    if spec.nuisance["talk"] is not None:
+        levels["talk"], parts["talk"] = states.talk, ["mouth", "jaw"]
+    if spec.nuisance["stray"] is not None:
+        column = ACTION_UNITS.index(spec.nuisance["stray"]["au"])
+        levels["stray"] = states.au[:, column] - expression.au[:, column]
+        parts["stray"] = list(AU_REGIONS[spec.nuisance["stray"]["au"]])
+    parts["head"] = ["head"]
+    return {
+        "boxes": {name: np.round(box, 3).tolist() for name, box in boxes.items()},
+        "levels": {name: (np.ceil(np.round(100 * level, 6)) / 100).tolist() for name, level in levels.items()},
+        "parts": parts,
+    }
+
+
+def clip_record(path: str | os.PathLike) -> dict | None:
+    """The annotations.jsonl record of a clip file in a make-synthetic folder (DIR/Clip/original/N.mp4, beside
+    DIR/synthetic.json); None for any other path, or a set made before version 2 (no "regions")."""
+    path = Path(path)
+    root = path.parent.parent.parent
+    annotations = root / "annotations.jsonl"
+    if path.parent != root / CLIP_DIR or not (root / "synthetic.json").is_file() or not annotations.is_file():
+        return None
+    for line in annotations.read_text().splitlines():
+        record = json.loads(line)
+        if record["clip"] == path.stem:
+            return record if "regions" in record else None
+    return None
 
 
 def make_synthetic(out: str | os.PathLike, clips: int, seed: int = 0, *, size: int = 64, progress: bool = True) -> dict:
@@ -456,16 +522,22 @@ def _nuisance(rng: np.random.Generator, duration: float) -> dict:
     }
 
 
-def _caption(spec: ClipSpec, rng: np.random.Generator) -> str:
-    looks, n = spec.looks, spec.nuisance
+def _caption(spec: ClipSpec, rng: np.random.Generator) -> tuple[str, str | None]:
+    """(caption, the action unit it names or None), at CAPTION_RATES: the person and the scene, the visible head
+    motion, talking, blinks, camera and light, and sometimes one action unit, possibly one that does not move."""
+    looks, n, head = spec.looks, spec.nuisance, spec.nuisance["head"]
     hair = f"{'long' if looks['long_hair'] else 'short'} {looks['hair']} hair"
     subject = str(rng.choice(["A person", "Someone", "A young adult", "A figure"]))
     sentences = [f"{subject} with {hair} and a {looks['shirt']} top is in front of a {looks['wall']} wall."]
     seen = []
-    if n["head"]["turn"] is not None:
-        seen.append(f"the head turns to the {'left' if n['head']['turn']['to'] > n['head']['yaw'] else 'right'}")
-    if n["head"]["roll"] > 0.08:
+    if head["turn"] is not None:
+        seen.append(f"the head turns to the {'left' if head['turn']['to'] > head['yaw'] else 'right'}")
+    if head["roll"] > 0.08:
         seen.append("the head tilts from side to side")
+    if head["amplitude"] > 0.02:
+        seen.append("the head sways")
+    if abs(head["zoom"]) > 0.03:
+        seen.append(f"the person moves {'closer to' if head['zoom'] > 0 else 'away from'} the camera")
     if n["shake"]["amplitude"] > 0.008:
         seen.append("the camera shakes")
     if n["light"]["step"] is not None:
@@ -477,24 +549,20 @@ def _caption(spec: ClipSpec, rng: np.random.Generator) -> str:
     elif len(n["blinks"]) > 1:
         seen.append("the person blinks several times")
     if n["talk"] is not None:
-        seen.append("the mouth moves as if speaking")
-    seen = [s for s in seen if rng.random() < 0.7]
+        seen.append(str(rng.choice(["the person is talking", "the person speaks"])))
+    seen = [s for s in seen if rng.random() < CAPTION_RATES["nuisance"]]
     if seen:
         sentences.append(_sentence(_join(list(rng.permutation(seen)))))
-    described = CONFUSABLE[spec.emotion] if rng.random() < 0.1 else spec.emotion
-    units = [name for name, weight in EXPRESSIONS[described].items() if weight >= 0.5]
-    if len(units) > 1 and rng.random() < 0.25:
-        units.pop(int(rng.integers(len(units))))
-    if rng.random() < 0.1:
-        units = None  # the caption misses the expression, as real captions sometimes do
-    if units == []:
-        sentences.append(_sentence(str(rng.choice(CALM))))
-    elif units:
-        sentences.append(_sentence(_join([str(rng.choice(AU_PHRASES[name])) for name in units])))
-    if rng.random() < 0.3:
-        word = EMOTION_WORDS[spec.emotion if rng.random() < 0.8 else CONFUSABLE[spec.emotion]]
-        sentences.append(f"The person looks {word}.")
-    return " ".join(sentences)
+    named = None
+    if rng.random() < CAPTION_RATES["names_au"]:
+        moving = [name for name, weight in EXPRESSIONS[spec.emotion].items() if weight >= NAMED_WEIGHT]
+        if n["stray"] is not None and n["stray"]["au"] not in moving:
+            moving.append(n["stray"]["au"])
+        wrong = rng.random() < CAPTION_RATES["wrong_au"] or not moving
+        choices = [name for name in ACTION_UNITS if name not in moving] if wrong else moving
+        named = str(rng.choice(choices))
+        sentences.append(_sentence(str(rng.choice(AU_PHRASES[named]))))
+    return " ".join(sentences), named
 
 
 def _sentence(text: str) -> str:
@@ -574,7 +642,10 @@ def _write_annotations(out: Path, specs: list[ClipSpec], test_folds: np.ndarray)
                 out / DFEW_SPLIT_FILE.format(split=split, fold=fold), (_csv([["video_name", "label"], *rows])).encode()
             )
     write_atomic(out / "captions.csv", _csv([["clip", "caption"], *[[s.clip, s.caption] for s in specs]]).encode())
-    records = [{**asdict(spec), "fold": int(fold)} for spec, fold in zip(specs, test_folds, strict=True)]
+    records = [
+        {**asdict(spec), "fold": int(fold), "regions": region_record(spec)}
+        for spec, fold in zip(specs, test_folds, strict=True)
+    ]
     write_atomic(out / "annotations.jsonl", "".join(json.dumps(r) + "\n" for r in records).encode())
 
 

@@ -3,7 +3,17 @@
 import numpy as np
 import pytest
 
-from grace_fast.data.faces import ACTION_UNITS, AU_REGIONS, FrameStates, Identity, regions, render
+from grace_fast.data.faces import (
+    ACTION_UNITS,
+    AU_REGIONS,
+    HEAD_BOX,
+    REGION_BOXES,
+    FrameStates,
+    Identity,
+    part_boxes,
+    regions,
+    render,
+)
 
 SIZE = 64
 
@@ -52,3 +62,20 @@ def test_frames_are_rgb_in_the_unit_interval():
     frames = render(Identity(), states, 40, 56)
     assert frames.shape == (2, 40, 56, 3) and frames.dtype == np.float32
     assert frames.min() >= 0 and frames.max() <= 1
+
+
+@pytest.mark.parametrize("angle", [0.0, 0.15, -0.4])
+def test_part_boxes_are_the_tight_bounding_boxes_of_the_part_pixels(angle):
+    states = _posed(1)
+    states.angle[:] = angle  # the head leaves the frame at -0.4: its box is cut to the image
+    boxes = {**REGION_BOXES, "head": HEAD_BOX}
+    masks, frame_boxes = regions(states, SIZE, SIZE, boxes), part_boxes(states, SIZE, SIZE, boxes)
+    centres = (np.arange(SIZE) + 0.5) / SIZE
+    for name in boxes:
+        rows, cols = np.nonzero(masks[name][0])
+        x0, y0, x1, y1 = frame_boxes[name][0]
+        inside = (centres[cols] >= x0) & (centres[cols] <= x1) & (centres[rows] >= y0) & (centres[rows] <= y1)
+        assert inside.all(), name
+        found = np.array([centres[cols].min(), centres[rows].min(), centres[cols].max(), centres[rows].max()])
+        # a rotated box's corner is a point: the nearest pixel centre inside it can be a pixel's diagonal away
+        np.testing.assert_allclose(found, frame_boxes[name][0], atol=1.5 / SIZE, err_msg=name)
