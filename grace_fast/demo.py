@@ -30,10 +30,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from grace_fast.data.layouts import DFEW_CLASSES, load_clips  # noqa: E402
 from grace_fast.data.synthetic import make_synthetic  # noqa: E402
-from grace_fast.eval.mechanism import mechanism_report, trained_mechanism  # noqa: E402
+from grace_fast.eval.mechanism import mechanism_report, model_mechanism  # noqa: E402
 from grace_fast.files import write_atomic, write_figure  # noqa: E402
 from grace_fast.model.config import GraceConfig  # noqa: E402
 from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, demo_config  # noqa: E402
+from grace_fast.predict import Predictor  # noqa: E402
 from grace_fast.train.batch_order import steps_per_epoch  # noqa: E402
 from grace_fast.train.config import TrainConfig  # noqa: E402
 from grace_fast.train.loop import BEST, METRICS_NAME  # noqa: E402
@@ -108,7 +109,8 @@ def demo(
     if rows is None:
         return {"interrupted": True}
     grace = next(row for row in rows if row["name"] == "GRACE")
-    mechanism = trained_mechanism(Path(grace["run"]) / BEST, data, FOLD)  # measured against the ground truth
+    best = Predictor.from_pretrained(Path(grace["run"]) / BEST, device="cpu", dtype="float32")
+    mechanism = model_mechanism(best, data, FOLD)  # measured against the ground truth
     summary = {
         "clips": clips,
         "epochs": epochs,

@@ -338,14 +338,6 @@ def pointing_table(pointing: dict[str, dict[str, dict]]) -> str:
     return "\n".join(lines)
 
 
-def trained_mechanism(checkpoint, root, fold: int = 1) -> dict:
-    """`model_mechanism` of a saved model (a checkpoint folder such as RUN/best) on the test fold of a
-    `make-synthetic` folder, on the CPU in float32."""
-    from grace_fast.predict import Predictor
-
-    return model_mechanism(Predictor.from_pretrained(checkpoint, device="cpu", dtype="float32"), root, fold)
-
-
 def mechanism_report(result: dict) -> str:
     """`model_mechanism`'s result as two markdown tables with a line of explanation each."""
     return "\n".join(
