@@ -1,12 +1,14 @@
-// Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU: blocked GEMM over packed panels forward and backward, the
-// norms summed from the panels and the masks applied in the forward's epilogue. fp16/bf16 are converted while
-// they are packed; fp32 accumulation (fp64 for fp64).
+// Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU: blocked GEMM over packed panels forward and backward, the rows
+// normalised while they are packed and the masks applied in the forward's epilogue. fp16/bf16 are converted while
+// they are packed; fp32 accumulation (fp64 for fp64). Norms are scaled before squaring: finite for any finite input.
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <cmath>
+#include <limits>
 #include <vector>
 
 #include "checks.h"
@@ -18,29 +20,66 @@ namespace {
 constexpr int64_t NC = 3 * NR;  // columns of C per forward work item (small enough to balance B = 1)
 constexpr int64_t MB = 48;   // gradient rows per backward work item
 
-// sq[c] += sum over the kc depth steps of panel[k][c]^2: squared norms read from a packed panel of width W.
-template <int W, typename Acc>
-void add_squares(const Acc* panel, int kc, Acc* sq) {
-  for (int k = 0; k < kc; ++k, panel += W) {
-    for (int c = 0; c < W; ++c) sq[c] += panel[c] * panel[c];
+// ||x scale|| of a row x [D] and the scale, a power of two near 1 / max |x| (1 for a zero row): the squares neither
+// overflow nor underflow, and the scaling is exact (normal magnitudes get the unscaled result). The lanes of L
+// independent partial results let the compiler vectorise without reassociating.
+template <typename T, typename Acc>
+Acc scaled_norm(const T* x, int64_t D, Acc& scale) {
+  constexpr int64_t L = 16;
+  Acc top[L] = {}, sq[L] = {};
+  int64_t d = 0;
+  for (; d + L <= D; d += L) {
+    for (int64_t l = 0; l < L; ++l) top[l] = std::max(top[l], std::abs(static_cast<Acc>(x[d + l])));
   }
+  for (; d < D; ++d) top[0] = std::max(top[0], std::abs(static_cast<Acc>(x[d])));
+  const Acc largest = *std::max_element(top, top + L);
+  scale = Acc(1);
+  if (!(largest > 0)) return largest;  // 0, or NaN
+  // rows whose largest entry is subnormal are scaled as far as the exponent range allows
+  scale = std::ldexp(Acc(1), -std::max(std::ilogb(largest), std::numeric_limits<Acc>::min_exponent - 1));
+  for (d = 0; d + L <= D; d += L) {
+    for (int64_t l = 0; l < L; ++l) {
+      const Acc v = static_cast<Acc>(x[d + l]) * scale;
+      sq[l] += v * v;
+    }
+  }
+  for (; d < D; ++d) {
+    const Acc v = static_cast<Acc>(x[d]) * scale;
+    sq[0] += v * v;
+  }
+  Acc total = 0;
+  for (int64_t l = 0; l < L; ++l) total += sq[l];
+  return std::sqrt(total);
 }
 
-// r[i] = 1 / sqrt(sq[i]) for n squared norms, 0 for a zero or padded (mask[i] false) vector.
-template <typename Acc>
-void inverse_norms(const Acc* sq, int64_t n, const bool* mask, Acc* r) {
-  for (int64_t i = 0; i < n; ++i) r[i] = (mask && !mask[i]) || sq[i] == 0 ? Acc(0) : 1 / std::sqrt(sq[i]);
+// 1 / ||x|| of a row x [D], 0 for a zero row (NaN stays NaN).
+template <typename T, typename Acc>
+Acc inverse_norm(const T* x, int64_t D) {
+  Acc scale;
+  const Acc norm = scaled_norm<T, Acc>(x, D, scale);
+  return norm == 0 ? Acc(0) : scale / norm;
 }
 
-// Per work item (batch b, NC columns of C): U[b] is packed into MR-row panels (once per b and thread) and the
-// V rows into NR-column panels, KC deep, converting fp16/bf16 to Acc as they are packed; the norms are summed
-// from the panels; C = U V^T by the packed GEMM, then 1 - C * ru * rv with the masks in the epilogue.
+// r [rows] = inverse_norm of each row of x [rows, D], 0 where mask (may be null) is false.
+template <typename T, typename Acc>
+void inverse_norms(const T* x, const bool* mask, Acc* r, int64_t rows, int64_t D) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / D), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) r[i] = mask && !mask[i] ? Acc(0) : inverse_norm<T, Acc>(x + i * D, D);
+  });
+}
+
+// The norms first (ru, rv); then per work item (batch b, NC columns of C): U[b] is packed into MR-row panels (once
+// per b and thread) and the V rows into NR-column panels, KC deep, each row scaled to unit norm and converted from
+// fp16/bf16 to Acc as it is packed, so that the packed GEMM gives the cosines, and no product of unscaled entries can
+// overflow. The masks act through ru, rv = 0 and in the epilogue C = 1 - cos.
 template <typename T, typename Acc>
 void forward_kernel(const T* U_, const T* V_, const bool* mask_u, const bool* mask_v, Acc* C, Acc* ru, Acc* rv,
                     int64_t B, int64_t N, int64_t M, int64_t D) {
+  inverse_norms(U_, mask_u, ru, B * N, D);
+  inverse_norms(V_, mask_v, rv, B * M, D);
   const int64_t col_blocks = (M + NC - 1) / NC, n_pad = (N + MR - 1) / MR * MR;
   at::parallel_for(0, B * col_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> a_pack(n_pad * D), b_pack(NC * KC), ru_loc(n_pad), sq_v(NC), rv_loc(NC), valid_v(NC);
+    std::vector<Acc> a_pack(n_pad * D), b_pack(NC * KC), valid_v(NC);
     int64_t packed = -1;  // the batch element whose U is in a_pack
     for (int64_t item = begin; item < end; ++item) {
       const int64_t b = item / col_blocks, j0 = (item % col_blocks) * NC;
@@ -48,26 +87,19 @@ void forward_kernel(const T* U_, const T* V_, const bool* mask_u, const bool* ma
       const bool* mu = mask_u ? mask_u + b * N : nullptr;
       const bool* mv = mask_v ? mask_v + b * M + j0 : nullptr;
       if (packed != b) {
-        std::fill(ru_loc.begin(), ru_loc.end(), Acc(0));
         for (int64_t k0 = 0; k0 < D; k0 += KC) {
           const int kc = static_cast<int>(std::min<int64_t>(KC, D - k0));
-          Acc* a = a_pack.data() + n_pad * k0;
-          pack_a(Mat<T>{U_ + b * N * D, D, 1}, 0, static_cast<int>(N), k0, kc, a);
-          for (int64_t p = 0; p < n_pad; p += MR) add_squares<MR>(a + p * kc, kc, ru_loc.data() + p);
+          pack_a(Mat<T>{U_ + b * N * D, D, 1}, 0, static_cast<int>(N), k0, kc, ru + b * N, a_pack.data() + n_pad * k0);
         }
-        inverse_norms(ru_loc.data(), N, mu, ru_loc.data());
         packed = b;
       }
-      if (j0 == 0) std::copy(ru_loc.begin(), ru_loc.begin() + N, ru + b * N);  // one item per b writes ru
       Acc* Cb = C + b * N * M + j0;
-      std::fill(sq_v.begin(), sq_v.end(), Acc(0));
       for (int64_t k0 = 0; k0 < D; k0 += KC) {
         const int kc = static_cast<int>(std::min<int64_t>(KC, D - k0));
-        pack_b(Mat<T>{V_ + b * M * D, 1, D}, k0, kc, j0, nc, static_cast<const Acc*>(nullptr), b_pack.data());
-        for (int p = 0; p < nc; p += NR) add_squares<NR>(b_pack.data() + p * kc, kc, sq_v.data() + p);
+        pack_b(Mat<T>{V_ + b * M * D, 1, D}, k0, kc, j0, nc, static_cast<const Acc*>(nullptr), rv + b * M,
+               b_pack.data());
         gemm_packed(static_cast<int>(N), nc, kc, a_pack.data() + n_pad * k0, b_pack.data(), Cb, M, k0 > 0);
       }
-      inverse_norms(sq_v.data(), nc, mv, rv_loc.data());
       for (int q = 0; q < nc; ++q) valid_v[q] = mv && !mv[q] ? 0 : 1;
       for (int64_t i = 0; i < N; ++i) {
         Acc* row = Cb + i * M;
@@ -75,16 +107,17 @@ void forward_kernel(const T* U_, const T* V_, const bool* mask_u, const bool* ma
           std::fill(row, row + nc, Acc(0));
           continue;
         }
-        const Acc r = ru_loc[i];
-        for (int q = 0; q < nc; ++q) row[q] = valid_v[q] - row[q] * r * rv_loc[q];
+        for (int q = 0; q < nc; ++q) row[q] = valid_v[q] - row[q];
       }
-      std::copy(rv_loc.begin(), rv_loc.begin() + nc, rv + b * M + j0);
     }
   });
 }
 
 // For each batch b and row i of X [R, D]: acc_i = sum_k G(i, k) s_k Y_k over the K rows of Y [K, D], with
-// G(i, k) = g[b * g_batch + i * gs_i + k * gs_k] and scales s [K]; then dX_i = -r_i acc_i + r_i^3 <acc_i, X_i> X_i.
+// G(i, k) = g[b * g_batch + i * gs_i + k * gs_k] and scales s [K] (1 / the norms of Y's rows: the s_k Y_k are unit
+// vectors); then dX_i = r_i (<acc_i, x_i> x_i - acc_i) with the unit vector x_i = X_i / ||X_i|| (taken as X_i scale /
+// ||X_i scale||, which is exact for D = 1), the gradient through X_i -> X_i / ||X_i||: no power of r_i (around 1e22
+// for entries around 1e-22) can overflow. r_i = 0 (a zero or padded row) gives dX_i = 0.
 template <typename T, typename Acc>
 void backward_rows(const Acc* G, int64_t g_batch, int64_t gs_i, int64_t gs_k, const T* X, const Acc* r, const T* Y,
                    const Acc* s, T* dX, int64_t B, int64_t R, int64_t K, int64_t D) {
@@ -98,8 +131,8 @@ void backward_rows(const Acc* G, int64_t g_batch, int64_t gs_i, int64_t gs_k, co
       const Mat<T> Yb{Y + b * K * D, D, 1};
       for (int64_t k0 = 0; k0 < K; k0 += KC) {
         const int kc = static_cast<int>(std::min<int64_t>(KC, K - k0));
-        pack_a(A, i0, mb, k0, kc, a_pack.data());
-        pack_b(Yb, k0, kc, 0, static_cast<int>(D), s + b * K, b_pack.data());
+        pack_a(A, i0, mb, k0, kc, static_cast<const Acc*>(nullptr), a_pack.data());
+        pack_b(Yb, k0, kc, 0, static_cast<int>(D), s + b * K, static_cast<const Acc*>(nullptr), b_pack.data());
         gemm_packed(mb, static_cast<int>(D), kc, a_pack.data(), b_pack.data(), acc.data(), D, k0 > 0);
       }
       for (int i = 0; i < mb; ++i) {
@@ -107,11 +140,17 @@ void backward_rows(const Acc* G, int64_t g_batch, int64_t gs_i, int64_t gs_k, co
         const T* x = X + row * D;
         const Acc* a = acc.data() + static_cast<int64_t>(i) * D;
         const Acc ri = r[row];
-        Acc dot = 0;
-        for (int64_t d = 0; d < D; ++d) dot += a[d] * static_cast<Acc>(x[d]);
-        const Acc c1 = -ri, c3 = ri * ri * ri * dot;
         T* out = dX + row * D;
-        for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(c1 * a[d] + c3 * static_cast<Acc>(x[d]));
+        if (ri == 0) {
+          std::fill(out, out + D, static_cast<T>(0));
+          continue;
+        }
+        Acc scale;
+        const Acc norm = scaled_norm<T, Acc>(x, D, scale);
+        const auto unit = [&](int64_t d) { return static_cast<Acc>(x[d]) * scale / norm; };
+        Acc dot = 0;
+        for (int64_t d = 0; d < D; ++d) dot += a[d] * unit(d);
+        for (int64_t d = 0; d < D; ++d) out[d] = static_cast<T>(ri * (dot * unit(d) - a[d]));
       }
     }
   });

@@ -22,14 +22,17 @@ struct Mat {
 };
 
 // Packs a [rows, kc] slice of X (element (r, k) at x[r * rs + k * ks]) into one panel of width W:
-// out[k][r] = X(r, k) * kscale[k] (kscale may be null), zero for r >= rows. Reads along the unit stride.
+// out[k][r] = X(r, k) * rscale[r] * kscale[k] (either scale may be null), zero for r >= rows. Reads along the unit
+// stride.
 template <int W, typename T, typename Acc>
-inline void pack_panel(const T* x, int64_t rs, int64_t ks, int rows, int kc, const Acc* kscale, Acc* out) {
+inline void pack_panel(const T* x, int64_t rs, int64_t ks, int rows, int kc, const Acc* rscale, const Acc* kscale,
+                       Acc* out) {
   if (ks == 1) {
     std::fill(out, out + static_cast<int64_t>(kc) * W, Acc(0));
     for (int r = 0; r < rows; ++r) {
       const T* row = x + r * rs;
-      for (int k = 0; k < kc; ++k) out[k * W + r] = static_cast<Acc>(row[k]) * (kscale ? kscale[k] : Acc(1));
+      const Acc s = rscale ? rscale[r] : Acc(1);
+      for (int k = 0; k < kc; ++k) out[k * W + r] = static_cast<Acc>(row[k]) * s * (kscale ? kscale[k] : Acc(1));
     }
     return;
   }
@@ -37,27 +40,28 @@ inline void pack_panel(const T* x, int64_t rs, int64_t ks, int rows, int kc, con
     const T* col = x + k * ks;
     const Acc s = kscale ? kscale[k] : Acc(1);
     int r = 0;
-    for (; r < rows; ++r) out[r] = static_cast<Acc>(col[r * rs]) * s;
+    for (; r < rows; ++r) out[r] = static_cast<Acc>(col[r * rs]) * s * (rscale ? rscale[r] : Acc(1));
     for (; r < W; ++r) out[r] = Acc(0);
   }
 }
 
-// Packs rows [i0, i0 + mc) x depth [k0, k0 + kc) of A into MR-row panels: out[p][k][r].
+// Packs rows [i0, i0 + mc) x depth [k0, k0 + kc) of A into MR-row panels: out[p][k][r], each row scaled by
+// rscale[i0 + r] when rscale is given.
 template <typename T, typename Acc>
-void pack_a(Mat<T> A, int64_t i0, int mc, int64_t k0, int kc, Acc* out) {
+void pack_a(Mat<T> A, int64_t i0, int mc, int64_t k0, int kc, const Acc* rscale, Acc* out) {
   for (int p = 0; p < mc; p += MR, out += static_cast<int64_t>(kc) * MR) {
     pack_panel<MR>(A.data + (i0 + p) * A.rs + k0 * A.cs, A.rs, A.cs, std::min(MR, mc - p), kc,
-                   static_cast<const Acc*>(nullptr), out);
+                   rscale ? rscale + i0 + p : nullptr, static_cast<const Acc*>(nullptr), out);
   }
 }
 
 // Packs depth [k0, k0 + kc) x columns [j0, j0 + nc) of B into NR-column panels: out[p][k][c], each depth
-// row scaled by kscale[k0 + k] when kscale is given.
+// row scaled by kscale[k0 + k] and each column by cscale[j0 + c] when they are given.
 template <typename T, typename Acc>
-void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale, Acc* out) {
+void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale, const Acc* cscale, Acc* out) {
   for (int p = 0; p < nc; p += NR, out += static_cast<int64_t>(kc) * NR) {
     pack_panel<NR>(B.data + k0 * B.rs + (j0 + p) * B.cs, B.cs, B.rs, std::min(NR, nc - p), kc,
-                   kscale ? kscale + k0 : nullptr, out);
+                   cscale ? cscale + j0 + p : nullptr, kscale ? kscale + k0 : nullptr, out);
   }
 }
 

@@ -20,6 +20,7 @@
 #include <cstring>
 #include <limits>
 #include <utility>
+#include <vector>
 
 #include <c10/util/BFloat16.h>
 #include <c10/util/Half.h>
@@ -203,12 +204,13 @@ ALWAYS_INLINE Row<A> window_sum(const Row<A>* rows, int64_t h, int64_t w, const 
 }
 
 // The scores of one frame, walked tile by tile: tau [H W] = ||Delta||, sigma [H W] = ||Delta - window mean|| (0
-// unless spatial), if x_prev is given (frames t >= 1); dots [H W] = <grad_out, X_t> if grad_out is given. x_t, x_prev,
-// grad_out: [H W, D]; delta, rows: [H W] Rows and lanes: [3, H W] Vecs of scratch; inv_count: [H W] 1 / window size.
+// unless spatial), if x_prev is given (frames t >= 1), squared as Delta scale (a power of two); dots [H W] =
+// <grad_out, X_t> if grad_out is given. x_t, x_prev, grad_out: [H W, D]; delta, rows: [H W] Rows and lanes: [3, H W]
+// Vecs of scratch; inv_count: [H W] 1 / window size.
 template <typename T, typename A>
 GRACE_FAST_CLONES void frame_scores(const T* x_t, const T* x_prev, const T* grad_out, const Frame& f, bool spatial,
-                                    const A* inv_count, Row<A>* delta, Row<A>* rows, Vec<A>* lanes, A* tau, A* sigma,
-                                    A* dots) {
+                                    A scale, const A* inv_count, Row<A>* delta, Row<A>* rows, Vec<A>* lanes, A* tau,
+                                    A* sigma, A* dots) {
   const int64_t S = f.tokens(), D = f.D;
   Vec<A> *tau_lanes = lanes, *sigma_lanes = lanes + S, *dot_lanes = lanes + 2 * S;
   std::fill(lanes, lanes + 3 * S, Vec<A>{});
@@ -225,6 +227,7 @@ GRACE_FAST_CLONES void frame_scores(const T* x_t, const T* x_prev, const T* grad
       }
       if (x_prev) {
         delta[s] = x - load_row(x_prev + at, n);
+        if (scale != 1) delta[s] = delta[s] * scale;
         tau_lanes[s] += fold<A>(delta[s] * delta[s]);
       }
     }
@@ -237,10 +240,11 @@ GRACE_FAST_CLONES void frame_scores(const T* x_t, const T* x_prev, const T* grad
       }
     }
   }
+  const A unscale = 1 / scale;
   for (int64_t s = 0; s < S; ++s) {
     if (x_prev) {
-      tau[s] = std::sqrt(lane_sum<A>(tau_lanes[s]));
-      sigma[s] = std::sqrt(lane_sum<A>(sigma_lanes[s]));
+      tau[s] = std::sqrt(lane_sum<A>(tau_lanes[s])) * unscale;
+      sigma[s] = std::sqrt(lane_sum<A>(sigma_lanes[s])) * unscale;
     }
     if (grad_out) dots[s] = lane_sum<A>(dot_lanes[s]);
   }
@@ -271,34 +275,38 @@ ALWAYS_INLINE void tile_grad(Row<A>* delta, Row<A>* rows, const A* inv_count, co
   }
 }
 
-// The tile of G_t of a clip (frame 0's share folded into frame 1) in buffer; null for t = 0 and t = F.
+// The tile of G_t of a clip (frame 0's share folded into frame 1) in buffer, from Delta scale and the factors a, c
+// of clip_factors; null for t = 0 and t = F.
 template <typename T, typename A>
-ALWAYS_INLINE Row<A>* frame_gradient(const T* X, const A* a, const A* c, int64_t F, int64_t t, int64_t d0, int64_t n,
-                                     const Frame& f, bool spatial, const A* inv_count, Row<A>* delta, Row<A>* rows,
-                                     Row<A>* buffer) {
+ALWAYS_INLINE Row<A>* frame_gradient(const T* X, const A* a, const A* c, A scale, int64_t F, int64_t t, int64_t d0,
+                                     int64_t n, const Frame& f, bool spatial, const A* inv_count, Row<A>* delta,
+                                     Row<A>* rows, Row<A>* buffer) {
   if (t == 0 || t == F) return nullptr;
   const int64_t S = f.tokens(), D = f.D;
   const T* x_t = X + t * S * D + d0;
   for (int64_t s = 0; s < S; ++s) {
     if (t > 1) prefetch(x_t + (s - 2 * S) * D);  // X_{t-2}: the next step's
-    delta[s] = load_row(x_t + s * D, n) - load_row(x_t + (s - S) * D, n);
+    delta[s] = (load_row(x_t + s * D, n) - load_row(x_t + (s - S) * D, n)) * scale;
   }
   tile_grad(delta, rows, inv_count, f, spatial, a + t * S, c + t * S, buffer);
   return buffer;
 }
 
-// dX of the features [d0, d0 + DT) of frames [t0, t1) of one clip (X, grad_out, dX: [F, H W, D]; w, a, c: [F H W]),
-// walked backwards in time: dX_t = grad_out_t m_t + G_t - G_{t+1}, m = 1 + beta (w - 1). a, c null: no motion (F = 1).
-// delta, rows, G_cur, G_next: [H W] Rows of scratch.
+// dX of the features [d0, d0 + DT) of frames [t0, t1) of one clip (X, grad_out, dX: [F, H W, D]; w, a, c: [F H W];
+// scale: the clip's, of clip_factors), walked backwards in time: dX_t = grad_out_t m_t + G_t - G_{t+1},
+// m = 1 + beta (w - 1). a, c null: no motion (F = 1). delta, rows, G_cur, G_next: [H W] Rows of scratch.
 template <typename T, typename A>
-GRACE_FAST_CLONES void chunk_gradient(const T* X, const T* grad_out, const A* w, const A* a, const A* c, T* dX,
-                                      int64_t F, int64_t t0, int64_t t1, int64_t d0, const Frame& f, bool spatial,
-                                      A beta, const A* inv_count, Row<A>* delta, Row<A>* rows, Row<A>* G_cur,
-                                      Row<A>* G_next) {
+GRACE_FAST_CLONES void chunk_gradient(const T* X, const T* grad_out, const A* w, const A* a, const A* c, A scale,
+                                      T* dX, int64_t F, int64_t t0, int64_t t1, int64_t d0, const Frame& f,
+                                      bool spatial, A beta, const A* inv_count, Row<A>* delta, Row<A>* rows,
+                                      Row<A>* G_cur, Row<A>* G_next) {
   const int64_t S = f.tokens(), D = f.D, n = std::min(DT, D - d0);
-  const Row<A>* next = a ? frame_gradient(X, a, c, F, t1, d0, n, f, spatial, inv_count, delta, rows, G_next) : nullptr;
+  const auto gradient = [&](int64_t t, Row<A>* buffer) {
+    return frame_gradient(X, a, c, scale, F, t, d0, n, f, spatial, inv_count, delta, rows, buffer);
+  };
+  const Row<A>* next = a ? gradient(t1, G_next) : nullptr;
   for (int64_t t = t1 - 1; t >= t0; --t) {
-    const Row<A>* cur = a ? frame_gradient(X, a, c, F, t, d0, n, f, spatial, inv_count, delta, rows, G_cur) : nullptr;
+    const Row<A>* cur = a ? gradient(t, G_cur) : nullptr;
     for (int64_t s = 0; s < S; ++s) {
       const int64_t row = t * S + s, at = row * D + d0;
       Row<A> v{};
@@ -365,6 +373,34 @@ class Scratch {
   at::Tensor buffer_;
 };
 
+// The largest value of |x [n]| (NaN if x has one).
+template <typename T>
+auto max_abs(const T* x, int64_t n) {
+  using A = at::opmath_type<T>;
+  A top = 0;
+  for (int64_t i = 0; i < n; ++i) top = std::isnan(top) ? top : std::max(top, std::abs(static_cast<A>(x[i])));
+  return top;
+}
+
+// The largest power of two at most x > 0 (2^e for x in [2^e, 2^(e+1)), within the normal range).
+template <typename A>
+A power_of_two_below(A x) {
+  return std::ldexp(A(1), std::clamp(std::ilogb(x), std::numeric_limits<A>::min_exponent - 1,
+                                     std::numeric_limits<A>::max_exponent - 1));
+}
+
+// Whether the squares behind the scores tau, sigma [S] of a frame may have overflowed, or lost their digits to
+// underflow: a largest score that is not finite or that is below 2^-40. Then the scores are taken again of Delta
+// scaled by a power of two near 1 / max |X|, which at normal magnitudes never happens.
+template <typename A>
+bool lost_range(const A* tau, const A* sigma, int64_t S) {
+  A top = 0;
+  for (int64_t s = 0; s < S; ++s) top = std::max({top, tau[s], sigma[s]});
+  const bool finite = std::isfinite(top) && std::all_of(tau, tau + S, [](A v) { return !std::isnan(v); }) &&
+                      std::all_of(sigma, sigma + S, [](A v) { return !std::isnan(v); });
+  return !finite || top < std::ldexp(A(1), -40);
+}
+
 // Clips per group: as many as fit in GROUP tokens, at least one.
 int64_t group_size(int64_t B, int64_t N) { return std::clamp<int64_t>(GROUP / N, 1, B); }
 
@@ -380,10 +416,16 @@ void group_scores(const T* X, const T* grad_out, const A* grad_w, A beta, int64_
     for (int64_t frame = begin; frame < end; ++frame) {
       const int64_t first = frame * S;
       const T* x_t = X + first * D;
-      if (frame % F > 0 || dots) {
-        frame_scores(x_t, frame % F > 0 ? x_t - S * D : nullptr, dots ? grad_out + first * D : nullptr, f, spatial,
-                     inv_count, scratch.tile(0), scratch.tile(1), reinterpret_cast<Vec<A>*>(scratch.tile(2)),
-                     tau + first, sigma + first, dots ? gw + first : nullptr);
+      const T* x_prev = frame % F > 0 ? x_t - S * D : nullptr;
+      const auto scores = [&](const T* grad_out_t, A scale) {
+        frame_scores(x_t, x_prev, grad_out_t, f, spatial, scale, inv_count, scratch.tile(0), scratch.tile(1),
+                     reinterpret_cast<Vec<A>*>(scratch.tile(2)), tau + first, sigma + first,
+                     grad_out_t ? gw + first : nullptr);
+      };
+      if (x_prev || dots) scores(dots ? grad_out + first * D : nullptr, A(1));
+      if (x_prev && lost_range(tau + first, sigma + first, S)) {
+        const A top = std::max(max_abs(x_t, S * D), max_abs(x_prev, S * D));
+        if (top > 0) scores(nullptr, power_of_two_below(1 / top));
       }
       for (int64_t i = first; gw && i < first + S; ++i) {
         gw[i] = (grad_w ? grad_w[i] : A(0)) + (dots ? beta * gw[i] : A(0));
@@ -447,11 +489,15 @@ void forward_kernel(const T* X, T* X_out, A* w, int64_t B, int64_t F, const Fram
 
 // Gradient of the loss with respect to r = alpha tau_hat + (1 - alpha) sigma_hat of one clip, reduced to the per-token
 // factors a = dL/dtau / tau and c = dL/dsigma / sigma, which overwrite tau and sigma [N] (frame 0's scores are set
-// here first: Delta_0 = Delta_1); gw [N] holds dL/dw on entry and dL/dr on return.
+// here first: Delta_0 = Delta_1); gw [N] holds dL/dw on entry and dL/dr on return. The factors are returned over the
+// clip's scale k, a power of two near 1 / max score, which is returned: G = (a / k) (k Delta) + ... keeps every
+// factor in range (a itself is about 1 / |X|^2, below float32's range for entries around 1e19).
 template <typename A>
-void clip_factors(const A* w, A* tau, A* sigma, A* gw, int64_t N, int64_t S, const Params& p) {
+A clip_factors(const A* w, A* tau, A* sigma, A* gw, int64_t N, int64_t S, const Params& p) {
   std::copy(tau + S, tau + 2 * S, tau);
   std::copy(sigma + S, sigma + 2 * S, sigma);
+  const A top = std::max(*std::max_element(tau, tau + N), *std::max_element(sigma, sigma + N));
+  const A k = top > 0 && std::isfinite(top) ? power_of_two_below(1 / top) : A(1);
   double weighted = 0;
   for (int64_t i = 0; i < N; ++i) weighted += static_cast<double>(w[i]) * gw[i];
   const A mean_g = static_cast<A>(weighted / N), inv_temperature = static_cast<A>(1 / p.temperature);
@@ -462,20 +508,24 @@ void clip_factors(const A* w, A* tau, A* sigma, A* gw, int64_t N, int64_t S, con
     for (int64_t i = 0; i < N; ++i) sum += score[i];
     const double denom = sum / N + p.eps;
     for (int64_t i = 0; i < N; ++i) dot_g += mix * gw[i] * score[i];
-    const A shift = static_cast<A>(dot_g / denom / N), inv_denom = static_cast<A>(1 / denom), m = static_cast<A>(mix);
-    for (int64_t i = 0; i < N; ++i) score[i] = score[i] > 0 ? (m * gw[i] - shift) * inv_denom / score[i] : A(0);
+    const A shift = static_cast<A>(dot_g / denom / N), inv_denom = static_cast<A>(1 / (denom * k));
+    const A m = static_cast<A>(mix);
+    for (int64_t i = 0; i < N; ++i) {
+      score[i] = score[i] > 0 ? (m * gw[i] - shift) * inv_denom / (score[i] * k) * k : A(0);
+    }
     for (int64_t s = 0; s < S; ++s) score[S + s] += score[s];  // Delta_0 = Delta_1: frame 0's share goes to frame 1
   };
   factors(tau, p.alpha);
   factors(sigma, 1 - p.alpha);
+  return k;
 }
 
-// dX [G, F, H W, D] of G clips from the factors a, c [G F S] (null when F = 1). Work items: (clip, feature tile, time
-// chunk). A chunk [t0, t1) of a clip needs G_t0 .. G_t1 and recomputes the G_t1 of the next chunk, so clips are split
-// in time only when clips and tiles are too few to occupy the threads.
+// dX [G, F, H W, D] of G clips from the factors a, c [G F S] and scales k [G] of clip_factors (null when F = 1).
+// Work items: (clip, feature tile, time chunk). A chunk [t0, t1) of a clip needs G_t0 .. G_t1 and recomputes the G_t1
+// of the next chunk, so clips are split in time only when clips and tiles are too few to occupy the threads.
 template <typename T, typename A>
-void group_gradient(const T* grad_out, const T* X, const A* w, const A* a, const A* c, T* dX, int64_t G, int64_t F,
-                    const Frame& f, const Params& p, const A* inv_count, const Scratch<A>& scratch) {
+void group_gradient(const T* grad_out, const T* X, const A* w, const A* a, const A* c, const A* k, T* dX, int64_t G,
+                    int64_t F, const Frame& f, const Params& p, const A* inv_count, const Scratch<A>& scratch) {
   const int64_t S = f.tokens(), D = f.D, N = F * S, tiles = (D + DT - 1) / DT;
   const int64_t chunks = std::clamp<int64_t>((4 * at::get_num_threads() + G * tiles - 1) / (G * tiles), 1, F);
   const int64_t len = (F + chunks - 1) / chunks, count = (F + len - 1) / len;
@@ -484,7 +534,8 @@ void group_gradient(const T* grad_out, const T* X, const A* w, const A* a, const
       const int64_t b = item / (tiles * count), d0 = (item / count) % tiles * DT;
       const int64_t t0 = item % count * len, t1 = std::min(F, t0 + len);
       chunk_gradient(X + b * N * D, grad_out ? grad_out + b * N * D : nullptr, w + b * N, a ? a + b * N : nullptr,
-                     c ? c + b * N : nullptr, dX + b * N * D, F, t0, t1, d0, f, p.spatial(), static_cast<A>(p.beta),
+                     c ? c + b * N : nullptr, k ? k[b] : A(1), dX + b * N * D, F, t0, t1, d0, f, p.spatial(),
+                     static_cast<A>(p.beta),
                      inv_count, scratch.tile(0), scratch.tile(1), scratch.tile(2), scratch.tile(3));
     }
   });
@@ -497,6 +548,7 @@ void backward_kernel(const T* grad_out, const A* grad_w, const T* X, const A* w,
   const at::Tensor inv_count = inverse_counts<A>(f, acc), work = at::empty({3, F > 1 ? G * N : 0}, acc);
   const Scratch<A> scratch(f, acc);
   A *a = work.data_ptr<A>(), *c = a + work.size(1), *gw = c + work.size(1);
+  std::vector<A> k(G, A(1));
   for (int64_t b0 = 0; b0 < B; b0 += G) {
     const int64_t clips = std::min(G, B - b0), first = b0 * N;
     const T* grad_out_b = grad_out ? grad_out + first * D : nullptr;
@@ -505,12 +557,12 @@ void backward_kernel(const T* grad_out, const A* grad_w, const T* X, const A* w,
                          F, f, p.spatial(), inv_count.data_ptr<A>(), scratch, a, c, gw);
       at::parallel_for(0, clips, grain(N), [&](int64_t begin, int64_t end) {
         for (int64_t b = begin; b < end; ++b) {
-          clip_factors(w + first + b * N, a + b * N, c + b * N, gw + b * N, N, S, p);
+          k[b] = clip_factors(w + first + b * N, a + b * N, c + b * N, gw + b * N, N, S, p);
         }
       });
     }
     group_gradient<T, A>(grad_out_b, X + first * D, w + first, F > 1 ? a : nullptr, F > 1 ? c : nullptr,
-                         dX + first * D, clips, F, f, p, inv_count.data_ptr<A>(), scratch);
+                         F > 1 ? k.data() : nullptr, dX + first * D, clips, F, f, p, inv_count.data_ptr<A>(), scratch);
   }
 }
 

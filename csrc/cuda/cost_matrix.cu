@@ -1,6 +1,7 @@
-// Cosine cost matrix C = 1 - cos(U_i, V_j) on the GPU: a warp-per-row inverse-norm kernel, then one tiled
-// shared-memory GEMM kernel that serves the forward (masks and norms fused into its epilogue) and both backward
-// products. fp16/bf16 are converted while staging tiles; accumulation is fp32 (fp64 for fp64).
+// Cosine cost matrix C = 1 - cos(U_i, V_j) on the GPU: a warp-per-row inverse-norm kernel (scaled before squaring),
+// then one tiled shared-memory GEMM kernel that serves the forward (rows normalised as they are staged, masks in its
+// epilogue) and both backward products. fp16/bf16 are converted while staging tiles; accumulation is fp32 (fp64 for
+// fp64).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/cuda/CUDAContext.h>
@@ -30,7 +31,14 @@ __device__ Acc warp_sum(Acc x) {
   return x;
 }
 
-// r[row] = 1 / ||x[row]|| over the rows of x [rows, D]; 0 for a zero or padded row.
+template <typename Acc>
+__device__ Acc warp_max(Acc x) {
+  for (int offset = 16; offset > 0; offset /= 2) x = max(x, __shfl_xor_sync(0xffffffffu, x, offset));
+  return x;
+}
+
+// r[row] = 1 / ||x[row]|| over the rows of x [rows, D]; 0 for a zero or padded row. The squares are of x 2^-e, with
+// 2^e near max |x[row]|, so that they neither overflow nor underflow (exact for normal magnitudes: a power of two).
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kRowThreads)
     inverse_norm_kernel(const T* __restrict__ x, const bool* __restrict__ mask, Acc* __restrict__ r, int64_t rows,
@@ -39,13 +47,17 @@ __global__ void __launch_bounds__(kRowThreads)
   if (row >= rows) return;  // whole warps leave together, so the shuffles below stay full
   const int lane = threadIdx.x % 32;
   const T* xr = x + row * D;
+  Acc top = 0;
+  for (int64_t d = lane; d < D; d += 32) top = max(top, abs(static_cast<Acc>(xr[d])));
+  top = warp_max(top);
+  const Acc scale = top > 0 ? scalbn(Acc(1), -max(ilogb(top), std::numeric_limits<Acc>::min_exponent - 1)) : Acc(1);
   Acc s = 0;
   for (int64_t d = lane; d < D; d += 32) {
-    const Acc v = static_cast<Acc>(xr[d]);
+    const Acc v = static_cast<Acc>(xr[d]) * scale;
     s += v * v;
   }
   s = warp_sum(s);
-  if (lane == 0) r[row] = (mask && !mask[row]) || s == 0 ? Acc(0) : Acc(1) / sqrt(s);
+  if (lane == 0) r[row] = (mask && !mask[row]) || s == 0 ? Acc(0) : scale / sqrt(s);
 }
 
 // Element (r, k) of batch b lives at p[b * batch + r * s_r + k * s_k].
@@ -56,11 +68,12 @@ struct Operand {
 };
 
 // Stages rows [r0, r0 + kTile) x k in [k0, k0 + kBK) of an operand as tile[k][r], zero outside [rows) x [K),
-// times scale[b * K + k] when given. KContig says which axis has unit stride: consecutive threads walk it,
-// so the global reads coalesce (and the +1 padding keeps both walk orders free of bank conflicts).
+// times scale[b * K + k] and row_scale[b * rows + r] when given. KContig says which axis has unit stride:
+// consecutive threads walk it, so the global reads coalesce (and the +1 padding keeps both walk orders free of bank
+// conflicts).
 template <bool KContig, typename T, typename Acc>
-__device__ void load_tile(Acc (&tile)[kBK][kTile + 1], Operand<T> op, const Acc* scale, int64_t b, int64_t r0,
-                          int64_t rows, int64_t k0, int64_t K) {
+__device__ void load_tile(Acc (&tile)[kBK][kTile + 1], Operand<T> op, const Acc* scale, const Acc* row_scale,
+                          int64_t b, int64_t r0, int64_t rows, int64_t k0, int64_t K) {
   for (int idx = threadIdx.x; idx < kTile * kBK; idx += kThreads) {
     const int k = KContig ? idx % kBK : idx / kTile;
     const int r = KContig ? idx / kBK : idx % kTile;
@@ -69,17 +82,19 @@ __device__ void load_tile(Acc (&tile)[kBK][kTile + 1], Operand<T> op, const Acc*
     if (gr < rows && gk < K) {
       v = static_cast<Acc>(op.p[b * op.batch + gr * op.s_r + gk * op.s_k]);
       if (scale) v *= scale[b * K + gk];
+      if (row_scale) v *= row_scale[b * rows + gr];
     }
     tile[k][r] = v;
   }
 }
 
-// For each batch b: out(b, i, j) = epilogue(sum_k A(b, i, k) * scale[b, k] * Bt(b, j, k)) over i < rows, j < cols.
-// blockIdx.x numbers the output tiles, blockIdx.z strides over the batches.
+// For each batch b: out(b, i, j) = epilogue(sum_k A(b, i, k) sa[b, i] * scale[b, k] * Bt(b, j, k) sb[b, j]) over
+// i < rows, j < cols (a null scale is 1). blockIdx.x numbers the output tiles, blockIdx.z strides over the batches.
 template <bool AKContig, bool BKContig, typename TA, typename TB, typename Acc, typename Epilogue>
 __global__ void __launch_bounds__(kThreads)
-    tiled_gemm_kernel(Operand<TA> a, Operand<TB> bt, const Acc* __restrict__ scale, int64_t batches, int64_t rows,
-                      int64_t cols, int64_t K, Epilogue epilogue) {
+    tiled_gemm_kernel(Operand<TA> a, const Acc* __restrict__ sa, Operand<TB> bt, const Acc* __restrict__ sb,
+                      const Acc* __restrict__ scale, int64_t batches, int64_t rows, int64_t cols, int64_t K,
+                      Epilogue epilogue) {
   constexpr int kStride = kTile / kSub;
   __shared__ Acc As[kBK][kTile + 1];  // [BK, BM]
   __shared__ Acc Bs[kBK][kTile + 1];  // [BK, BN]
@@ -90,8 +105,8 @@ __global__ void __launch_bounds__(kThreads)
   for (int64_t b = blockIdx.z; b < batches; b += gridDim.z) {
     Acc acc[kSub][kSub] = {};
     for (int64_t k0 = 0; k0 < K; k0 += kBK) {
-      load_tile<AKContig>(As, a, static_cast<const Acc*>(nullptr), b, r0, rows, k0, K);
-      load_tile<BKContig>(Bs, bt, scale, b, c0, cols, k0, K);
+      load_tile<AKContig>(As, a, static_cast<const Acc*>(nullptr), sa, b, r0, rows, k0, K);
+      load_tile<BKContig>(Bs, bt, scale, sb, b, c0, cols, k0, K);
       __syncthreads();
 #pragma unroll
       for (int k = 0; k < kBK; ++k) {
@@ -121,18 +136,17 @@ __global__ void __launch_bounds__(kThreads)
   }
 }
 
-// C[b, i, j] = 1 - dot * ru[b, i] * rv[b, j] on valid pairs, exactly 0 on padded ones.
+// C[b, i, j] = 1 - cos on valid pairs, exactly 0 on padded ones (the GEMM's operands are unit rows: cos = dot).
 template <typename Acc>
 struct CosineEpilogue {
   Acc* C;
-  const Acc *ru, *rv;
   const bool *mask_u, *mask_v;  // null: all valid
   int64_t N, M;
 
-  __device__ void operator()(int64_t b, int64_t i, int64_t j, Acc dot) const {
+  __device__ void operator()(int64_t b, int64_t i, int64_t j, Acc cos) const {
     const int64_t iu = b * N + i, jv = b * M + j;
     const bool valid = (!mask_u || mask_u[iu]) && (!mask_v || mask_v[jv]);
-    C[iu * M + j] = valid ? Acc(1) - dot * ru[iu] * rv[jv] : Acc(0);
+    C[iu * M + j] = valid ? Acc(1) - cos : Acc(0);
   }
 };
 
@@ -145,8 +159,9 @@ struct StoreEpilogue {
   __device__ void operator()(int64_t b, int64_t i, int64_t j, Acc dot) const { out[(b * rows + i) * cols + j] = dot; }
 };
 
-// dx[row] = -r * acc[row] + r^3 <acc[row], x[row]> x[row]: the gradient through x -> x / ||x|| given
-// acc = -dL/d(x / ||x||) and r = 1 / ||x|| (r = 0 gives a zero gradient).
+// dx[row] = r (<acc[row], u> u - acc[row]) with the unit vector u = r x[row]: the gradient through x -> x / ||x||
+// given acc = -dL/d(x / ||x||) and r = 1 / ||x|| (r = 0 gives a zero gradient), written with u so that no power of r
+// (around 1e22 for entries around 1e-22) overflows.
 template <typename T, typename Acc>
 __global__ void __launch_bounds__(kRowThreads)
     normalize_backward_kernel(const Acc* __restrict__ acc, const T* __restrict__ x, const Acc* __restrict__ r,
@@ -156,11 +171,19 @@ __global__ void __launch_bounds__(kRowThreads)
   const int lane = threadIdx.x % 32;
   const Acc* ar = acc + row * D;
   const T* xr = x + row * D;
-  Acc dot = 0;
-  for (int64_t d = lane; d < D; d += 32) dot += ar[d] * static_cast<Acc>(xr[d]);
+  const Acc ri = r[row];
+  Acc dot = 0, sq = 0;  // <acc, u> and ||u||^2, which divides out the rounding of r from the projection
+  for (int64_t d = lane; d < D; d += 32) {
+    const Acc u = static_cast<Acc>(xr[d]) * ri;
+    dot += ar[d] * u;
+    sq += u * u;
+  }
   dot = warp_sum(dot);
-  const Acc ri = r[row], c1 = -ri, c3 = ri * ri * ri * dot;
-  for (int64_t d = lane; d < D; d += 32) dx[row * D + d] = static_cast<T>(c1 * ar[d] + c3 * static_cast<Acc>(xr[d]));
+  sq = warp_sum(sq);
+  const Acc along = sq > 0 ? dot / sq : Acc(0);
+  for (int64_t d = lane; d < D; d += 32) {
+    dx[row * D + d] = static_cast<T>(ri * (along * (static_cast<Acc>(xr[d]) * ri) - ar[d]));
+  }
 }
 
 unsigned grid_size(int64_t blocks) {
@@ -177,12 +200,14 @@ void launch_inverse_norms(const T* x, const bool* mask, Acc* r, int64_t rows, in
 }
 
 template <bool AKContig, bool BKContig, typename TA, typename TB, typename Acc, typename Epilogue>
-void launch_gemm(const Operand<TA>& a, const Operand<TB>& bt, const Acc* scale, int64_t batches, int64_t rows,
-                 int64_t cols, int64_t K, const Epilogue& epilogue, cudaStream_t stream) {
+void launch_gemm(const Operand<TA>& a, const Acc* sa, const Operand<TB>& bt, const Acc* sb, const Acc* scale,
+                 int64_t batches, int64_t rows, int64_t cols, int64_t K, const Epilogue& epilogue,
+                 cudaStream_t stream) {
   if (batches == 0 || rows == 0 || cols == 0) return;
   const int64_t tiles = ((rows + kTile - 1) / kTile) * ((cols + kTile - 1) / kTile);
   const dim3 grid(grid_size(tiles), 1, static_cast<unsigned>(std::min(batches, kMaxGridZ)));
-  tiled_gemm_kernel<AKContig, BKContig><<<grid, kThreads, 0, stream>>>(a, bt, scale, batches, rows, cols, K, epilogue);
+  tiled_gemm_kernel<AKContig, BKContig>
+      <<<grid, kThreads, 0, stream>>>(a, sa, bt, sb, scale, batches, rows, cols, K, epilogue);
   C10_CUDA_KERNEL_LAUNCH_CHECK();
 }
 
@@ -219,10 +244,12 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor> cost_matrix_forward(const at::Ten
     const bool* mv = mask_v.defined() ? mask_v.data_ptr<bool>() : nullptr;
     launch_inverse_norms(U.data_ptr<scalar_t>(), mu, ru.data_ptr<acc_t>(), B * N, D, stream);
     launch_inverse_norms(V.data_ptr<scalar_t>(), mv, rv.data_ptr<acc_t>(), B * M, D, stream);
-    // C = U V^T: both operands have the reduction axis D contiguous.
+    // cos = diag(ru) U V^T diag(rv), the rows scaled as they are staged (no product of raw entries can overflow):
+    // both operands have the reduction axis D contiguous.
     const Operand<scalar_t> a{U.data_ptr<scalar_t>(), N * D, D, 1}, bt{V.data_ptr<scalar_t>(), M * D, D, 1};
-    const CosineEpilogue<acc_t> epilogue{C.data_ptr<acc_t>(), ru.data_ptr<acc_t>(), rv.data_ptr<acc_t>(), mu, mv, N, M};
-    launch_gemm<true, true>(a, bt, static_cast<const acc_t*>(nullptr), B, N, M, D, epilogue, stream);
+    const CosineEpilogue<acc_t> epilogue{C.data_ptr<acc_t>(), mu, mv, N, M};
+    launch_gemm<true, true>(a, ru.data_ptr<acc_t>(), bt, rv.data_ptr<acc_t>(), static_cast<const acc_t*>(nullptr), B,
+                            N, M, D, epilogue, stream);
   });
   return {C, ru, rv};
 }
@@ -252,11 +279,14 @@ std::tuple<at::Tensor, at::Tensor> cost_matrix_backward(const at::Tensor& grad_C
     const acc_t* g = G.data_ptr<acc_t>();
     const scalar_t *u = U.data_ptr<scalar_t>(), *v = V.data_ptr<scalar_t>();
     // gu = G diag(rv) V: G [N, M] has M contiguous, V^T [D, M] does not.
-    launch_gemm<true, false>(Operand<acc_t>{g, N * M, M, 1}, Operand<scalar_t>{v, M * D, 1, D}, rv.data_ptr<acc_t>(),
-                             B, N, D, M, StoreEpilogue<acc_t>{gu.data_ptr<acc_t>(), N, D}, stream);
+    const acc_t* none = nullptr;
+    launch_gemm<true, false>(Operand<acc_t>{g, N * M, M, 1}, none, Operand<scalar_t>{v, M * D, 1, D}, none,
+                             rv.data_ptr<acc_t>(), B, N, D, M, StoreEpilogue<acc_t>{gu.data_ptr<acc_t>(), N, D},
+                             stream);
     // gv = G^T diag(ru) U: neither G^T [M, N] nor U^T [D, N] has N contiguous.
-    launch_gemm<false, false>(Operand<acc_t>{g, N * M, 1, M}, Operand<scalar_t>{u, N * D, 1, D}, ru.data_ptr<acc_t>(),
-                              B, M, D, N, StoreEpilogue<acc_t>{gv.data_ptr<acc_t>(), M, D}, stream);
+    launch_gemm<false, false>(Operand<acc_t>{g, N * M, 1, M}, none, Operand<scalar_t>{u, N * D, 1, D}, none,
+                              ru.data_ptr<acc_t>(), B, M, D, N, StoreEpilogue<acc_t>{gv.data_ptr<acc_t>(), M, D},
+                              stream);
     launch_normalize_backward(gu.data_ptr<acc_t>(), u, ru.data_ptr<acc_t>(), dU.data_ptr<scalar_t>(), B * N, D,
                               stream);
     launch_normalize_backward(gv.data_ptr<acc_t>(), v, rv.data_ptr<acc_t>(), dV.data_ptr<scalar_t>(), B * M, D,

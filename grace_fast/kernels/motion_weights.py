@@ -54,6 +54,18 @@ def _window_sum(
 
 
 @triton.jit
+def _add_squares(top, sq, v):
+    """The running (max |v|, sum of (v / max |v|)^2) of each row, [BLOCK_S] each, updated with a block v [BLOCK_S,
+    BLOCK_D]: the squares are taken over the largest entry so far, so that they neither overflow nor underflow (the
+    norm is top sqrt(sq))."""
+    new_top = tl.maximum(top, tl.max(tl.abs(v), 1))
+    safe = tl.where(new_top > 0, new_top, 1)
+    ratio = top / safe
+    v = v / safe[:, None]
+    return new_top, sq * ratio * ratio + tl.sum(v * v, 1)
+
+
+@triton.jit
 def _scores_kernel(
     X_ptr,
     tau_ptr,
@@ -64,12 +76,14 @@ def _scores_kernel(
     D,
     SPATIAL: tl.constexpr,
     WINDOW: tl.constexpr,
+    SCALE_SQUARES: tl.constexpr,
     BLOCK_S: tl.constexpr,
     BLOCK_D: tl.constexpr,
     DTYPE: tl.constexpr,
 ):
     """tau = ||Delta_t||, sigma = ||Delta_t - window mean|| of BLOCK_S tokens of a frame t >= 1 (also written to
-    frame 0 for t = 1: Delta_0 = Delta_1). X: [B, T, H W, D]; tau, sigma: [B, T, H W]."""
+    frame 0 for t = 1: Delta_0 = Delta_1), scaled before squaring if SCALE_SQUARES (float32: float64's squares of
+    float32 inputs cannot overflow). X: [B, T, H W, D]; tau, sigma: [B, T, H W]."""
     frame = tl.program_id(0).to(tl.int64)  # over B (T - 1) frames
     b = frame // (T - 1)
     t = frame % (T - 1) + 1
@@ -79,7 +93,9 @@ def _scores_kernel(
     h, w, inv_count = _window(offs_s, H, W, WINDOW // 2, DTYPE)
     x_t = X_ptr + (b * T + t) * S * D
     x_prev = x_t - S * D
+    tau_top = tl.zeros([BLOCK_S], DTYPE)
     tau2 = tl.zeros([BLOCK_S], DTYPE)
+    sigma_top = tl.zeros([BLOCK_S], DTYPE)
     sigma2 = tl.zeros([BLOCK_S], DTYPE)
     for d0 in range(0, D, BLOCK_D):
         offs_d = d0 + tl.arange(0, BLOCK_D)
@@ -87,19 +103,30 @@ def _scores_kernel(
         offs = offs_s[:, None] * D + offs_d[None, :]  # [BLOCK_S, BLOCK_D]
         mask = in_s[:, None] & in_d[None, :]
         delta = tl.load(x_t + offs, mask=mask, other=0).to(DTYPE) - tl.load(x_prev + offs, mask=mask, other=0).to(DTYPE)
-        tau2 += tl.sum(delta * delta, 1)
+        if SCALE_SQUARES:
+            tau_top, tau2 = _add_squares(tau_top, tau2, delta)
+        else:
+            tau2 += tl.sum(delta * delta, 1)
         if SPATIAL:
             e = (
                 delta
                 - _window_sum(x_t, x_prev, h, w, in_s, offs_d, in_d, H, W, D, True, WINDOW, DTYPE) * inv_count[:, None]
             )
-            sigma2 += tl.sum(e * e, 1)
+            if SCALE_SQUARES:
+                sigma_top, sigma2 = _add_squares(sigma_top, sigma2, e)
+            else:
+                sigma2 += tl.sum(e * e, 1)
     out = (b * T + t) * S + offs_s
-    tl.store(tau_ptr + out, tl.sqrt(tau2), mask=in_s)
-    tl.store(sigma_ptr + out, tl.sqrt(sigma2), mask=in_s)
+    tau = tl.sqrt(tau2)
+    sigma = tl.sqrt(sigma2)
+    if SCALE_SQUARES:
+        tau *= tau_top
+        sigma *= sigma_top
+    tl.store(tau_ptr + out, tau, mask=in_s)
+    tl.store(sigma_ptr + out, sigma, mask=in_s)
     if t == 1:
-        tl.store(tau_ptr + out - S, tl.sqrt(tau2), mask=in_s)
-        tl.store(sigma_ptr + out - S, tl.sqrt(sigma2), mask=in_s)
+        tl.store(tau_ptr + out - S, tau, mask=in_s)
+        tl.store(sigma_ptr + out - S, sigma, mask=in_s)
 
 
 @triton.jit
@@ -203,12 +230,13 @@ def _row_dot_kernel(
 
 
 @triton.jit
-def _factor(score_ptr, w_ptr, gw_ptr, offs, valid, mix, mean_g, inv_temperature, shift, inv_denom):
-    """dL/dscore / score of the tokens offs of one clip (0 where the score is 0)."""
-    score = tl.load(score_ptr + offs, mask=valid, other=0)
+def _factor(score_ptr, w_ptr, gw_ptr, offs, valid, mix, mean_g, inv_temperature, shift, inv_denom, k):
+    """dL/dscore / score / k of the tokens offs of one clip (0 where the score is 0), from the scores times the clip's
+    scale k and inv_denom = 1 / (k denom): each factor in range."""
+    score = tl.load(score_ptr + offs, mask=valid, other=0) * k
     gr = tl.load(w_ptr + offs, mask=valid, other=0) * (tl.load(gw_ptr + offs, mask=valid, other=0) - mean_g)
     g = (mix * gr * inv_temperature - shift) * inv_denom
-    return tl.where(valid & (score > 0), g / tl.where(score > 0, score, 1), 0)
+    return tl.where(valid & (score > 0), g / tl.where(score > 0, score, 1) * k, 0)
 
 
 @triton.jit
@@ -219,6 +247,7 @@ def _clip_factors_kernel(
     gw_ptr,
     a_ptr,
     c_ptr,
+    k_ptr,
     N,
     S,
     alpha: tl.float64,
@@ -227,8 +256,10 @@ def _clip_factors_kernel(
     BLOCK: tl.constexpr,
     DTYPE: tl.constexpr,
 ):
-    """Through the softmax and the per-clip normalisation: a = dL/dtau / tau, c = dL/dsigma / sigma of one clip,
-    frame 0's share folded into frame 1 (Delta_0 = Delta_1). w, tau, sigma, gw (= dL/dw), a, c: [B, N]."""
+    """Through the softmax and the per-clip normalisation: a = dL/dtau / tau / k, c = dL/dsigma / sigma / k of one
+    clip, frame 0's share folded into frame 1 (Delta_0 = Delta_1), and the clip's scale k, a power of two near
+    1 / max score: G = a (k Delta) + ... keeps each factor in range (dL/dtau / tau is about 1 / |X|^2, beyond float32
+    for entries around 1e19). w, tau, sigma, gw (= dL/dw), a, c: [B, N]; k: [B]."""
     alpha = tl.full([], alpha, DTYPE)
     inv_temperature = tl.full([], inv_temperature, DTYPE)
     eps = tl.full([], eps, DTYPE)
@@ -240,15 +271,22 @@ def _clip_factors_kernel(
     weighted = tl.zeros([BLOCK], DTYPE)
     sum_tau = tl.zeros([BLOCK], DTYPE)
     sum_sigma = tl.zeros([BLOCK], DTYPE)
+    top = tl.zeros([BLOCK], DTYPE)
     for i0 in range(0, N, BLOCK):
         offs = i0 + tl.arange(0, BLOCK)
         valid = offs < N
         weighted += tl.load(w_ptr + offs, mask=valid, other=0) * tl.load(gw_ptr + offs, mask=valid, other=0)
-        sum_tau += tl.load(tau_ptr + offs, mask=valid, other=0)
-        sum_sigma += tl.load(sigma_ptr + offs, mask=valid, other=0)
+        tau = tl.load(tau_ptr + offs, mask=valid, other=0)
+        sigma = tl.load(sigma_ptr + offs, mask=valid, other=0)
+        sum_tau += tau
+        sum_sigma += sigma
+        top = tl.maximum(top, tl.maximum(tau, sigma))
+    top_all = tl.max(top)
+    k = tl.where((top_all > 0) & (top_all < float("inf")), tl.exp2(-tl.floor(tl.log2(top_all))), 1).to(DTYPE)
+    tl.store(k_ptr + tl.program_id(0), k)
     mean_g = tl.sum(weighted) / N
-    denom_tau = tl.sum(sum_tau) / N + eps
-    denom_sigma = tl.sum(sum_sigma) / N + eps
+    denom_tau = (tl.sum(sum_tau) / N + eps) * k
+    denom_sigma = (tl.sum(sum_sigma) / N + eps) * k
     # d r / d tau_i = alpha / denom - sum_j alpha tau_j / denom^2 / N: the shift is <dL/dr, tau_hat> alpha / N
     dot_tau = tl.zeros([BLOCK], DTYPE)
     dot_sigma = tl.zeros([BLOCK], DTYPE)
@@ -256,21 +294,33 @@ def _clip_factors_kernel(
         offs = i0 + tl.arange(0, BLOCK)
         valid = offs < N
         gr = tl.load(w_ptr + offs, mask=valid, other=0) * (tl.load(gw_ptr + offs, mask=valid, other=0) - mean_g)
-        dot_tau += gr * tl.load(tau_ptr + offs, mask=valid, other=0)
-        dot_sigma += gr * tl.load(sigma_ptr + offs, mask=valid, other=0)
+        dot_tau += gr * (tl.load(tau_ptr + offs, mask=valid, other=0) * k)
+        dot_sigma += gr * (tl.load(sigma_ptr + offs, mask=valid, other=0) * k)
     shift_tau = alpha * inv_temperature * tl.sum(dot_tau) / denom_tau / N
     shift_sigma = (1 - alpha) * inv_temperature * tl.sum(dot_sigma) / denom_sigma / N
     for i0 in range(0, N, BLOCK):
         offs = i0 + tl.arange(0, BLOCK)
         valid = offs < N
         fold = valid & (offs >= S) & (offs < 2 * S)
-        a = _factor(tau_ptr, w_ptr, gw_ptr, offs, valid, alpha, mean_g, inv_temperature, shift_tau, 1 / denom_tau)
-        a += _factor(tau_ptr, w_ptr, gw_ptr, offs - S, fold, alpha, mean_g, inv_temperature, shift_tau, 1 / denom_tau)
+        a = _factor(tau_ptr, w_ptr, gw_ptr, offs, valid, alpha, mean_g, inv_temperature, shift_tau, 1 / denom_tau, k)
+        a += _factor(
+            tau_ptr, w_ptr, gw_ptr, offs - S, fold, alpha, mean_g, inv_temperature, shift_tau, 1 / denom_tau, k
+        )
         c = _factor(
-            sigma_ptr, w_ptr, gw_ptr, offs, valid, 1 - alpha, mean_g, inv_temperature, shift_sigma, 1 / denom_sigma
+            sigma_ptr, w_ptr, gw_ptr, offs, valid, 1 - alpha, mean_g, inv_temperature, shift_sigma, 1 / denom_sigma, k
         )
         c += _factor(
-            sigma_ptr, w_ptr, gw_ptr, offs - S, fold, 1 - alpha, mean_g, inv_temperature, shift_sigma, 1 / denom_sigma
+            sigma_ptr,
+            w_ptr,
+            gw_ptr,
+            offs - S,
+            fold,
+            1 - alpha,
+            mean_g,
+            inv_temperature,
+            shift_sigma,
+            1 / denom_sigma,
+            k,
         )
         tl.store(a_ptr + base + offs, a, mask=valid)
         tl.store(c_ptr + base + offs, c, mask=valid)
@@ -281,6 +331,7 @@ def _local_terms(
     x_t,
     a_ptr,
     c_ptr,
+    k,
     frame_s,
     offs_s,
     offs_d,
@@ -291,8 +342,9 @@ def _local_terms(
     WINDOW: tl.constexpr,
     DTYPE: tl.constexpr,
 ):
-    """For a [BLOCK_S, BLOCK_D] block of frame t >= 1 (x_t its [H W, D] tokens, frame_s its offset in a, c): the
-    terms a Delta + c E of G_t, and Y = c E / count, whose window sums G_t subtracts (zero unless SPATIAL)."""
+    """For a [BLOCK_S, BLOCK_D] block of frame t >= 1 (x_t its [H W, D] tokens, frame_s its offset in a, c; k the
+    clip's scale, a and c divided by it): the terms a (k Delta) + c (k E) of G_t, and Y = c (k E) / count, whose window
+    sums G_t subtracts (zero unless SPATIAL)."""
     S = H * W
     in_s = offs_s < S
     in_d = offs_d < D
@@ -302,7 +354,7 @@ def _local_terms(
         DTYPE
     )
     a = tl.load(a_ptr + frame_s + offs_s, mask=in_s, other=0)
-    G = a[:, None] * delta
+    G = a[:, None] * (delta * k)
     y = tl.zeros_like(delta)
     if SPATIAL:
         h, w, inv_count = _window(offs_s, H, W, WINDOW // 2, DTYPE)
@@ -310,7 +362,7 @@ def _local_terms(
         e = (
             delta
             - _window_sum(x_t, x_t - S * D, h, w, in_s, offs_d, in_d, H, W, D, True, WINDOW, DTYPE) * inv_count[:, None]
-        )
+        ) * k
         G += c[:, None] * e
         y = (c * inv_count)[:, None] * e
     return G, y
@@ -323,6 +375,7 @@ def _grad_kernel(
     w_ptr,
     a_ptr,
     c_ptr,
+    k_ptr,
     work_ptr,
     dX_ptr,
     T,
@@ -339,11 +392,12 @@ def _grad_kernel(
 ):
     """dX_t = grad_out_t m_t + G_t - G_{t+1} for a BLOCK_D slice of the features of one clip, t = T - 1 down to 0,
     with G_t = a Delta_t + c E_t - window sum of Y_t, Y_t = c E_t / count (G_0 = 0: frame 0 is folded into frame 1).
-    X, grad_out, dX: [B, T, H W, D]; w, a, c: [B, T, H W]; work: [B, 3, H W, D], of which this program uses its
+    X, grad_out, dX: [B, T, H W, D]; w, a, c: [B, T, H W]; k: [B]; work: [B, 3, H W, D], of which this program uses its
     columns: Y_t, then G_{t+1} and G_t alternating between two buffers, so that no thread overwrites what another may
     still read. The barriers order one phase's workspace writes before the next phase's reads."""
     b = tl.program_id(0).to(tl.int64)
     beta = tl.full([], beta, DTYPE)
+    k = tl.load(k_ptr + b)
     offs_d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     in_d = offs_d < D
     S = H * W
@@ -358,7 +412,7 @@ def _grad_kernel(
             for s0 in range(0, S, BLOCK_S):
                 offs_s = s0 + tl.arange(0, BLOCK_S)
                 mask = (offs_s < S)[:, None] & in_d[None, :]
-                _, y = _local_terms(x_t, a_ptr, c_ptr, frame * S, offs_s, offs_d, H, W, D, SPATIAL, WINDOW, DTYPE)
+                _, y = _local_terms(x_t, a_ptr, c_ptr, k, frame * S, offs_s, offs_d, H, W, D, SPATIAL, WINDOW, DTYPE)
                 tl.store(Y_ptr + offs_s[:, None] * D + offs_d[None, :], y, mask=mask)
             tl.debug_barrier()
         for s0 in range(0, S, BLOCK_S):
@@ -368,7 +422,7 @@ def _grad_kernel(
             mask = in_s[:, None] & in_d[None, :]
             G = tl.zeros([BLOCK_S, BLOCK_D], DTYPE)
             if t > 0:
-                G, _ = _local_terms(x_t, a_ptr, c_ptr, frame * S, offs_s, offs_d, H, W, D, SPATIAL, WINDOW, DTYPE)
+                G, _ = _local_terms(x_t, a_ptr, c_ptr, k, frame * S, offs_s, offs_d, H, W, D, SPATIAL, WINDOW, DTYPE)
                 if SPATIAL:
                     h, w, _ = _window(offs_s, H, W, WINDOW // 2, DTYPE)
                     G -= _window_sum(Y_ptr, Y_ptr, h, w, in_s, offs_d, in_d, H, W, D, False, WINDOW, DTYPE)
@@ -413,7 +467,7 @@ def motion_weights_triton(
     X_out = torch.empty_like(X)
     meta = dict(BLOCK_S=BLOCK_S, BLOCK_D=BLOCK_D, DTYPE=dtype)
     _scores_kernel[(B * (T - 1), triton.cdiv(S, BLOCK_S))](
-        X, tau, sigma, T, H, W, D, SPATIAL=alpha != 1, WINDOW=window, **meta
+        X, tau, sigma, T, H, W, D, SPATIAL=alpha != 1, WINDOW=window, SCALE_SQUARES=acc == torch.float32, **meta
     )
     _softmax_kernel[(B,)](tau, sigma, w, T * S, alpha, 1 / temperature, eps, BLOCK=1024, DTYPE=dtype)
     rows = B * T * S
@@ -445,6 +499,7 @@ def motion_weights_triton_backward(
     rows = B * T * S
     factors = torch.empty(3, rows, dtype=acc, device=X.device)
     gw, a, c = factors
+    k = torch.ones(B, dtype=acc, device=X.device)
     if T > 1:
         _row_dot_kernel[(triton.cdiv(rows, BLOCK_S),)](
             grad_out if grad_out is not None else X,
@@ -459,7 +514,7 @@ def motion_weights_triton_backward(
             **meta,
         )
         _clip_factors_kernel[(B,)](
-            w, scores[0], scores[1], gw, a, c, T * S, S, alpha, 1 / temperature, eps, BLOCK=1024, DTYPE=_DTYPES[acc]
+            w, scores[0], scores[1], gw, a, c, k, T * S, S, alpha, 1 / temperature, eps, BLOCK=1024, DTYPE=_DTYPES[acc]
         )
     work = torch.empty(B, 3, S, D, dtype=acc, device=X.device)
     dX = torch.empty_like(X)
@@ -469,6 +524,7 @@ def motion_weights_triton_backward(
         w,
         a,
         c,
+        k,
         work,
         dX,
         T,

@@ -1,5 +1,7 @@
 """grace_fast.ops.cost_matrix against its torch reference, on every backend this machine has."""
 
+import functools
+
 import pytest
 import torch
 
@@ -117,6 +119,28 @@ def test_zero_vector_has_cost_one_and_zero_gradient(backend, dtype):
     dU, dV = torch.autograd.grad(C, (U, V), torch.randn_like(C))
     assert torch.isfinite(dU).all() and torch.isfinite(dV).all()
     assert (dU[0, 2] == 0).all() and (dV[1, 3] == 0).all()
+
+
+# powers of two near 1e19 and 1e-22: scaling by them is exact, and squaring them overflows / underflows float32
+MAGNITUDES = {"huge": (2.0**63, 2.0**63), "tiny": (2.0**-73, 2.0**-73), "huge-and-tiny": (2.0**63, 2.0**-73)}
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+@pytest.mark.parametrize("scales", MAGNITUDES.values(), ids=MAGNITUDES.keys())
+def test_extreme_magnitudes_give_the_unit_scale_result(backend, dtype, scales):
+    """Cosines ignore the scale of U and V: at entries around 1e19 or 1e-22, whose squared norms overflow or underflow
+    in float32, C is that of the unscaled inputs and dU, dV are theirs divided by the scale."""
+    a, b = scales
+    U, V, mask_u, mask_v = _inputs(2, 9, 14, 512, dtype, device_of(backend), masked=True)
+    grad = torch.randn(2, 9, 14, device=U.device, dtype=torch.float64)
+    op = functools.partial(cost_matrix, backend=backend)
+    C, dU, dV = _forward_backward(op, U, V, mask_u, mask_v, grad)
+    C_s, dU_s, dV_s = _forward_backward(op, U * a, V * b, mask_u, mask_v, grad)
+    tol = {"atol": 1e-5, "rtol": 1e-5} if dtype == torch.float32 else {"atol": 1e-2, "rtol": 1e-2}
+    torch.testing.assert_close(C_s, C, **tol)
+    torch.testing.assert_close(dU_s.float() * a, dU.float(), **tol)
+    torch.testing.assert_close(dV_s.float() * b, dV.float(), **tol)
 
 
 @pytest.mark.parametrize("backend", ALL)

@@ -235,6 +235,20 @@ def test_still_clip_has_unit_weights_and_finite_gradients(backend):
     assert torch.isfinite(dX).all()
 
 
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("magnitude", [2.0**63, 2.0**-73], ids=["huge", "tiny"])
+def test_extreme_magnitudes_match_the_float64_reference(backend, magnitude):
+    """At entries around 1e19 or 1e-22 (powers of two: exact scaling), whose squared norms overflow or underflow in
+    float32, X_out, w and dX in float32 are as close to the float64 reference as at unit scale."""
+    X = torch.randn(2, 3, 4, 5, 64, device=device_of(backend)) * magnitude
+    grads = torch.randn(X.shape, device=X.device), torch.randn(X.shape[:-1], device=X.device)
+    out = _with_grads(lambda x: motion_weights(x, backend=backend, temperature=0.7), X, *grads)
+    ref64 = _with_grads(lambda x: motion_weights(x, backend="torch", temperature=0.7), X.double(), *grads)
+    for name, o, r64 in zip(("X_out", "w", "dX"), out, ref64, strict=True):
+        scale = r64.abs().max().item()
+        torch.testing.assert_close(o.double(), r64, atol=1e-5 * scale, rtol=1e-4, msg=name)
+
+
 def _full_peak_mb(X, backend):
     """MiB that motion_weights allocates at most in forward plus the backward of random upstream gradients of X_out and
     w, outputs and dX included (bench_motion's full mode)."""

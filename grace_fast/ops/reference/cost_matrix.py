@@ -2,9 +2,15 @@
 
 import torch
 
+from grace_fast.ops.reference.norm import row_scale
+
 
 def _normalize(x: torch.Tensor) -> torch.Tensor:
-    """Rows scaled to unit norm; a zero row stays zero (so its cosine is 0) and gets no gradient."""
+    """Rows scaled to unit norm; a zero row stays zero (so its cosine is 0) and gets no gradient.
+
+    The row is divided by its largest entry first, so that the squares neither overflow nor underflow.
+    """
+    x = x / row_scale(x)
     norm = torch.linalg.vector_norm(x, dim=-1, keepdim=True)
     inverse = torch.where(norm > 0, 1 / torch.where(norm > 0, norm, 1), 0)
     return x * inverse

@@ -3,6 +3,8 @@
 import torch
 import torch.nn.functional as F
 
+from grace_fast.ops.reference.norm import careful_norm
+
 NORM_EPS = 1e-6  # added to each clip's mean score before dividing by it: a clip without motion gets w = 1
 
 
@@ -30,6 +32,7 @@ def motion_weights_reference(
     X: [B, T, H, W, D] any float dtype. Returns X_out [B, T, H, W, D] in X's dtype and w [B, T, H, W] float32
     (float64 for float64 X), computed in float32 (float64):
       Delta_t = X_t - X_{t-1} (t >= 1), Delta_0 = Delta_1;  tau = ||Delta||, sigma = ||Delta - window_mean(Delta)||
+        (norms scaled before squaring: finite for any finite X)
       r = alpha tau / (mean tau + eps) + (1 - alpha) sigma / (mean sigma + eps)   (means per clip over (t, h, w))
       w = T H W softmax_(t, h, w)(r / temperature);  T = 1 gives w = 1.
     """
@@ -41,8 +44,8 @@ def motion_weights_reference(
     else:
         delta = torch.diff(x, dim=1)
         delta = torch.cat([delta[:, :1], delta], dim=1)  # Delta_0 = Delta_1
-        tau = torch.linalg.vector_norm(delta, dim=-1)
-        sigma = torch.linalg.vector_norm(delta - window_mean(delta, window), dim=-1)
+        tau = careful_norm(delta)
+        sigma = careful_norm(delta - window_mean(delta, window))
         r = alpha * _normalise(tau) + (1 - alpha) * _normalise(sigma)
         w = (T * H * W) * torch.softmax(r.reshape(B, -1) / temperature, dim=1).view(B, T, H, W)
     X_out = x * (1 + beta * (w - 1))[..., None]
