@@ -1,5 +1,7 @@
 #include "cpu/gemm.h"
 
+#include <ATen/Version.h>
+
 #include "cpu/clones.h"
 
 namespace grace_fast::cpu {
@@ -48,11 +50,70 @@ __attribute__((always_inline)) inline void gemm_body(int mc, int nc, int kc, con
   }
 }
 
-}  // namespace
+#if defined(__x86_64__)
+// The AVX-512 body for float: 16-float vectors over a tile of MR rows and two adjacent packed B panels (2 NR
+// columns), 12 accumulators in zmm registers; a last odd panel gets an MR x NR tile.
+typedef float v16f __attribute__((vector_size(64)));
+typedef float v16f_u __attribute__((vector_size(64), aligned(4)));
+
+template <int P>  // B panels per tile: 1 or 2
+__attribute__((always_inline)) inline void wide_tile(int kc, const float* __restrict a, const float* __restrict b,
+                                                     float out[MR][2 * NR]) {
+  const int64_t panel = static_cast<int64_t>(kc) * NR;
+  v16f c[MR][P] = {};
+  for (int k = 0; k < kc; ++k, a += MR, b += NR) {
+    v16f x[P];
+    for (int p = 0; p < P; ++p) x[p] = *reinterpret_cast<const v16f_u*>(b + p * panel);
+    for (int r = 0; r < MR; ++r) {
+      for (int p = 0; p < P; ++p) c[r][p] += a[r] * x[p];
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int p = 0; p < P; ++p) *reinterpret_cast<v16f_u*>(out[r] + p * NR) = c[r][p];
+  }
+}
+
+__attribute__((target("arch=x86-64-v4"))) void gemm_avx512(int mc, int nc, int kc, const float* a, const float* b,
+                                                            float* c, int64_t ldc, bool accumulate) {
+  alignas(64) float t[MR][2 * NR];
+  for (int j = 0; j < nc; j += 2 * NR) {
+    const int cols = std::min(2 * NR, nc - j);
+    const float* bp = b + static_cast<int64_t>(j) * kc;
+    for (int i = 0; i < mc; i += MR) {
+      const int rows = std::min(MR, mc - i);
+      if (cols > NR) {
+        wide_tile<2>(kc, a + static_cast<int64_t>(i) * kc, bp, t);
+      } else {
+        wide_tile<1>(kc, a + static_cast<int64_t>(i) * kc, bp, t);
+      }
+      for (int r = 0; r < rows; ++r) {
+        float* crow = c + (i + r) * ldc + j;
+        if (accumulate) {
+          for (int q = 0; q < cols; ++q) crow[q] += t[r][q];
+        } else {
+          for (int q = 0; q < cols; ++q) crow[q] = t[r][q];
+        }
+      }
+    }
+  }
+}
+#endif
 
 GRACE_FAST_CLONES
-void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
+void gemm_clones(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
   gemm_body(mc, nc, kc, a, b, c, ldc, accumulate);
+}
+
+}  // namespace
+
+// The AVX-512 body where ATen runs its own AVX-512 kernels (so ATEN_CPU_CAPABILITY=avx2 turns it off too), else the
+// AVX2 or baseline clone; picked once, at the first call.
+void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate) {
+#if defined(__x86_64__)
+  static const bool avx512 = at::get_cpu_capability() == "AVX512";
+  if (avx512) return gemm_avx512(mc, nc, kc, a, b, c, ldc, accumulate);
+#endif
+  gemm_clones(mc, nc, kc, a, b, c, ldc, accumulate);
 }
 
 GRACE_FAST_CLONES

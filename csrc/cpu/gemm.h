@@ -1,7 +1,8 @@
 // A blocked GEMM for the CPU kernels: C[mc, nc] (+)= A[mc, k] B[k, nc] over packed panels in the
 // accumulation type Acc (float, or double for float64 inputs). Operands of any dtype and any strides are
 // converted while they are packed, so callers read fp16/bf16 tensors directly and transposes cost nothing.
-// The inner kernel is compiled for AVX2+FMA and for the baseline ISA and picked at load time (GCC target_clones).
+// The inner kernel is compiled for AVX2+FMA and for the baseline ISA (GCC target_clones), for float also for AVX-512,
+// and picked at load time.
 #pragma once
 #include <ATen/ATen.h>
 
