@@ -27,6 +27,7 @@ from grace_fast.errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "caption": ("grace_fast.text.captioner", "caption clips with a local Video-LLaVA, or import captions (CATE)"),
+    "crop-faces": ("grace_fast.data.face_crop", "write face-cropped copies of a folder of videos (MAFW, your own)"),
     "demo": ("grace_fast.demo", "the main job: synthetic set, tiny GRACE and its ablations trained and tested on CPU"),
     "coarse-labels": ("grace_fast.text.coarse_labels", "top-k emotions per clip from a baseline classifier (CATE)"),
     "make-synthetic": ("grace_fast.data.synthetic", "write the synthetic DFER set: mp4 faces in DFEW's layout"),

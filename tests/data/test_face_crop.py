@@ -1,14 +1,17 @@
 """grace_fast.data.face_crop: the Haar detector finds the synthetic faces where the generator drew them; the
 track ignores stray boxes, carries the box over missed frames, smooths it and falls back to the whole frame."""
 
+import json
 import pickle
 
 import numpy as np
 import pytest
+import torch
 
-from grace_fast.data.face_crop import FaceCrop, FaceDetector, FaceTrack, HaarFaceDetector
+from grace_fast.data.face_crop import TRACKS_NAME, FaceCrop, FaceDetector, FaceTrack, HaarFaceDetector
 from grace_fast.data.faces import regions
 from grace_fast.data.synthetic import frame_states, render_clip, sample_specs
+from grace_fast.data.transforms import VideoTransform
 
 pytest.importorskip("cv2", reason="the faces extra (opencv-python-headless) is not installed")
 
@@ -146,3 +149,73 @@ def test_bad_settings_are_refused_naming_the_setting(argument, value):
 def test_a_detector_returning_bad_boxes_is_refused():
     with pytest.raises(ValueError, match=r"\[K, 4\]"):
         FaceCrop(lambda frame: np.ones((1, 3))).track(_frames(1))
+
+
+def test_crop_faces_writes_cropped_clips_that_a_layout_reads(synthetic_dir, tmp_path):
+    from grace_fast.cli import main
+    from grace_fast.data.datasets import ClipDataset
+    from grace_fast.data.layouts import dfew
+    from grace_fast.data.video import read_whole_video
+
+    out = synthetic_dir / "Clip" / "faces"
+    assert main(["crop-faces", "--videos", str(synthetic_dir / "Clip" / "original"), "--out", str(out)]) == 0
+    records = [json.loads(line) for line in (out / TRACKS_NAME).read_text().splitlines()]
+    assert sorted(r["clip"] for r in records) == sorted(p.stem for p in (synthetic_dir / "Clip" / "original").glob("*"))
+    assert sum(r["found"] for r in records) >= len(records) - 3, records
+    for record in records:
+        frames, _ = read_whole_video(out / f"{record['clip']}.mp4")
+        source, _ = read_whole_video(record["video"])
+        assert frames.shape == (len(source), 224, 224, 3) and len(record["boxes"]) == len(source)
+    clips = dfew(synthetic_dir, fold=1, split="test", clip_dir="Clip/faces")
+    assert all(clip.path.startswith(str(out)) for clip in clips.clips)
+    assert ClipDataset(clips, num_frames=4, transform=VideoTransform(32))[0].frames.shape == (4, 3, 32, 32)
+
+
+def test_crop_faces_refuses_an_odd_size(synthetic_dir, tmp_path, capsys):
+    from grace_fast.cli import main
+
+    assert (
+        main(
+            ["crop-faces", "--videos", str(synthetic_dir / "Clip" / "original"), "--out", str(tmp_path), "--size", "33"]
+        )
+        == 2
+    )
+    assert "size must be an even number" in capsys.readouterr().err
+
+
+def test_the_dataset_cuts_its_sampled_frames_to_the_face(synthetic_dir):
+    from grace_fast.data.datasets import ClipDataset
+    from grace_fast.data.layouts import synthetic
+    from grace_fast.data.sampling import segment_indices
+
+    clips = synthetic(synthetic_dir, fold=1, split="test")
+    crop = FaceCrop(Scripted([[[4.0, 6.0, 20.0, 22.0]]] * 256), size=16, margin=0.0)
+    plain = ClipDataset(clips, num_frames=4, transform=VideoTransform(16))
+    cropped = ClipDataset(clips, num_frames=4, transform=VideoTransform(16), face_crop=crop)
+    frames = plain._read(0, lambda n, t: segment_indices(n, t, None))
+    expected = VideoTransform(16)(np.ascontiguousarray(frames[:, 6:22, 4:20]))
+    torch.testing.assert_close(cropped[0].frames, expected)
+
+
+def test_coarse_labels_see_the_face_crop_and_cache_it_apart(tmp_path):
+    from grace_fast.data.video import write_mp4
+    from grace_fast.text.cache import Cache
+    from grace_fast.text.coarse_labels import label_clips, load_clip
+
+    frames = np.zeros((6, 40, 40, 3), np.uint8)
+    frames[:, 10:30, 10:30] = 250  # a bright "face" on a black frame
+    write_mp4(tmp_path / "a.mp4", frames, fps=5)
+    crop = FaceCrop(lambda frame: np.array([[10.0, 10.0, 30.0, 30.0]]), margin=0.0)
+    assert load_clip(str(tmp_path / "a.mp4"), 4, 8).mean() < 0.5 < load_clip(str(tmp_path / "a.mp4"), 4, 8, crop).mean()
+    seen = []
+
+    def classify(batch):
+        seen.append(batch.mean().item())
+        return torch.zeros(len(batch), 7)
+
+    classes = [str(c) for c in range(7)]
+    with Cache(tmp_path / "cache.sqlite") as cache:
+        for face_crop in (None, crop):
+            _, summary = label_clips([("a", str(tmp_path / "a.mp4"))], classify, classes, cache, face_crop=face_crop)
+            assert summary.done == 1 and summary.cached == 0
+    assert seen[0] < 0.5 < seen[1]
