@@ -173,7 +173,7 @@ CHECKPOINT_FILES = [
 def test_any_corrupt_file_of_a_checkpoint_is_a_user_error_naming_it(files, tmp_path, capsys, name):
     folder = tmp_path / "checkpoint"
     shutil.copytree(files / "checkpoint", folder)
-    assert sorted(path.name for path in folder.iterdir()) == sorted(CHECKPOINT_FILES)
+    assert sorted(path.name for path in folder.iterdir()) == sorted([*CHECKPOINT_FILES, "README.md"])  # + the card
     (folder / name).write_text("{garbage")
     assert main(["predict", "clip.mp4", "--checkpoint", str(folder)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
