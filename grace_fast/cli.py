@@ -17,6 +17,7 @@ errors too.
 import argparse
 import dis
 import importlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -45,6 +46,24 @@ DATALOADER_TRACEBACK = "Original Traceback (most recent call last):"
 REMOTE_FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')  # file and source line
 
 
+class LogHandler(logging.Handler):
+    """The package's log records on stderr as "LEVEL: message" lines (INFO bare), between progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        prefix = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        tqdm.write(prefix + record.getMessage(), file=sys.stderr)
+
+
+def _show_logs() -> None:
+    """Send grace_fast's INFO and above to stderr once per process (the library itself only logs)."""
+    logger = logging.getLogger("grace_fast")
+    if not any(isinstance(handler, LogHandler) for handler in logger.handlers):
+        logger.addHandler(LogHandler())
+    logger.setLevel(logging.INFO)
+
+
 class Parser(argparse.ArgumentParser):
     """An ArgumentParser whose errors are one line, as every user error of the commands (no usage block)."""
 
@@ -70,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version or a bad argument, printed already
         return stop.code or 0
+    _show_logs()
     try:
         return args.run(args)
     except Exception as error:

@@ -3,7 +3,8 @@ select on the validation split, then score the selected model on the fold's test
 
 Layout of `out` (one fold: out is the fold's run folder; several: out/fold-K each, and out/summary.json)::
 
-    config.yaml  metrics.jsonl  checkpoints/  best/ (GraceModel checkpoint + selection.json)
+    config.yaml  metrics.jsonl  curves.png  checkpoints/  best/ (GraceModel checkpoint + selection.json + README.md)
+    [tensorboard/ (tensorboard: true)]
     test/report.json  test/confusion.png  test/predictions.csv  [skipped.jsonl]
 
 >>> result = train(TrainConfig(dataset="synthetic", data_root="data/synthetic", epochs=2, out="runs/demo"))
@@ -28,9 +29,11 @@ from grace_fast.files import read_safetensors
 from grace_fast.model.io import WEIGHTS_NAME, write_model_card
 from grace_fast.train import distributed
 from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
+from grace_fast.train.logs import CURVES_NAME, plot_curves
 from grace_fast.train.loop import (
     BEST,
     CONFIG_NAME,
+    METRICS_NAME,
     SELECTION_NAME,
     SKIPPED_NAME,
     amp_dtype,
@@ -127,6 +130,8 @@ def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, wor
         processes,
         on_step=on_step,
     )
+    if processes.main and (run / METRICS_NAME).stat().st_size:
+        plot_curves(run / METRICS_NAME, run / CURVES_NAME)
     if result.interrupted:
         return {"fold": config.fold, "run": str(run), "interrupted": True}
     test = None

@@ -5,8 +5,8 @@ Class names come from the data set and class prompts from the CATE lexicon ("a f
 raised, lip corners pulled up"), so that logit c, class name c and prompt c always agree.
 """
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from grace_fast.data.transforms import Normalization, VideoTransform
 from grace_fast.model import GraceConfig, GraceLoss, GraceModel, GraceOutput, inverse_frequency_weights
 from grace_fast.train.config import TrainConfig
 
+logger = logging.getLogger(__name__)
 TOKENIZER_DIR = "tokenizer"
 
 
@@ -177,15 +178,14 @@ def clip_dataset(
 
 
 def warn_missing(split: str, dataset: ClipDataset) -> None:
-    """Say on stderr which clips of a split the data set left out because their files are missing (skip_bad)."""
+    """Log a warning naming the clips of a split that the data set left out because their files are missing."""
     if dataset.skipped:
         shown = ", ".join(f"{bad.id} ({bad.path})" for bad in dataset.skipped[:5])
         more = f" and {len(dataset.skipped) - 5} more" if len(dataset.skipped) > 5 else ""
         total = len(dataset) + len(dataset.skipped)
-        print(
-            f"warning: {split}: {len(dataset.skipped)} of {total} clips are missing on disk and left out (skip_bad): "
-            f"{shown}{more}",
-            file=sys.stderr,
+        logger.warning(
+            f"{split}: {len(dataset.skipped)} of {total} clips are missing on disk and left out (skip_bad): "
+            f"{shown}{more}"
         )
 
 
