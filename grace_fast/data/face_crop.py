@@ -35,6 +35,7 @@ FERV39k) are crops already.
 
 import argparse
 import json
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Protocol, runtime_checkable
@@ -63,8 +64,9 @@ class HaarFaceDetector:
     The grey image is rescaled so that its short side is `work_side` pixels (small frames are enlarged so that a
     face spans more than the cascade's 20-24 pixel window, large ones shrunk for speed) and equalised with CLAHE
     (without it the cascade missed most darker-skinned synthetic faces). Faces smaller than `min_face` of the
-    short side are ignored. The cascade is loaded on first use and not pickled, so a detector can be sent to
-    DataLoader worker processes.
+    short side are ignored. The cascade is loaded on first use in each thread (one OpenCV CascadeClassifier
+    shared by threads returned wrong boxes for a third of the frames) and not pickled, so a detector can be used
+    by Predictor's decoding threads and sent to DataLoader worker processes.
     """
 
     def __init__(
@@ -84,21 +86,24 @@ class HaarFaceDetector:
             raise ValueError(f"scale_factor must be > 1, got {scale_factor!r}")
         self.cascade, self.work_side, self.min_face = cascade, work_side, min_face
         self.scale_factor, self.min_neighbors = scale_factor, min_neighbors
-        self._classifier = None
+        self._local = threading.local()
 
     def __getstate__(self) -> dict:
-        return {**self.__dict__, "_classifier": None}
+        return {k: v for k, v in self.__dict__.items() if k != "_local"}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _local=threading.local())
 
     def __call__(self, frame: np.ndarray) -> np.ndarray:
         cv2 = _cv2()
-        if self._classifier is None:
-            self._classifier = _load_cascade(cv2, self.cascade)
+        if not hasattr(self._local, "classifier"):
+            self._local.classifier = _load_cascade(cv2, self.cascade)
         scale = self.work_side / min(frame.shape[:2])
         grey = cv2.cvtColor(np.ascontiguousarray(frame), cv2.COLOR_RGB2GRAY)
         grey = cv2.resize(grey, None, fx=scale, fy=scale, interpolation=cv2.INTER_LINEAR)
         grey = cv2.createCLAHE(clipLimit=2.0, tileGridSize=(4, 4)).apply(grey)
         side = max(int(self.min_face * self.work_side), 20)
-        found = self._classifier.detectMultiScale(
+        found = self._local.classifier.detectMultiScale(
             grey, scaleFactor=self.scale_factor, minNeighbors=self.min_neighbors, minSize=(side, side)
         )
         boxes = np.asarray(found, dtype=np.float64).reshape(-1, 4)

@@ -1,13 +1,14 @@
-"""transformers' Auto classes for GRACE checkpoint folders: `register()` maps model_type "grace" to
-GraceHFConfig (AutoConfig) and GraceAutoModel (AutoModel), which load and build GraceModel.
+"""transformers' Auto classes for GRACE checkpoint folders: `register()` (run when grace_fast.model is imported)
+maps model_type "grace" to GraceHFConfig (AutoConfig) and GraceAutoModel (AutoModel), which load and build
+GraceModel.
 
 A GRACE checkpoint folder (GraceModel.save_pretrained) holds a config.json with "model_type": "grace", so that
-after `register()` `AutoConfig.from_pretrained(folder)` gives a GraceHFConfig (`.to_grace()` is its GraceConfig)
+once registered `AutoConfig.from_pretrained(folder)` gives a GraceHFConfig (`.to_grace()` is its GraceConfig)
 and `AutoModel.from_pretrained(folder)` the GraceModel itself (the same as GraceModel.from_pretrained; keyword
 arguments naming GraceConfig fields override them). Nothing is fetched from the hub: folder is a local path.
 
 >>> from transformers import AutoModel
->>> register()
+>>> import grace_fast.model  # registers
 >>> model = AutoModel.from_pretrained("runs/demo/best")  # doctest: +SKIP
 """
 

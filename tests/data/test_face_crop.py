@@ -219,3 +219,13 @@ def test_coarse_labels_see_the_face_crop_and_cache_it_apart(tmp_path):
             _, summary = label_clips([("a", str(tmp_path / "a.mp4"))], classify, classes, cache, face_crop=face_crop)
             assert summary.done == 1 and summary.cached == 0
     assert seen[0] < 0.5 < seen[1]
+
+
+def test_haar_detector_gives_the_same_boxes_from_several_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    detector = HaarFaceDetector()
+    frames = [frame for spec in sample_specs(4, seed=0) for frame in render_clip(spec, 32)[:4]]
+    serial = [detector(frame).tolist() for frame in frames]
+    with ThreadPoolExecutor(4) as pool:
+        assert [boxes.tolist() for boxes in pool.map(detector, frames)] == serial
