@@ -63,7 +63,8 @@ class HaarFaceDetector:
 
     The grey image is rescaled so that its short side is `work_side` pixels (small frames are enlarged so that a
     face spans more than the cascade's 20-24 pixel window, large ones shrunk for speed) and equalised with CLAHE
-    (without it the cascade missed most darker-skinned synthetic faces). Faces smaller than `min_face` of the
+    (on synthetic clips 1-40 of seed 0 it raised the clips with a face found from 35 to 38, the frames with a
+    detection from 69% to 76%; the faces it still misses are dark-skinned). Faces smaller than `min_face` of the
     short side are ignored. The cascade is loaded on first use in each thread (one OpenCV CascadeClassifier
     shared by threads returned wrong boxes for a third of the frames) and not pickled, so a detector can be used
     by Predictor's decoding threads and sent to DataLoader worker processes.
