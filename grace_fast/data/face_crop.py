@@ -227,8 +227,10 @@ def crop_videos(source: str | Path, out: str | Path, crop: FaceCrop, *, progress
         raise ValueError(f"size must be an even number of pixels for an mp4, got {crop.size!r}")
     out = Path(out)
     clips = list_videos(source)
-    if out.resolve() == Path(source).resolve():
-        raise ValueError(f"out {out} is the source folder; choose another --out")
+    if Path(source).resolve() in (out.resolve(), *out.resolve().parents):
+        raise ValueError(
+            f"out {out} is inside the videos folder {source} (a rerun would crop the crops); choose another"
+        )
     records = []
     for clip, path in tqdm(clips, desc="crop-faces", unit="clip", disable=not progress):
         frames, fps = read_whole_video(path)

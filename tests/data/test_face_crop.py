@@ -171,9 +171,12 @@ def test_crop_faces_writes_cropped_clips_that_a_layout_reads(synthetic_dir, tmp_
     assert ClipDataset(clips, num_frames=4, transform=VideoTransform(32))[0].frames.shape == (4, 3, 32, 32)
 
 
-def test_crop_faces_refuses_an_odd_size(synthetic_dir, tmp_path, capsys):
+def test_crop_faces_refuses_an_odd_size_and_an_out_inside_the_videos(synthetic_dir, tmp_path, capsys):
     from grace_fast.cli import main
 
+    videos = synthetic_dir / "Clip" / "original"
+    assert main(["crop-faces", "--videos", str(videos), "--out", str(videos / "faces")]) == 2
+    assert "inside the videos folder" in capsys.readouterr().err
     assert (
         main(
             ["crop-faces", "--videos", str(synthetic_dir / "Clip" / "original"), "--out", str(tmp_path), "--size", "33"]
