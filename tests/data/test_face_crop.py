@@ -157,7 +157,7 @@ def test_crop_faces_writes_cropped_clips_that_a_layout_reads(synthetic_dir, tmp_
     from grace_fast.data.layouts import dfew
     from grace_fast.data.video import read_whole_video
 
-    out = synthetic_dir / "Clip" / "faces"
+    out = tmp_path / "faces"  # not in synthetic_dir: other tests check what that folder holds
     assert main(["crop-faces", "--videos", str(synthetic_dir / "Clip" / "original"), "--out", str(out)]) == 0
     records = [json.loads(line) for line in (out / TRACKS_NAME).read_text().splitlines()]
     assert sorted(r["clip"] for r in records) == sorted(p.stem for p in (synthetic_dir / "Clip" / "original").glob("*"))
@@ -166,7 +166,7 @@ def test_crop_faces_writes_cropped_clips_that_a_layout_reads(synthetic_dir, tmp_
         frames, _ = read_whole_video(out / f"{record['clip']}.mp4")
         source, _ = read_whole_video(record["video"])
         assert frames.shape == (len(source), 224, 224, 3) and len(record["boxes"]) == len(source)
-    clips = dfew(synthetic_dir, fold=1, split="test", clip_dir="Clip/faces")
+    clips = dfew(synthetic_dir, fold=1, split="test", clip_dir=str(out))  # an absolute clip_dir
     assert all(clip.path.startswith(str(out)) for clip in clips.clips)
     assert ClipDataset(clips, num_frames=4, transform=VideoTransform(32))[0].frames.shape == (4, 3, 32, 32)
 
