@@ -189,7 +189,7 @@ def test_crop_faces_refuses_an_odd_size_and_an_out_inside_the_videos(synthetic_d
 def test_the_dataset_cuts_its_sampled_frames_to_the_face(synthetic_dir):
     from grace_fast.data.datasets import ClipDataset
     from grace_fast.data.layouts import synthetic
-    from grace_fast.data.sampling import segment_indices
+    from grace_fast.data.segments import segment_indices
 
     clips = synthetic(synthetic_dir, fold=1, split="test")
     crop = FaceCrop(Scripted([[[4.0, 6.0, 20.0, 22.0]]] * 256), size=16, margin=0.0)
