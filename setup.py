@@ -70,7 +70,17 @@ setup(
     package_data={"grace_fast.text": ["*.json"]},
     entry_points={"console_scripts": ["grace-fast = grace_fast.cli:main"]},
     extras_require={
-        "test": ["pytest>=8", "pytest-benchmark>=4", "pot==0.9.7", "ruff", "triton>=3.9,<3.10"],
+        "faces": ["opencv-python-headless>=4.5,<5"],  # Haar cascades in cv2.data (version 5 wheels ship none)
+        "tensorboard": ["tensorboard"],
+        "test": [
+            "pytest>=8",
+            "pytest-benchmark>=4",
+            "pot==0.9.7",
+            "ruff",
+            "triton>=3.9,<3.10",
+            "opencv-python-headless>=4.5,<5",
+            "tensorboard",
+        ],
         "gpu-bench": ["flash-sinkhorn>=0.4.1"],  # a baseline of benchmarks/bench_sinkhorn.py on CUDA only
     },
     ext_modules=ext_modules,

@@ -17,6 +17,7 @@ errors too.
 import argparse
 import dis
 import importlib
+import logging
 import re
 import sys
 from pathlib import Path
@@ -27,6 +28,7 @@ from grace_fast.errors import UserError
 # name -> (module, one-line help)
 COMMANDS: dict[str, tuple[str, str]] = {
     "caption": ("grace_fast.text.captioner", "caption clips with a local Video-LLaVA, or import captions (CATE)"),
+    "crop-faces": ("grace_fast.data.face_crop", "write face-cropped copies of a folder of videos (MAFW, your own)"),
     "demo": ("grace_fast.demo", "the main job: synthetic set, tiny GRACE and its ablations trained and tested on CPU"),
     "coarse-labels": ("grace_fast.text.coarse_labels", "top-k emotions per clip from a baseline classifier (CATE)"),
     "make-synthetic": ("grace_fast.data.synthetic", "write the synthetic DFER set: mp4 faces in DFEW's layout"),
@@ -42,6 +44,24 @@ DEBUG_HELP = "show the traceback of user errors too"
 PACKAGE = str(Path(__file__).resolve().parent)
 DATALOADER_TRACEBACK = "Original Traceback (most recent call last):"
 REMOTE_FRAME = re.compile(r'File "([^"]+)", line \d+, in [^\n]*\n\s*([^\n]*)')  # file and source line
+
+
+class LogHandler(logging.Handler):
+    """The package's log records on stderr as "LEVEL: message" lines (INFO bare), between progress bars."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        from tqdm import tqdm
+
+        prefix = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        tqdm.write(prefix + record.getMessage(), file=sys.stderr)
+
+
+def _show_logs() -> None:
+    """Send grace_fast's INFO and above to stderr once per process (the library itself only logs)."""
+    logger = logging.getLogger("grace_fast")
+    if not any(isinstance(handler, LogHandler) for handler in logger.handlers):
+        logger.addHandler(LogHandler())
+    logger.setLevel(logging.INFO)
 
 
 class Parser(argparse.ArgumentParser):
@@ -69,6 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         args = parser.parse_args(argv)
     except SystemExit as stop:  # --help, --version or a bad argument, printed already
         return stop.code or 0
+    _show_logs()
     try:
         return args.run(args)
     except Exception as error:

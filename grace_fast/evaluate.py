@@ -102,7 +102,7 @@ def run(args) -> int:
 
 def _evaluate_checkpoint(args) -> dict[str, Any]:
     from grace_fast.data.datasets import collate
-    from grace_fast.data.transforms import load_normalization
+    from grace_fast.data.transforms import Normalization, read_processor_config
     from grace_fast.model import GraceModel
     from grace_fast.train import distributed
     from grace_fast.train.loop import amp_dtype, collect_predictions
@@ -126,8 +126,11 @@ def _evaluate_checkpoint(args) -> dict[str, Any]:
             raise UserError(
                 f"--checkpoint {args.checkpoint} has the classes {list(classes)}, the data {list(clips.classes)}"
             )
-        normalization = load_normalization(args.checkpoint)
-        dataset = clip_dataset(clips, grace.config, normalization, train=False, skip_bad=args.skip_bad)
+        normalization = Normalization.from_pretrained(args.checkpoint)
+        face_crop = bool(read_processor_config(args.checkpoint).get("face_crop", False))
+        dataset = clip_dataset(
+            clips, grace.config, normalization, train=False, skip_bad=args.skip_bad, face_crop=face_crop
+        )
         if processes.main:
             warn_missing(args.split, dataset)
         model = GraceClassifier(grace, args.text, normalization).to(processes.device)

@@ -1,9 +1,11 @@
 """Inference: `Predictor.from_pretrained(folder).predict(clip)` -> the emotion and its class probabilities, and the
 `grace-fast predict clip.mp4 ...` command.
 
-A clip is a video file (or a folder of frame images), a uint8 frames array/tensor [T, H, W, 3], or model-ready
-frames [T, 3, S, S] float (already normalised). The clip is sampled uniformly to the model's frame count,
-centre-cropped, resized and normalised as in evaluation. By default every class is scored by its own prompt and
+A clip is a video file (or a folder of frames), a uint8 frames array/tensor [T, H, W, 3], or model-ready
+frames [T, 3, S, S] float (already normalised). The clip is sampled uniformly to the model's frame count, cut to
+the tracked face when the checkpoint was trained on face crops (or face_crop=True; data.face_crop), centre-cropped,
+resized and normalised as in evaluation, with the statistics of the checkpoint's preprocessor_config.json (a
+folder without one is refused: its statistics are unknown). By default every class is scored by its own prompt and
 the auxiliary head predicts (the low-latency mode: the prompts' encodings are cached after the first call); pass
 captions to align those instead, for the main head.
 
@@ -62,7 +64,8 @@ class Predictor:
     """A trained GRACE model in eval mode with its evaluation transform.
 
     dtype: "auto", "float32" or "bfloat16" (autocast; the weights stay float32); compile: torch.compile the model's
-    parts (see the module doc). self.dtype is the resolved compute dtype.
+    parts (see the module doc); face_crop: a data.face_crop.FaceCrop applied to decoded frames (None: whole
+    frames). self.dtype is the resolved compute dtype.
     """
 
     def __init__(
@@ -73,9 +76,10 @@ class Predictor:
         batch_size: int = 8,
         dtype: str = "auto",
         compile: bool = False,
+        face_crop=None,
     ):
         self.model = model.eval().to(device)
-        self.transform = transform
+        self.transform, self.face_crop = transform, face_crop
         self.device = torch.device(device)
         self.batch_size = batch_size
         self.dtype = compute_dtype(dtype, self.device)
@@ -94,19 +98,27 @@ class Predictor:
         batch_size: int = 8,
         dtype: str = "auto",
         compile: bool = False,
+        face_crop: bool | None = None,
         **overrides,
     ) -> "Predictor":
-        """Load a checkpoint folder written by training (RUN/best) or GraceModel.save_pretrained; overrides change
-        GraceConfig fields (e.g. frames=32). device "auto" is the GPU when there is one; dtype and compile as for
-        Predictor."""
-        from grace_fast.data.transforms import VideoTransform, load_normalization
+        """Load a checkpoint folder written by training (RUN/best) or GraceModel.save_pretrained, with the
+        normalisation and face crop of its preprocessor_config.json (face_crop True/False overrides the latter);
+        overrides change GraceConfig fields (e.g. frames=32). device "auto" is the GPU when there is one; dtype
+        and compile as for Predictor."""
+        from grace_fast.data.face_crop import face_crop_of
+        from grace_fast.data.transforms import Normalization, VideoTransform, read_processor_config
         from grace_fast.model import GraceModel
 
         model = GraceModel.from_pretrained(folder, **overrides)
-        transform = VideoTransform(model.config.image_size, train=False, normalization=load_normalization(folder))
+        normalization = Normalization.from_pretrained(folder)
+        if face_crop is None:
+            face_crop = bool(read_processor_config(folder).get("face_crop", False))
+        transform = VideoTransform(model.config.image_size, train=False, normalization=normalization)
         if device == "auto":
             device = "cuda" if torch.cuda.is_available() else "cpu"
-        return cls(model, transform, device, batch_size, dtype=dtype, compile=compile)
+        return cls(
+            model, transform, device, batch_size, dtype=dtype, compile=compile, face_crop=face_crop_of(face_crop)
+        )
 
     def predict(
         self, clips: Clip | Sequence[Clip], captions: str | Sequence[str] | None = None
@@ -159,7 +171,7 @@ class Predictor:
         if isinstance(clip, str | os.PathLike):
             from grace_fast.data.frames import read_clip
 
-            return self.transform(read_clip(clip, self.frames))
+            return self.transform(self._crop(read_clip(clip, self.frames)))
         if isinstance(clip, torch.Tensor) and clip.is_floating_point():
             expected = (self.frames, 3, self.size, self.size)
             if tuple(clip.shape) != expected:
@@ -175,7 +187,10 @@ class Predictor:
             )
         from grace_fast.data.video import uniform_indices
 
-        return self.transform(frames[uniform_indices(len(frames), self.frames)])
+        return self.transform(self._crop(frames[uniform_indices(len(frames), self.frames)]))
+
+    def _crop(self, frames: np.ndarray) -> np.ndarray:
+        return frames if self.face_crop is None else self.face_crop(frames)
 
     def _prediction(self, probabilities: list[float]) -> Prediction:
         index = int(np.argmax(probabilities))
@@ -220,6 +235,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-size", type=integer(1), default=8, help="clips per batch")
     parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--json", action="store_true", help="print one JSON object per clip")
+    parser.add_argument(
+        "--face-crop",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="cut each clip to its tracked face (default: as the checkpoint was trained; needs the faces extra)",
+    )
     add_speed_arguments(parser)
 
 
@@ -237,7 +258,12 @@ def run(args: argparse.Namespace) -> int:
     if args.caption is not None and len(args.caption) != len(args.clips):
         raise UserError(f"--caption: given {len(args.caption)} times for {len(args.clips)} clips; give one per clip")
     predictor = Predictor.from_pretrained(
-        args.checkpoint, device=args.device, batch_size=args.batch_size, dtype=args.dtype, compile=args.compile
+        args.checkpoint,
+        device=args.device,
+        batch_size=args.batch_size,
+        dtype=args.dtype,
+        compile=args.compile,
+        face_crop=args.face_crop,
     )
     frames, names, captions, failed = [], [], [], 0
     for i, (clip, loaded) in enumerate(zip(args.clips, predictor.load_all(args.clips, (VideoReadError,)), strict=True)):

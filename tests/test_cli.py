@@ -45,6 +45,8 @@ def files(tmp_path_factory) -> Path:
         manifest.parent.mkdir(parents=True)
         manifest.write_text("{not json")
     (root / "videos").mkdir()
+    (root / "bad-videos").mkdir()
+    (root / "bad-videos" / "broken.mp4").write_text("not a video")
     return root
 
 
@@ -59,6 +61,15 @@ CASES = {
     ("caption", "bad-value"): (
         lambda f: ["--videos", str(f / "videos"), "--model", str(f), "--out", str(f / "o.jsonl"), "--frames", "0"],
         "--frames",
+    ),
+    ("crop-faces", "missing"): (lambda f: ["--videos", str(f / "none"), "--out", str(f / "faces")], "none"),
+    ("crop-faces", "corrupt"): (
+        lambda f: ["--videos", str(f / "bad-videos"), "--out", str(f / "faces"), "--quiet"],
+        "broken.mp4",
+    ),
+    ("crop-faces", "bad-value"): (
+        lambda f: ["--videos", str(f / "videos"), "--out", str(f / "faces"), "--size", "0"],
+        "--size",
     ),
     ("demo", "missing"): (lambda f: ["--out", str(f / "a-file" / "demo"), "--clips", "35"], "a-file"),
     ("demo", "corrupt"): (
@@ -162,7 +173,7 @@ CHECKPOINT_FILES = [
 def test_any_corrupt_file_of_a_checkpoint_is_a_user_error_naming_it(files, tmp_path, capsys, name):
     folder = tmp_path / "checkpoint"
     shutil.copytree(files / "checkpoint", folder)
-    assert sorted(path.name for path in folder.iterdir()) == sorted(CHECKPOINT_FILES)
+    assert sorted(path.name for path in folder.iterdir()) == sorted([*CHECKPOINT_FILES, "README.md"])  # + the card
     (folder / name).write_text("{garbage")
     assert main(["predict", "clip.mp4", "--checkpoint", str(folder)]) == 2
     (line,) = capsys.readouterr().err.splitlines()
@@ -290,7 +301,8 @@ def test_the_exit_codes_reach_the_shell(files):
 
 
 @pytest.mark.parametrize(
-    "command", ["train", "pretrain", "evaluate", "caption", "coarse-labels", "refine", "make-synthetic", "demo"]
+    "command",
+    ["train", "pretrain", "evaluate", "caption", "coarse-labels", "refine", "make-synthetic", "demo", "crop-faces"],
 )
 def test_every_long_command_has_quiet(command, capsys):
     assert main([command, "--help"]) == 0

@@ -1,6 +1,7 @@
 """Data: video I/O, the DFER data sets' annotation layouts, the synthetic set, and the Dataset that feeds the model."""
 
 from grace_fast.data.datasets import BadClip, Batch, ClipDataset, Sample, collate
+from grace_fast.data.face_crop import FaceCrop, FaceDetector, FaceTrack, HaarFaceDetector
 from grace_fast.data.frames import read_clip
 from grace_fast.data.layouts import Clip, ClipList, csv_clips, dfew, ferv39k, load_clips, mafw, synthetic
 from grace_fast.data.segments import segment_indices
@@ -14,6 +15,10 @@ __all__ = [
     "Clip",
     "ClipDataset",
     "ClipList",
+    "FaceCrop",
+    "FaceDetector",
+    "FaceTrack",
+    "HaarFaceDetector",
     "Normalization",
     "Sample",
     "VideoReadError",

@@ -1,7 +1,8 @@
 """The torch Dataset of labelled clips and its collate function.
 
-A sample is a clip's frames, decoded and segment-sampled (`sampling`), cropped, resized and normalised
-(`transforms`), with its label, id and caption. Training randomness (which frame of each segment, crop, flip) is
+A sample is a clip's frames, decoded and segment-sampled (`sampling`), optionally cut to the face
+(`face_crop`: the face is tracked over the sampled frames), cropped, resized and normalised (`transforms`), with
+its label, id and caption. Training randomness (which frame of each segment, crop, flip) is
 drawn from a generator seeded by (seed, epoch, index): a sample depends on nothing else, so it is the same with
 any number of workers, on any DDP rank and after a resume; call `set_epoch` at the start of every epoch (with
 DataLoader workers, leave persistent_workers off so that they see it).
@@ -36,6 +37,7 @@ from typing import NamedTuple
 import numpy as np
 import torch
 
+from grace_fast.data.face_crop import FaceCrop
 from grace_fast.data.frames import read_clip
 from grace_fast.data.layouts import Clip, ClipList
 from grace_fast.data.segments import segment_indices
@@ -92,8 +94,9 @@ class Batch:
 class ClipDataset(torch.utils.data.Dataset):
     """Labelled clips as model input: item i is a Sample, or a BadClip when skip_bad is on and the clip cannot
     be decoded. num_frames frames per clip by segment sampling (random within each segment when the transform
-    trains, the centres otherwise); transform crops, resizes and normalises them. cache: keep decoded clips in
-    memory (see the module doc)."""
+    trains, the centres otherwise); face_crop (a FaceCrop, or None for the whole frame) cuts them to the face;
+    transform crops, resizes and normalises them. cache: keep decoded clips in memory (see the module doc; face
+    crops are not cached)."""
 
     def __init__(
         self,
@@ -104,6 +107,7 @@ class ClipDataset(torch.utils.data.Dataset):
         seed: int = 0,
         skip_bad: bool = False,
         cache: bool = False,
+        face_crop: FaceCrop | None = None,
     ):
         if not isinstance(num_frames, int) or num_frames < 1:
             raise ValueError(f"num_frames must be an integer >= 1, got {num_frames!r}")
@@ -111,6 +115,7 @@ class ClipDataset(torch.utils.data.Dataset):
         self.num_frames = num_frames
         self.transform = transform if transform is not None else VideoTransform()
         self.seed, self.epoch, self.skip_bad = seed, 0, skip_bad
+        self.face_crop = face_crop
         self.skipped: list[BadClip] = []
         self.cache: dict[int, np.ndarray] | None = {} if cache else None
         kept = []
@@ -139,6 +144,8 @@ class ClipDataset(torch.utils.data.Dataset):
             if not self.skip_bad:
                 raise
             return BadClip(clip.id, clip.path, str(error))
+        if self.face_crop is not None:
+            frames = self.face_crop(frames)
         return Sample(self.transform(frames, rng), clip.label, clip.id, clip.caption)
 
     def _read(self, index: int, sampler) -> np.ndarray:

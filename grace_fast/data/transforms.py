@@ -47,23 +47,42 @@ class Normalization:
             raise ValueError(f"std must be > 0, got {self.std}")
 
     @classmethod
+    def of_backbone(cls, folder: str | os.PathLike | None) -> "Normalization":
+        """The statistics of a video backbone folder (from_pretrained) if it has a preprocessor_config.json, else
+        VideoMAE's default (what a randomly initialised or config-only backbone is built for)."""
+        if folder is not None and (Path(folder) / PROCESSOR_CONFIG).is_file():
+            return cls.from_pretrained(folder)
+        return cls()
+
+    @classmethod
     def from_pretrained(cls, folder: str | os.PathLike) -> "Normalization":
         """image_mean / image_std of the image processor saved in folder (transformers' preprocessor_config.json,
-        e.g. VideoMAEImageProcessor.save_pretrained(folder) or a VideoMAE checkpoint folder); no download."""
-        path = Path(folder) / PROCESSOR_CONFIG
-        if not path.is_file():
-            raise FileNotFoundError(f"image processor config not found: {path}")
-        try:
-            config = json.loads(path.read_text())
-        except json.JSONDecodeError as error:
-            raise ValueError(f"image processor config {path} is not JSON ({error})") from None
-        if not isinstance(config, dict):
-            raise ValueError(f"image processor config {path} must hold a mapping, got {type(config).__name__}")
+        as GraceModel.save_pretrained, VideoMAEImageProcessor.save_pretrained or a VideoMAE checkpoint folder
+        write it); no download. A folder without one raises FileNotFoundError: its statistics are unknown."""
+        config = read_processor_config(folder)
         if not config.get("do_normalize", True):
             return cls((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))
         if "image_mean" not in config or "image_std" not in config:
-            raise ValueError(f"image processor config {path} has no image_mean/image_std")
+            raise ValueError(f"image processor config {Path(folder) / PROCESSOR_CONFIG} has no image_mean/image_std")
         return cls(tuple(config["image_mean"]), tuple(config["image_std"]))
+
+
+def read_processor_config(folder: str | os.PathLike) -> dict:
+    """The mapping in folder/preprocessor_config.json; errors name the file."""
+    path = Path(folder) / PROCESSOR_CONFIG
+    if not path.is_file():
+        raise FileNotFoundError(
+            f"image processor config not found: {path}, so the frames' normalisation is unknown (a folder saved by "
+            "GraceModel.save_pretrained of grace_fast 0.1.0 lacks it: save it again, or write that file with "
+            "image_mean and image_std)"
+        )
+    try:
+        config = json.loads(path.read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"image processor config {path} is not JSON ({error})") from None
+    if not isinstance(config, dict):
+        raise ValueError(f"image processor config {path} must hold a mapping, got {type(config).__name__}")
+    return config
 
 
 @dataclass(frozen=True)
@@ -127,10 +146,3 @@ def save_normalization(folder: Path, normalization: Normalization) -> None:
     """Write mean/std as a transformers image processor config, which Normalization.from_pretrained reads."""
     values = {"do_normalize": True, "image_mean": list(normalization.mean), "image_std": list(normalization.std)}
     write_atomic(folder / PROCESSOR_CONFIG, (json.dumps(values, indent=2) + "\n").encode())
-
-
-def load_normalization(folder: str | os.PathLike | None) -> Normalization:
-    """The normalisation saved in folder (a checkpoint or backbone folder), else VideoMAE's default."""
-    if folder is not None and (Path(folder) / PROCESSOR_CONFIG).is_file():
-        return Normalization.from_pretrained(folder)
-    return Normalization()

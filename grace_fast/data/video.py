@@ -103,6 +103,12 @@ def read_video(
         raise VideoReadError(f"cannot decode video {path}: {str(error).splitlines()[0]}") from error
 
 
+def read_whole_video(path: str | os.PathLike) -> tuple[np.ndarray, float]:
+    """Every frame of a video, [T, H, W, 3] uint8 RGB, and its average frame rate (VideoReadError as read_video)."""
+    frames = read_video(path, 1, sampler=lambda length, _: np.arange(length))
+    return frames, float(decord.VideoReader(os.fspath(path), ctx=decord.cpu(0)).get_avg_fps())
+
+
 def list_videos(source: str | os.PathLike) -> list[tuple[str, str]]:
     """The clips of a data set as (clip id, path) pairs, sorted by clip id.
 

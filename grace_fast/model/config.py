@@ -7,11 +7,12 @@ import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from grace_fast.files import write_atomic
 from grace_fast.model.alignment import ALIGNMENTS
 
+MODEL_TYPE = "grace"  # config.json's "model_type", the key of transformers' Auto classes (model.hf)
 DEFINITION = 2  # docs/method.md, "Definition versions"
 DEFINITION_CHANGES = {  # what changed in each definition, for the message that refuses an older one
     2: "the OT alignment became semi-relaxed (tau_b) and feeds v_txt = sum_j q_j V_j and s_ot to the fusion head "
@@ -37,13 +38,15 @@ class GraceConfig:
     its weights belong to a different model (docs/method.md, "Definition versions"). `tau_b` relaxes the visual
     marginal of alignment "ot" ("ot_balanced" is tau_b = inf); `cosine_temperature` is alignment "cosine"'s softmax
     temperature; `class_temperature_init` the initial tau_cls of the class logits (learnt, like `temperature_init`,
-    InfoNCE's).
+    InfoNCE's). `model_type` ("grace", a class constant) is written to config.json so that transformers'
+    AutoConfig/AutoModel find the model once `grace_fast.model.hf.register()` has run.
 
     >>> config = GraceConfig(num_classes=11, alignment="cosine")
     >>> GraceConfig.from_json(config.to_json()) == config
     True
     """
 
+    model_type: ClassVar[str] = MODEL_TYPE
     num_classes: int = 7
     class_names: list[str] | None = None
     class_prompts: list[str] | None = None
@@ -124,13 +127,18 @@ class GraceConfig:
         return self.op_backends.get(op, "auto")
 
     def to_dict(self) -> dict[str, Any]:
-        out = dataclasses.asdict(self)
+        out = {"model_type": self.model_type, **dataclasses.asdict(self)}
         out["lambdas"] = list(self.lambdas)
         return out
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> "GraceConfig":
-        """The config of a JSON object; one without a "definition" field is of definition 1 and refused."""
+        """The config of a JSON object; one without a "definition" field is of definition 1 and refused, one whose
+        "model_type" is not "grace" (absent is fine: configs written before it) too."""
+        values = dict(values)
+        model_type = values.pop("model_type", MODEL_TYPE)
+        if model_type != MODEL_TYPE:
+            raise ValueError(f'model_type must be "{MODEL_TYPE}" for a GRACE config, got {model_type!r}')
         check_definition(values.get("definition", 1), "this config")
         _check_names(values)
         return cls(**values)

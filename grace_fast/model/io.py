@@ -1,8 +1,12 @@
-"""GraceModel.save_pretrained / from_pretrained: a checkpoint folder of config.json, model.safetensors and the
-tokenizer files.
+"""GraceModel.save_pretrained / from_pretrained: a checkpoint folder of config.json, model.safetensors, the
+tokenizer files, preprocessor_config.json and a model card (README.md).
 
-Each file is written atomically (a temporary file in the folder, then os.replace), weights last; the weights
-carry the config they were saved with, so a config.json that does not match them is reported field by field.
+preprocessor_config.json is a VideoMAEImageProcessor config (transformers reads it): the frames' resize, centre
+crop and normalisation (the backbone's statistics unless given), plus "face_crop", whether the clips were cut to
+the face (data.face_crop) before that. The model card states the config, and the training data and the metrics
+when the caller knows them. Each file is written atomically (a temporary file in the folder, then os.replace),
+weights last; the weights carry the config they were saved with, so a config.json that does not match them is
+reported field by field.
 """
 
 import json
@@ -19,11 +23,26 @@ from grace_fast.model.text import load_tokenizer
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "model.safetensors"
+CARD_NAME = "README.md"
 CONFIG_METADATA_KEY = "grace_config"
 
 
-def save_checkpoint(model, folder: str | os.PathLike) -> None:
-    """Write model's tokenizer files, config.json and model.safetensors into folder (created if missing)."""
+def save_checkpoint(
+    model,
+    folder: str | os.PathLike,
+    *,
+    normalization=None,
+    face_crop: bool = False,
+    data: str | None = None,
+    metrics: dict | None = None,
+) -> None:
+    """Write model's tokenizer files, preprocessor_config.json, README.md, config.json and model.safetensors into
+    folder (created if missing). normalization (data.transforms.Normalization): the frames' statistics, default
+    the video backbone's (its video_pretrained folder's preprocessor_config.json, else VideoMAE's ImageNet
+    statistics, which a backbone without one was built for); face_crop: the clips were cut to the face; data and
+    metrics: for the model card (write_model_card)."""
+    from grace_fast.data.transforms import Normalization
+
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(dir=folder, prefix=".tokenizer."))
@@ -33,6 +52,10 @@ def save_checkpoint(model, folder: str | os.PathLike) -> None:
             os.replace(file, folder / file.name)
     finally:
         shutil.rmtree(staging, ignore_errors=True)
+    if normalization is None:
+        normalization = Normalization.of_backbone(model.config.video_pretrained)
+    save_preprocessor(folder, model.config, normalization, face_crop)
+    write_model_card(folder, model.config, data=data, metrics=metrics)
     config_json = model.config.to_json()
     write_atomic(folder / CONFIG_NAME, config_json.encode())
     state = {name: tensor.detach().contiguous() for name, tensor in model.state_dict().items()}
@@ -43,6 +66,65 @@ def save_checkpoint(model, folder: str | os.PathLike) -> None:
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def save_preprocessor(folder: Path, config: GraceConfig, normalization, face_crop: bool) -> None:
+    """Write folder/preprocessor_config.json: a VideoMAEImageProcessor config of the evaluation transform
+    (shortest edge and centre crop to image_size, x / 255, the normalisation) and "face_crop"."""
+    from grace_fast.data.transforms import PROCESSOR_CONFIG
+
+    values = {
+        "image_processor_type": "VideoMAEImageProcessor",
+        "do_resize": True,
+        "size": {"shortest_edge": config.image_size},
+        "do_center_crop": True,
+        "crop_size": {"height": config.image_size, "width": config.image_size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(normalization.mean),
+        "image_std": list(normalization.std),
+        "face_crop": bool(face_crop),
+    }
+    write_atomic(folder / PROCESSOR_CONFIG, (json.dumps(values, indent=2) + "\n").encode())
+
+
+def write_model_card(
+    folder: str | os.PathLike, config: GraceConfig, *, data: str | None = None, metrics: dict | None = None
+) -> None:
+    """Write folder/README.md: a Hugging Face model card (YAML front matter, then the config, the training data
+    and the metrics; "not recorded" where the caller did not know them). metrics: {split: {name: value}}."""
+    lines = [
+        "---",
+        "library_name: grace_fast",
+        "pipeline_tag: video-classification",
+        "tags: [dynamic-facial-expression-recognition, grace]",
+        "---",
+        "",
+        "# GRACE dynamic facial expression recognition",
+        "",
+        f"A GRACE model (method definition {config.definition}) classifying clips into {config.num_classes} "
+        f"classes: {', '.join(map(str, config.class_names or range(config.num_classes)))}.",
+        "Load it with `grace_fast.predict.Predictor.from_pretrained(folder)` or `GraceModel.from_pretrained(folder)`"
+        " (`grace_fast.model.hf.register()` makes `AutoModel.from_pretrained(folder)` work too).",
+        "",
+        "## Training data",
+        "",
+        data or "Not recorded (saved outside `grace-fast train`).",
+        "",
+        "## Metrics",
+        "",
+    ]
+    if metrics:
+        names = sorted({name for values in metrics.values() for name in values})
+        lines += ["| split | " + " | ".join(names) + " |", "|---" * (len(names) + 1) + "|"]
+        for split, values in metrics.items():
+            cells = [f"{values[n]:.4f}" if isinstance(values.get(n), float) else str(values.get(n, "")) for n in names]
+            lines.append(f"| {split} | " + " | ".join(cells) + " |")
+    else:
+        lines.append("Not recorded.")
+    lines += ["", "## Config", "", "```json", config.to_json(), "```", ""]
+    write_atomic(Path(folder) / CARD_NAME, "\n".join(lines).encode())
 
 
 def load_checkpoint(model_class, folder: str | os.PathLike, **overrides):

@@ -153,9 +153,10 @@ class GraceModel(nn.Module):
             backend=config.backend("motion_weights"),
         )
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        """Write config.json, model.safetensors and the tokenizer files to folder (each file atomically)."""
-        save_checkpoint(self, folder)
+    def save_pretrained(self, folder: str | os.PathLike, **options) -> None:
+        """Write config.json, model.safetensors, the tokenizer files, preprocessor_config.json and README.md to
+        folder (each file atomically); options: normalization, face_crop, data, metrics (model.io.save_checkpoint)."""
+        save_checkpoint(self, folder, **options)
 
     @classmethod
     def from_pretrained(cls, folder: str | os.PathLike, **overrides) -> "GraceModel":

@@ -25,6 +25,7 @@ import torch
 from transformers import AutoConfig, AutoTokenizer, VideoLlavaForConditionalGeneration, VideoLlavaImageProcessor
 
 from grace_fast.arguments import DEVICE_HELP, device, integer
+from grace_fast.data.face_crop import FaceCrop, add_face_crop_argument, face_crop_of
 from grace_fast.data.video import list_videos, read_video
 from grace_fast.errors import UserError
 from grace_fast.files import write_jsonl
@@ -105,16 +106,29 @@ class Captioner:
 
 
 def caption_clips(
-    clips: Sequence[tuple[str, str]], captioner: Captioner, cache: Cache, *, batch_size: int = 4, progress: bool = True
+    clips: Sequence[tuple[str, str]],
+    captioner: Captioner,
+    cache: Cache,
+    *,
+    batch_size: int = 4,
+    progress: bool = True,
+    face_crop: FaceCrop | None = None,
 ) -> tuple[dict[str, str], Summary]:
     """Caption every (clip id, video path) not yet in the cache, batch by batch, storing each batch at once.
+    face_crop: cut the sampled frames to the tracked face first (it enters the cache key).
 
     Returns the captions by clip and the summary; a video that cannot be decoded fails alone.
     """
+
+    def load(path: str) -> np.ndarray:
+        frames = read_video(path, captioner.num_frames)
+        return frames if face_crop is None else face_crop(frames)
+
+    settings = captioner.settings() | ({"face_crop": True} if face_crop is not None else {})
     results, summary = process_videos(
         clips,
-        captioner.settings(),
-        lambda path: read_video(path, captioner.num_frames),
+        settings,
+        load,
         lambda videos: [{"caption": text} for text in captioner.caption(videos)],
         cache,
         batch_size=batch_size,
@@ -241,6 +255,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside --out)")
     parser.add_argument("--id-field", default="clip", help="clip id column/field of an imported file")
     parser.add_argument("--caption-field", default="caption", help="caption column/field of an imported file")
+    add_face_crop_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -253,6 +268,7 @@ def run(args: argparse.Namespace) -> int:
         return 0
     if not args.model:
         raise UserError("--model (a local Video-LLaVA folder) is required with --videos")
+    face_crop = face_crop_of(args.face_crop)
     dtype = DTYPES[args.dtype or ("bfloat16" if str(args.device).startswith("cuda") else "float32")]
     clips = list_videos(args.videos)
     captioner = Captioner(
@@ -265,7 +281,9 @@ def run(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
-        captions, summary = caption_clips(clips, captioner, cache, batch_size=args.batch_size, progress=not args.quiet)
+        captions, summary = caption_clips(
+            clips, captioner, cache, batch_size=args.batch_size, progress=not args.quiet, face_crop=face_crop
+        )
     write_jsonl(
         out, [{"clip": clip, "video": path, "caption": captions[clip]} for clip, path in clips if clip in captions]
     )

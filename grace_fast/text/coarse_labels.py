@@ -21,6 +21,7 @@ import torch
 import torch.nn.functional as F
 
 from grace_fast.arguments import DEVICE_HELP, device, integer
+from grace_fast.data.face_crop import FaceCrop, add_face_crop_argument, face_crop_of
 from grace_fast.data.video import list_videos, read_video
 from grace_fast.errors import UserError
 from grace_fast.files import write_jsonl
@@ -42,9 +43,13 @@ def top_k(logits: torch.Tensor, classes: Sequence[str], k: int) -> list[tuple[li
     return [([classes[i] for i in row], [round(p, 6) for p in ps]) for row, ps in rows]
 
 
-def load_clip(path: str, num_frames: int, size: int) -> torch.Tensor:
-    """num_frames frames sampled uniformly from a video, resized to size x size: [T, 3, size, size] in [0, 1]."""
-    frames = torch.from_numpy(read_video(path, num_frames)).permute(0, 3, 1, 2).float() / 255
+def load_clip(path: str, num_frames: int, size: int, face_crop: FaceCrop | None = None) -> torch.Tensor:
+    """num_frames frames sampled uniformly from a video (cut to the tracked face with face_crop), resized to
+    size x size: [T, 3, size, size] in [0, 1]."""
+    frames = read_video(path, num_frames)
+    if face_crop is not None:
+        frames = face_crop(frames)
+    frames = torch.from_numpy(frames).permute(0, 3, 1, 2).float() / 255
     return F.interpolate(frames, size=(size, size), mode="bilinear", antialias=True, align_corners=False).clamp(0, 1)
 
 
@@ -61,8 +66,10 @@ def label_clips(
     classifier_id=None,
     device: str | torch.device = "cpu",
     progress: bool = True,
+    face_crop: FaceCrop | None = None,
 ) -> tuple[dict[str, dict], Summary]:
-    """Top-k labels of every (clip id, video path) not yet in the cache, batch by batch.
+    """Top-k labels of every (clip id, video path) not yet in the cache, batch by batch; face_crop: cut the
+    sampled frames to the tracked face first (it enters the cache key).
 
     classifier_id (JSON-able, e.g. the checkpoint's fingerprint) enters the cache key, so that another
     classifier's labels are not reused. Returns the records by clip and the summary.
@@ -74,10 +81,12 @@ def label_clips(
         return [{"labels": labels, "scores": scores} for labels, scores in top_k(logits.cpu(), classes, k)]
 
     settings = dict(task="coarse", classifier=classifier_id, classes=list(classes), k=k, frames=num_frames, size=size)
+    if face_crop is not None:
+        settings["face_crop"] = True
     results, summary = process_videos(
         clips,
         settings,
-        lambda path: load_clip(path, num_frames, size),
+        lambda path: load_clip(path, num_frames, size, face_crop),
         process,
         cache,
         batch_size=batch_size,
@@ -121,6 +130,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--device", type=device, default="auto", help=DEVICE_HELP)
     parser.add_argument("--cache", help=f"cache file (default: {CACHE_NAME} beside the output)")
     parser.add_argument("--lexicon", default=str(DEFAULT_PATH), help="lexicon JSON (default: the built-in one)")
+    add_face_crop_argument(parser)
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
 
 
@@ -129,6 +139,7 @@ def run(args: argparse.Namespace) -> int:
     classes = Lexicon.load(args.lexicon).classes(args.dataset)
     out = Path(args.out) if args.out else Path(args.captions).with_name(LABELS_NAME)
     clips = list_videos(args.videos)
+    face_crop = face_crop_of(args.face_crop)
     classify = load_classifier(args.classifier, args.checkpoint, args.device)
     identity = [args.classifier, fingerprint(args.checkpoint) if args.checkpoint else None]
     with Cache(args.cache or out.with_name(CACHE_NAME)) as cache:
@@ -144,6 +155,7 @@ def run(args: argparse.Namespace) -> int:
             classifier_id=identity,
             device=args.device,
             progress=not args.quiet,
+            face_crop=face_crop,
         )
     write_jsonl(out, [records[clip] for clip, _ in clips if clip in records])
     summary.report("coarse-labels")

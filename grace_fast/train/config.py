@@ -68,6 +68,9 @@ class TrainConfig:
         "mode, every class scored by its own prompt)",
     )
     skip_bad: bool = _field(False, "leave out unreadable clips, listed in skipped.jsonl, instead of stopping")
+    face_crop: bool = _field(
+        False, "cut every clip to its tracked face (OpenCV's Haar cascade, the faces extra); checkpoints record it"
+    )
     num_workers: int = _field(0, "DataLoader worker processes")
     cache_frames: bool = _field(
         False, "keep every clip's decoded frames in memory after its first read (small sets; needs num_workers 0)"
@@ -101,6 +104,7 @@ class TrainConfig:
     keep_checkpoints: int = _field(2, "resumable checkpoints kept, the newest")
     resume: bool = _field(False, "continue the run in out from its newest checkpoint, exactly")
     progress: bool = _field(True, "progress bars")
+    tensorboard: bool = _field(False, "also log each epoch's metrics to out/tensorboard (needs tensorboard)")
 
     def __post_init__(self):
         for f in dataclasses.fields(self):

@@ -14,9 +14,9 @@ A run folder holds config.yaml, metrics.jsonl (one line per finished epoch), che
 
 import contextlib
 import dataclasses
+import logging
 import math
 import signal
-import sys
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -46,14 +46,17 @@ from grace_fast.train.batch_order import (
 )
 from grace_fast.train.config import TrainConfig
 from grace_fast.train.distributed import Processes
+from grace_fast.train.logs import TENSORBOARD_DIR, log_epoch, open_tensorboard
 from grace_fast.train.schedule import build_scheduler
 
+logger = logging.getLogger(__name__)
 BEST, METRICS_NAME, CONFIG_NAME, SELECTION_NAME = "best", "metrics.jsonl", "config.yaml", "selection.json"
 SKIPPED_NAME = "skipped.jsonl"
 # fields that may change between a run and its resumption without changing what it computes
 RESUMABLE_CHANGES = (
     "resume",
     "progress",
+    "tensorboard",
     "num_workers",
     "cache_frames",
     "checkpoint_every",
@@ -132,6 +135,7 @@ class _Trainer:
         self.autocast_dtype = amp_dtype(config.amp, self.device)
         self.scaler = torch.amp.GradScaler(self.device.type, enabled=self.autocast_dtype is torch.float16)
         self.state, self.sums = _State(), {}
+        self.tensorboard = open_tensorboard(run / TENSORBOARD_DIR) if config.tensorboard and processes.main else None
 
         found = ckpt.checkpoints(run)
         if found and not config.resume:
@@ -155,7 +159,8 @@ class _Trainer:
             self.net = nn.parallel.DistributedDataParallel(model, device_ids=ids)
 
     def run(self, on_step) -> FitResult:
-        with _StopRequest() as stop:
+        board = contextlib.closing(self.tensorboard) if self.tensorboard is not None else contextlib.nullcontext()
+        with _StopRequest() as stop, board:
             while self.state.epoch < self.config.epochs:
                 skipped: list = []
                 if not self._train_epoch(stop, on_step, skipped):
@@ -286,7 +291,9 @@ class _Trainer:
         self._save()
         if processes.main:
             self._write_logs()
-            _print_epoch(record)
+            _log_epoch(record)
+            if self.tensorboard is not None:
+                log_epoch(self.tensorboard, record)
 
     def _save(self) -> None:
         trainer = {
@@ -324,9 +331,7 @@ class _Trainer:
         self.processes.barrier()
         for bad, error in unreadable:
             if error is not None:
-                print(
-                    f"warning: {error}; set aside as {bad.name}.corrupt, resuming from {folder.name}", file=sys.stderr
-                )
+                logger.warning(f"{error}; set aside as {bad.name}.corrupt, resuming from {folder.name}")
             if self.processes.main:
                 ckpt.set_aside(bad)
         self.processes.barrier()
@@ -340,7 +345,7 @@ class _Trainer:
         self.sums = rank_state["sums"]
         ckpt.set_rng_state(rank_state["rng"])
         if self.processes.main:
-            print(
+            logger.info(
                 f"resuming {self.run_dir} from {folder.name}: epoch {self.state.epoch + 1}, step "
                 f"{self.state.step_in_epoch}"
             )
@@ -529,12 +534,12 @@ def _check_resumable(trainer: dict[str, Any], config: TrainConfig, processes: Pr
         )
 
 
-def _print_epoch(record: dict[str, Any]) -> None:
+def _log_epoch(record: dict[str, Any]) -> None:
     parts = [f"epoch {record['epoch']}", f"loss {record.get('train_total', float('nan')):.4f}"]
     if "val_uar" in record:
         parts.append(f"val UAR {100 * record['val_uar']:.2f} WAR {100 * record['val_war']:.2f}")
     parts.append("(best)" if record["best"] else "")
-    tqdm.write("  ".join(p for p in parts if p))
+    logger.info("  ".join(p for p in parts if p))
 
 
 class _StopRequest:

@@ -3,7 +3,8 @@ select on the validation split, then score the selected model on the fold's test
 
 Layout of `out` (one fold: out is the fold's run folder; several: out/fold-K each, and out/summary.json)::
 
-    config.yaml  metrics.jsonl  checkpoints/  best/ (GraceModel checkpoint + selection.json)
+    config.yaml  metrics.jsonl  curves.png  checkpoints/  best/ (GraceModel checkpoint + selection.json + README.md)
+    [tensorboard/ (tensorboard: true)]
     test/report.json  test/confusion.png  test/predictions.csv  [skipped.jsonl]
 
 >>> result = train(TrainConfig(dataset="synthetic", data_root="data/synthetic", epochs=2, out="runs/demo"))
@@ -22,15 +23,17 @@ from typing import Any
 import torch
 
 from grace_fast.data.datasets import collate
-from grace_fast.data.transforms import load_normalization
+from grace_fast.data.transforms import Normalization
 from grace_fast.eval.report import write_evaluation, write_report
 from grace_fast.files import read_safetensors
-from grace_fast.model.io import WEIGHTS_NAME
+from grace_fast.model.io import WEIGHTS_NAME, write_model_card
 from grace_fast.train import distributed
 from grace_fast.train.config import TrainConfig, add_config_arguments, config_from_args
+from grace_fast.train.logs import CURVES_NAME, plot_curves
 from grace_fast.train.loop import (
     BEST,
     CONFIG_NAME,
+    METRICS_NAME,
     SELECTION_NAME,
     SKIPPED_NAME,
     amp_dtype,
@@ -96,8 +99,9 @@ def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, wor
     processes.barrier()
     torch.manual_seed(config.seed)  # the same initial weights on every rank and in every fold
     grace = build_model(config, clips.classes, workdir)
-    normalization = load_normalization(grace.config.video_pretrained)
-    model = GraceClassifier(grace, config.text, normalization)
+    normalization = Normalization.of_backbone(grace.config.video_pretrained)
+    data = _data_description(config, clips)
+    model = GraceClassifier(grace, config.text, normalization, face_crop=config.face_crop, data=data)
     datasets = {
         name: clip_dataset(
             part,
@@ -107,6 +111,7 @@ def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, wor
             seed=config.seed,
             skip_bad=config.skip_bad,
             cache=config.cache_frames and name != "test",  # read once
+            face_crop=config.face_crop,
         )
         for name, part in (("train", clips.train), ("val", clips.val), ("test", clips.test))
         if part is not None
@@ -125,6 +130,8 @@ def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, wor
         processes,
         on_step=on_step,
     )
+    if processes.main and (run / METRICS_NAME).stat().st_size:
+        plot_curves(run / METRICS_NAME, run / CURVES_NAME)
     if result.interrupted:
         return {"fold": config.fold, "run": str(run), "interrupted": True}
     test = None
@@ -148,7 +155,28 @@ def _train_fold(config: TrainConfig, clips: FoldClips, run: Path, processes, wor
             write_skipped(run, result.skipped, predicted.skipped)
         processes.barrier()
         test = report_path
-    return _fold_result(config.fold, run, test)
+    fold_result = _fold_result(config.fold, run, test)
+    if processes.main:
+        metrics = {f"validation (epoch {fold_result['best_epoch']})": _scores(fold_result["val"])}
+        if fold_result["test"] is not None:
+            metrics["test"] = _scores(fold_result["test"])
+        write_model_card(run / BEST, grace.config, data=data, metrics=metrics)
+    return fold_result
+
+
+def _data_description(config: TrainConfig, clips: FoldClips) -> str:
+    """The model card's training data: the data set, its folder, the fold and the clips of each split."""
+    parts = {"training": clips.train, "validation": clips.val, "test": clips.test}
+    sizes = ", ".join(f"{len(part)} {name}" for name, part in parts.items() if part is not None)
+    crop = "cut to the tracked face (data.face_crop)" if config.face_crop else "whole frames"
+    return (
+        f"`grace-fast train` on {config.dataset} at `{config.data_root}`, test fold {config.fold} ({sizes} clips), "
+        f"{crop}; classes {', '.join(clips.classes)}."
+    )
+
+
+def _scores(record: dict[str, Any]) -> dict[str, float]:
+    return {name: record[name] for name in ("uar", "war") if isinstance(record.get(name), float)}
 
 
 def _fold_result(fold: int, run: Path, test_report: Path | None) -> dict[str, Any]:

@@ -5,8 +5,8 @@ Class names come from the data set and class prompts from the CATE lexicon ("a f
 raised, lip corners pulled up"), so that logit c, class name c and prompt c always agree.
 """
 
+import logging
 import os
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,31 +14,44 @@ import torch
 from torch import nn
 
 from grace_fast.data.datasets import ClipDataset
+from grace_fast.data.face_crop import face_crop_of
 from grace_fast.data.layouts import ClipList, layout, load_split
-from grace_fast.data.transforms import Normalization, VideoTransform, save_normalization
+from grace_fast.data.transforms import Normalization, VideoTransform
 from grace_fast.model import GraceConfig, GraceLoss, GraceModel, GraceOutput, inverse_frequency_weights
 from grace_fast.train.config import TrainConfig
 
+logger = logging.getLogger(__name__)
 TOKENIZER_DIR = "tokenizer"
 
 
 class GraceClassifier(nn.Module):
     """model(batch) -> GraceOutput for a Batch (frames [B, T, 3, H, W], captions): text="caption" aligns each
     clip's caption (an empty text where it has none), "prompts" the class prompts (low-latency mode).
-    save_pretrained writes the GraceModel checkpoint and the frames' normalisation (preprocessor_config.json)."""
+    save_pretrained writes the GraceModel checkpoint with the frames' normalisation and face_crop (its
+    preprocessor_config.json) and a model card naming `data` and the metrics given."""
 
-    def __init__(self, grace: GraceModel, text: str = "caption", normalization: Normalization | None = None):
+    def __init__(
+        self,
+        grace: GraceModel,
+        text: str = "caption",
+        normalization: Normalization | None = None,
+        *,
+        face_crop: bool = False,
+        data: str | None = None,
+    ):
         super().__init__()
         self.grace, self.text = grace, text
         self.normalization = normalization or Normalization()
+        self.face_crop, self.data = face_crop, data
 
     def forward(self, batch) -> GraceOutput:
         captions = None if self.text == "prompts" else [caption or "" for caption in batch.captions]
         return self.grace(batch.frames, captions)
 
-    def save_pretrained(self, folder: str | os.PathLike) -> None:
-        self.grace.save_pretrained(folder)
-        save_normalization(Path(folder), self.normalization)
+    def save_pretrained(self, folder: str | os.PathLike, metrics: dict | None = None) -> None:
+        self.grace.save_pretrained(
+            folder, normalization=self.normalization, face_crop=self.face_crop, data=self.data, metrics=metrics
+        )
 
 
 def class_prompts(classes: tuple[str, ...]) -> list[str]:
@@ -148,24 +161,31 @@ def clip_dataset(
     seed=0,
     skip_bad=False,
     cache=False,
+    face_crop: bool = False,
 ) -> ClipDataset:
-    """A ClipDataset sampling model_config.frames frames at model_config.image_size pixels (train: augmented)."""
+    """A ClipDataset sampling model_config.frames frames at model_config.image_size pixels (train: augmented),
+    cut to the tracked face with face_crop."""
     transform = VideoTransform(model_config.image_size, train=train, normalization=normalization)
     return ClipDataset(
-        clips, num_frames=model_config.frames, transform=transform, seed=seed, skip_bad=skip_bad, cache=cache
+        clips,
+        num_frames=model_config.frames,
+        transform=transform,
+        seed=seed,
+        skip_bad=skip_bad,
+        cache=cache,
+        face_crop=face_crop_of(face_crop),
     )
 
 
 def warn_missing(split: str, dataset: ClipDataset) -> None:
-    """Say on stderr which clips of a split the data set left out because their files are missing (skip_bad)."""
+    """Log a warning naming the clips of a split that the data set left out because their files are missing."""
     if dataset.skipped:
         shown = ", ".join(f"{bad.id} ({bad.path})" for bad in dataset.skipped[:5])
         more = f" and {len(dataset.skipped) - 5} more" if len(dataset.skipped) > 5 else ""
         total = len(dataset) + len(dataset.skipped)
-        print(
-            f"warning: {split}: {len(dataset.skipped)} of {total} clips are missing on disk and left out (skip_bad): "
-            f"{shown}{more}",
-            file=sys.stderr,
+        logger.warning(
+            f"{split}: {len(dataset.skipped)} of {total} clips are missing on disk and left out (skip_bad): "
+            f"{shown}{more}"
         )
 
 

@@ -21,8 +21,10 @@ def test_round_trip_gives_identical_outputs(saved):
     model, folder = saved
     loaded = GraceModel.from_pretrained(folder).eval()
     assert sorted(p.name for p in folder.iterdir()) == [
+        "README.md",
         "config.json",
         "model.safetensors",
+        "preprocessor_config.json",
         "tokenizer.json",
         "tokenizer_config.json",
     ]  # nothing temporary left behind

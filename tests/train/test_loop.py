@@ -2,6 +2,7 @@
 real SIGKILL, and DistributedDataParallel on 2 gloo processes against one process."""
 
 import json
+import logging
 import os
 import re
 import signal
@@ -136,7 +137,8 @@ CORRUPTIONS = {  # file of the newest checkpoint -> what is done to it
 
 
 @pytest.mark.parametrize("name", CORRUPTIONS)
-def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt(uninterrupted, tmp_path, capsys, name):
+def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt(uninterrupted, tmp_path, caplog, name):
+    caplog.set_level(logging.INFO, logger="grace_fast")
     _, reference, _ = uninterrupted
     with pytest.raises(Crash):
         train(tmp_path, on_step=crash_at(15))  # checkpoints of steps 12 and 14
@@ -144,9 +146,9 @@ def test_resume_falls_back_to_the_previous_checkpoint_when_the_newest_is_corrupt
     (bad / name).write_bytes(CORRUPTIONS[name]((bad / name).read_bytes()))
     _, model = train(tmp_path, resume=True)
     assert_same_weights(weights(model), reference)  # step 12 continued exactly
-    out, err = capsys.readouterr()
-    assert f"checkpoint file {bad / name} cannot be read" in err and "set aside as step-00000014.corrupt" in err
-    assert "from step-00000012" in out and "weights_only" not in out + err
+    logged = caplog.text
+    assert f"checkpoint file {bad / name} cannot be read" in logged and "set aside as step-00000014.corrupt" in logged
+    assert "from step-00000012" in logged and "weights_only" not in logged
     assert (tmp_path / "checkpoints" / "step-00000014.corrupt" / name).is_file()
 
 
