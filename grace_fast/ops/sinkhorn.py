@@ -12,6 +12,7 @@ from grace_fast.ops.reference.sinkhorn import marginal_penalty, sinkhorn_referen
 
 BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MARGINAL_TOL = 1e-5
+GRAM_CHUNKS = 8  # the backward's scaled copy of the plan is at most 1/GRAM_CHUNKS of it
 
 
 class SinkhornResult(NamedTuple):
@@ -223,9 +224,7 @@ def _solve_dual(
     rows, cols = P.sum(2), P.sum(1)
     valid_r = rows > 0
     inv_cols = torch.where(cols > 0, 1 / torch.where(cols > 0, cols * (1 + kappa_q), 1), 0)
-    # P diag(1 / cols) P^T one batch element at a time: the scaled copy of P stays 1/B of its size
-    scaled_gram = torch.stack([(Pk * ck) @ Pk.T for Pk, ck in zip(P, inv_cols, strict=True)])
-    S = torch.diag_embed(torch.where(valid_r, rows * (1 + kappa_p), 1)) - scaled_gram
+    S = torch.diag_embed(torch.where(valid_r, rows * (1 + kappa_p), 1)) - _scaled_gram(P, inv_cols)
     if kappa_p == 0 and kappa_q == 0:
         ones = valid_r.to(P.dtype)
         S = S + ones[:, :, None] * ones[:, None, :]
@@ -233,6 +232,14 @@ def _solve_dual(
     x = torch.linalg.solve(S.double(), rhs.double()).to(P.dtype)
     y = (q - (P.transpose(1, 2) @ x[:, :, None])[..., 0]) * inv_cols
     return x, y
+
+
+def _scaled_gram(P: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """P diag(c) P^T: P [B, N, M], c [B, M] -> [B, N, N], one bmm per chunk of the batch (GRAM_CHUNKS chunks), so that
+    the scaled copy of P stays a fraction of it and many small problems cost a few calls, not one each."""
+    step = -(-P.shape[0] // GRAM_CHUNKS)
+    chunks = zip(P.split(step), c.split(step), strict=True)
+    return torch.cat([torch.bmm(Pk * ck[:, None, :], Pk.transpose(1, 2)) for Pk, ck in chunks])
 
 
 def _value_slope(potential: torch.Tensor, tau: float) -> torch.Tensor:
