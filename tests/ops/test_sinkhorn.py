@@ -474,8 +474,11 @@ def test_relaxed_matches_pot_per_problem_in_float64(backend, taus, eps):
     sinkhorn_unbalanced(reg_type="entropy")."""
     _skip_tight_solves_in_the_interpreter(backend)
     C, a, b = _problem(3, 7, 11, dtype=torch.float64, scale=2.0, pad=True)
-    out = sinkhorn(C, a, b, eps=eps, max_iter=50000, tol=1e-14, tau_a=taus[0], tau_b=taus[1], backend=backend)
-    assert (out.err < 1e-14).all()
+    with warnings.catch_warnings():  # tol 1e-14 is float64's rounding of the plan's column sums: converged may say no
+        warnings.simplefilter("ignore", SinkhornWarning)
+        out = sinkhorn(C, a, b, eps=eps, max_iter=50000, tol=1e-14, tau_a=taus[0], tau_b=taus[1], backend=backend)
+    # the solver stopped on its own err < 1e-14; the returned plan's err, summed in another order, is within rounding
+    assert (out.n_iter < 50000).all() and (out.err < 2e-14).all()
     for k in range(3):
         va, vb = a[k] > 0, b[k] > 0
         plan, total, f, g = _pot_unbalanced(C[k][va][:, vb], a[k][va], b[k][vb], eps, taus)
