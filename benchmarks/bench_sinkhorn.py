@@ -41,7 +41,7 @@ import pytest
 import torch
 
 import grace_fast
-from benchmarks.utils import add_ratios, benchmark_main, measure, peak_memory_mb
+from benchmarks.utils import add_ratios, benchmark_main, measure, measure_together, peak_memory_mb
 from grace_fast.model import GraceConfig
 from grace_fast.model.alignment import OTAlignment, align_classes
 from grace_fast.ops import cost_matrix, sinkhorn
@@ -270,7 +270,8 @@ def _backward_of(scores, U, V, upstream):
 
 def class_prompt_rows(shapes, device) -> list[dict]:
     """B x C class-prompt problems from features, forward and forward+backward (a random loss on the scores, back to
-    U and V): the batched call against a loop over classes, a copy of V per class and POT's batched solver."""
+    U and V): the batched call against a loop over classes, a copy of V per class and POT's batched solver, timed in
+    alternating rounds (measure_together) so that each ratio sees one state of a shared machine."""
     backend = providers(device, TAU_B)[0]
     rows = []
     for shape_name, (B, C, N, M) in shapes.items():
@@ -279,12 +280,15 @@ def class_prompt_rows(shapes, device) -> list[dict]:
         upstream = torch.randn(B, C, device=device)
         size_c = B * C * N * M * 4 / 2**20
         for mode in ("forward", "full"):
-            for provider, scores in class_prompt_fns(mask_u, backend).items():
-                fn = functools.partial(scores, U, V) if mode == "forward" else _backward_of(scores, Ug, Vg, upstream)
+            scored = class_prompt_fns(mask_u, backend).items()
+            if mode == "forward":
+                fns = {provider: functools.partial(scores, U, V) for provider, scores in scored}
+            else:
+                fns = {provider: _backward_of(scores, Ug, Vg, upstream) for provider, scores in scored}
+            for provider, timing in measure_together(fns, device=device, reps=3, min_seconds=0.3).items():
                 row = {"op": "sinkhorn", "marginals": "semi-relaxed", "provider": provider, "mode": mode}
-                row |= {"shape": shape_name, "B,N,M": f"{B}x{C},{N},{M}", "iters": "50 fixed"}
-                row |= measure(fn, device=device, reps=3, min_seconds=0.3)
-                row["peak_over_C"] = round(peak_memory_mb(fn, device=device) / size_c, 2)
+                row |= {"shape": shape_name, "B,N,M": f"{B}x{C},{N},{M}", "iters": "50 fixed"} | timing
+                row["peak_over_C"] = round(peak_memory_mb(fns[provider], device=device) / size_c, 2)
                 rows.append(row)
     return add_ratios(rows, CLASS_BASELINES, ("mode", "shape"))
 

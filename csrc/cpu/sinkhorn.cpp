@@ -311,7 +311,9 @@ std::tuple<at::Tensor, at::Tensor, at::Tensor, at::Tensor, at::Tensor> sinkhorn_
   const int64_t B = C_.size(0), N = C_.size(1), M = C_.size(2);
   TORCH_CHECK(a_.sizes() == at::IntArrayRef({B, N}) && b_.sizes() == at::IntArrayRef({B, M}),
               "sinkhorn_forward: a, b must be [B, N], [B, M], got ", a_.sizes(), ", ", b_.sizes());
-  TORCH_CHECK(eps > 0 && max_iter >= 1 && tol >= 0, "sinkhorn_forward: needs eps > 0, max_iter >= 1, tol >= 0");
+  TORCH_CHECK(eps > 0 && std::isfinite(eps) && max_iter >= 1 && tol >= 0,
+              "sinkhorn_forward: needs a finite eps > 0, max_iter >= 1, tol >= 0, got eps=", eps,
+              ", max_iter=", max_iter, ", tol=", tol);
   TORCH_CHECK(tau_a > 0 && tau_b > 0, "sinkhorn_forward: needs tau_a, tau_b in (0, inf], got ", tau_a, ", ", tau_b);
   const at::Tensor C = C_.contiguous(), a = a_.to(C.scalar_type()).contiguous(), b = b_.to(C.scalar_type()).contiguous();
   at::Tensor plan = at::empty_like(C), f = at::empty_like(a), g = at::empty_like(b);

@@ -256,7 +256,7 @@ def sinkhorn_triton(
     assert C.dim() == 3 and C.is_contiguous() and C.dtype in _DTYPES, f"C: [B, N, M] float32/64, got {C.shape}"
     B, N, M = C.shape
     assert a.shape == (B, N) and b.shape == (B, M) and a.dtype == b.dtype == C.dtype, "a: [B, N], b: [B, M]"
-    assert eps > 0 and max_iter >= 1 and tol >= 0, f"eps={eps}, max_iter={max_iter}, tol={tol}"
+    assert 0 < eps < math.inf and max_iter >= 1 and tol >= 0, f"eps={eps}, max_iter={max_iter}, tol={tol}"
     assert tau_a > 0 and tau_b > 0, f"tau_a={tau_a}, tau_b={tau_b}: expected values in (0, inf]"
     a, b = a.contiguous(), b.contiguous()
     f = torch.zeros(B, N, dtype=C.dtype, device=C.device)

@@ -93,7 +93,8 @@ class OTAlignment(nn.Module):
             backend=self.sinkhorn_backend,
         )
         mass = result.col_mass.view(B, G, M)
-        similarity = (result.plan.sum(dim=(1, 2)) - result.cost).view(B, G)  # <P, 1 - C>
+        # <P, 1 - C> = sum_j q_j - <P, C>: q is summed already, and one path from the plan keeps its gradient a view
+        similarity = mass.sum(-1) - result.cost.view(B, G)
         return Aligned(torch.bmm(mass.to(V.dtype), V), similarity, result.plan.view(B, G, N, M), mass)
 
 

@@ -1,6 +1,7 @@
 """sinkhorn: batched entropic OT by log-domain Sinkhorn, with an implicit backward (docs/method.md section 4)."""
 
 import math
+import warnings
 from typing import NamedTuple
 
 import torch
@@ -8,19 +9,29 @@ import torch
 from grace_fast.ops._autocast import no_autocast
 from grace_fast.ops._backends import resolve
 from grace_fast.ops._checks import check_float, check_mask
-from grace_fast.ops.reference.sinkhorn import marginal_penalty, sinkhorn_reference
+from grace_fast.ops.reference.sinkhorn import column_err, marginal_penalty, sinkhorn_reference
 
 BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MARGINAL_TOL = 1e-5
+MASS_TOL = 1e-3  # an exact marginal whose plan sums are off by more than this in L1 has lost mass
+# the largest spread(C) / eps each computation dtype honours: 1 / its unit roundoff, where the exponent
+# (f + g - C) / eps of a plan entry is still known to within about 1
+MAX_SPREAD_OVER_EPS = {torch.float32: 2.0**24, torch.float64: 2.0**53}
+GRAM_CHUNKS = 8  # the backward's scaled copy of the plan is at most 1/GRAM_CHUNKS of it
+
+
+class SinkhornWarning(RuntimeWarning):
+    """A sinkhorn solve that did not converge or lost mass (see SinkhornResult.converged)."""
 
 
 class SinkhornResult(NamedTuple):
     """plan [B, N, M]; cost [B] = <plan, C>; f [B, N], g [B, M] dual potentials (plan = exp((f_i + g_j - C_ij) / eps)
     on valid entries; with both marginals exact they are shifted so that <a, f> = <b, g>); value [B] the objective
     <plan, C> + eps sum plan (log plan - 1) + tau_a KL(plan 1 || a) + tau_b KL(plan^T 1 || b) (no KL term for an
-    exact marginal); n_iter [B] int64; err [B] the L1 change that one more g update would make to the plan's column
-    sums (for an exact b: the L1 error of the column sums). row_mass [B, N] and col_mass [B, M] are the plan's
-    marginals (differentiable)."""
+    exact marginal); n_iter [B] int64; err [B] the L1 change that one more g update would make to the returned
+    plan's column sums (for an exact b: their L1 error), computed from that plan; converged [B] bool: the plan is
+    finite, each exact row marginal holds to MASS_TOL in L1, and err < tol (unless tol = 0, a fixed number of
+    iterations). row_mass [B, N] and col_mass [B, M] are the plan's marginals (differentiable)."""
 
     plan: torch.Tensor
     cost: torch.Tensor
@@ -29,6 +40,7 @@ class SinkhornResult(NamedTuple):
     value: torch.Tensor
     n_iter: torch.Tensor
     err: torch.Tensor
+    converged: torch.Tensor
 
     @property
     def row_mass(self) -> torch.Tensor:
@@ -68,7 +80,13 @@ def sinkhorn(
     reg_type="kl" regularises by KL(P || a b^T) instead, a different problem.
     Each batch element stops once err, the L1 change that the next g update makes to the plan's column sums, is
     below tol (tol=0: exactly max_iter); for an exact b that is the L1 error of the column sums, for a relaxed b
-    it measures the change in the potentials, sum_j q_j |exp(dg_j / eps) - 1|.
+    it measures the change in the potentials, sum_j q_j |exp(dg_j / eps) - 1|. err is computed from the returned
+    plan, whatever the backend. A problem whose err is still >= tol (tol > 0), whose plan is not finite, or whose
+    exact row marginal is off by more than MASS_TOL has converged False, and the call warns (SinkhornWarning).
+    Range: spread(C) / eps, the spread max - min of each problem's valid costs over eps, must be at most 2^24 (about
+    1.7e7) when computed in float32 and 2^53 in float64; beyond it the plan's exponents (f + g - C) / eps are not
+    resolved by the dtype and the call is refused (pass float64 C, a larger eps, or rescale C). Within it the
+    returned float32 potentials resolve (f + g - C) / eps to about spread(C) / eps * 2^-24.
     Gradients reach C, a and b through every output by implicit differentiation at the fixed point
     (memory O(B N M) whatever max_iter); value's gradient is the plan itself (envelope theorem).
     backend: "auto", "torch" (the reference, run without autograd: the backward stays implicit), "cpu" (grace_fast._C),
@@ -92,11 +110,26 @@ def sinkhorn(
     a = _marginal("a", "mask_a", a, mask_a, (B, N), "[B, N]", C.device, dtype)
     b = _marginal("b", "mask_b", b, mask_b, (B, M), "[B, M]", C.device, dtype)
     if not torch.compiler.is_compiling():
-        _check_values(C, a, b)
+        _check_values(C, a, b, eps)
     backend = resolve("sinkhorn", backend, C.device, BACKENDS)
     args = (float(eps), int(max_iter), float(tol), float(tau_a), float(tau_b), backend)
     result = SinkhornResult(*torch.ops.grace_fast.sinkhorn(C.to(dtype).contiguous(), a, b, *args))
+    if not torch.compiler.is_compiling() and not bool(result.converged.all()):
+        _warn_unconverged(result, tol, max_iter)
     return SinkhornResult(*(x.squeeze(0) for x in result)) if unbatched else result
+
+
+def _warn_unconverged(result: SinkhornResult, tol: float, max_iter: int) -> None:
+    bad = (~result.converged).nonzero()[:, 0]
+    worst = int(bad[result.err[bad].nan_to_num(math.inf).argmax()])
+    warnings.warn(
+        f"sinkhorn: {len(bad)} of {len(result.converged)} problems did not converge or lost mass (converged=False), "
+        f"e.g. batch element {worst}: err {float(result.err[worst]):.3g} (tol {tol}) after "
+        f"{int(result.n_iter[worst])} of max_iter {max_iter} iterations, plan mass "
+        f"{float(result.plan[worst].sum()):.6g}; raise max_iter or eps",
+        SinkhornWarning,
+        stacklevel=3,
+    )
 
 
 def _check_scalars(eps, max_iter, tol, tau_a, tau_b) -> None:
@@ -131,33 +164,46 @@ def _marginal(name, mask_name, w, mask, shape, shape_doc, device, dtype) -> torc
     return w.to(dtype)
 
 
-def _check_values(C, a, b) -> None:
-    """Value checks (skipped under torch.compile, where they would break the graph)."""
-    if not torch.isfinite(C).all():
+def _check_values(C, a, b, eps) -> None:
+    """Value checks (skipped under torch.compile, where they would break the graph); one pass over C."""
+    low, high = C.flatten(1).aminmax(dim=1)  # NaN propagates
+    if not (torch.isfinite(low).all() and torch.isfinite(high).all()):
         raise ValueError(f"C must be finite, found {int((~torch.isfinite(C)).sum())} NaN/Inf entries")
     for name, w in (("a", a), ("b", b)):
-        if not torch.isfinite(w).all() or (w < 0).any():
+        total = w.sum(dim=1)  # non-negative entries with a finite sum are all finite: two passes, not four
+        if not (torch.isfinite(total).all() and (w.amin(dim=1) >= 0).all()):
             raise ValueError(f"{name} must be finite and non-negative")
-        deviation = (w.sum(dim=1) - 1).abs()
+        deviation = (total - 1).abs()
         if (deviation > MARGINAL_TOL).any():
             row = int(deviation.argmax())
             raise ValueError(
                 f"each row of {name} must sum to 1 (within {MARGINAL_TOL}); row {row} sums to {float(w[row].sum()):.6g}"
             )
+    limit = MAX_SPREAD_OVER_EPS[torch.promote_types(C.dtype, torch.float32)]
+    if ((high - low) / eps > limit).any():  # padded entries widen this bound: check the valid ones only now
+        valid = (a > 0)[:, :, None] & (b > 0)[:, None, :]
+        spread = (C.masked_fill(~valid, -math.inf).amax((1, 2)) - C.masked_fill(~valid, math.inf).amin((1, 2))) / eps
+        if (spread > limit).any():
+            row = int(spread.argmax())
+            raise ValueError(
+                f"spread(C) / eps = {float(spread[row]):.3g} in batch element {row} is beyond what {C.dtype} "
+                f"resolves: at most {limit:.3g} (2^24 in float32, 2^53 in float64); raise eps, rescale C or pass "
+                "float64 C"
+            )
 
 
 def _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend):
-    """Backend dispatch: (plan, f, g, n_iter, err), f and g gauge-shifted so that <a, f> = <b, g> when both marginals
-    are exact."""
+    """Backend dispatch: (plan, f, g, n_iter), f and g gauge-shifted so that <a, f> = <b, g> when both marginals are
+    exact. A backend's own err decides when it stops; the op recomputes err from the plan it returns."""
     if backend == "torch":
         with torch.no_grad():
-            plan, _, f, g, _, n_iter, err = sinkhorn_reference(C, a, b, eps, max_iter, tol, tau_a, tau_b)
-        return plan, f, g, n_iter, err
+            plan, _, f, g, _, n_iter, _ = sinkhorn_reference(C, a, b, eps, max_iter, tol, tau_a, tau_b)
+        return plan, f, g, n_iter
     if backend == "triton":
         from grace_fast.kernels.sinkhorn import sinkhorn_triton
 
-        return sinkhorn_triton(C, a, b, eps, max_iter, tol, tau_a, tau_b)
-    return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol, tau_a, tau_b)
+        return sinkhorn_triton(C, a, b, eps, max_iter, tol, tau_a, tau_b)[:4]
+    return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol, tau_a, tau_b)[:4]
 
 
 @torch.library.custom_op("grace_fast::sinkhorn", mutates_args=())
@@ -171,9 +217,11 @@ def _sinkhorn_op(
     tau_a: float,
     tau_b: float,
     backend: str,
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor]:
+) -> tuple[
+    torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
+]:
     with no_autocast(C.device):  # autocast would run the bmm below in bf16
-        plan, f, g, n_iter, err = _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend)
+        plan, f, g, n_iter = _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend)
         B, N, M = C.shape
         # <P, C> row by row (short dot products keep float32 accurate) without materialising P * C
         cost = torch.bmm(plan.reshape(B * N, 1, M), C.reshape(B * N, M, 1)).view(B, N).sum(1)
@@ -181,7 +229,11 @@ def _sinkhorn_op(
         rows, cols = plan.sum(2), plan.sum(1)
         value = (f * rows).sum(1) + (g * cols).sum(1) - eps * rows.sum(1)
         value = value + marginal_penalty(rows, a, tau_a) + marginal_penalty(cols, b, tau_b)
-    return plan, cost, f, g, value, n_iter, err
+        err = column_err(cols, b, g, eps, tau_b)
+        converged = torch.isfinite(value) & ((err < tol) | (tol == 0))
+        if math.isinf(tau_a):
+            converged &= (rows - a).abs().sum(1) <= MASS_TOL
+    return plan, cost, f, g, value, n_iter, err, converged
 
 
 @_sinkhorn_op.register_fake
@@ -196,13 +248,14 @@ def _(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend):
         C.new_empty(B),
         C.new_empty(B, dtype=torch.int64),
         C.new_empty(B),
+        C.new_empty(B, dtype=torch.bool),
     )
 
 
 def _setup_context(ctx, inputs, output):
     C, a, b, eps, _, _, tau_a, tau_b, _ = inputs
-    plan, _, f, g, _, n_iter, err = output
-    ctx.mark_non_differentiable(n_iter, err)
+    plan, _, f, g, _, n_iter, err, converged = output
+    ctx.mark_non_differentiable(n_iter, err, converged)
     ctx.eps, ctx.tau_a, ctx.tau_b = eps, tau_a, tau_b
     ctx.save_for_backward(C, a, b, plan, f, g)
 
@@ -223,9 +276,7 @@ def _solve_dual(
     rows, cols = P.sum(2), P.sum(1)
     valid_r = rows > 0
     inv_cols = torch.where(cols > 0, 1 / torch.where(cols > 0, cols * (1 + kappa_q), 1), 0)
-    # P diag(1 / cols) P^T one batch element at a time: the scaled copy of P stays 1/B of its size
-    scaled_gram = torch.stack([(Pk * ck) @ Pk.T for Pk, ck in zip(P, inv_cols, strict=True)])
-    S = torch.diag_embed(torch.where(valid_r, rows * (1 + kappa_p), 1)) - scaled_gram
+    S = torch.diag_embed(torch.where(valid_r, rows * (1 + kappa_p), 1)) - _scaled_gram(P, inv_cols)
     if kappa_p == 0 and kappa_q == 0:
         ones = valid_r.to(P.dtype)
         S = S + ones[:, :, None] * ones[:, None, :]
@@ -235,12 +286,20 @@ def _solve_dual(
     return x, y
 
 
+def _scaled_gram(P: torch.Tensor, c: torch.Tensor) -> torch.Tensor:
+    """P diag(c) P^T: P [B, N, M], c [B, M] -> [B, N, N], one bmm per chunk of the batch (GRAM_CHUNKS chunks), so that
+    the scaled copy of P stays a fraction of it and many small problems cost a few calls, not one each."""
+    step = -(-P.shape[0] // GRAM_CHUNKS)
+    chunks = zip(P.split(step), c.split(step), strict=True)
+    return torch.cat([torch.bmm(Pk * ck[:, None, :], Pk.transpose(1, 2)) for Pk, ck in chunks])
+
+
 def _value_slope(potential: torch.Tensor, tau: float) -> torch.Tensor:
     """d value / d a for a relaxed marginal, tau (1 - exp(-f / tau)) = tau (1 - (P 1) / a); f for an exact one."""
     return potential if math.isinf(tau) else -tau * torch.expm1(-potential / tau)
 
 
-def _backward(ctx, grad_plan, grad_cost, grad_f, grad_g, grad_value, _grad_n_iter, _grad_err):
+def _backward(ctx, grad_plan, grad_cost, grad_f, grad_g, grad_value, _grad_n_iter, _grad_err, _grad_converged):
     """Adjoint of the fixed point F(f, g) = (P 1 - a exp(-f / tau_a), P^T 1 - b exp(-g / tau_b)) = 0 with
     P = exp((f + g - C) / eps) (exp(-f / tau) = 1 for an exact marginal)."""
     C, a, b, P, f, g = ctx.saved_tensors

@@ -2,6 +2,7 @@
 
 import functools
 import math
+import warnings
 
 import numpy as np
 import ot
@@ -9,8 +10,9 @@ import ot.batch
 import pytest
 import torch
 
+import grace_fast
 from benchmarks.utils import peak_memory_mb
-from grace_fast.ops import sinkhorn
+from grace_fast.ops import SinkhornWarning, sinkhorn
 from grace_fast.ops.reference import sinkhorn_reference
 from grace_fast.shapes import OT_PROBLEMS
 from tests.conftest import INTERPRETED, available, device_of
@@ -68,7 +70,7 @@ def test_matches_reference(backend, pad, B, N, M, eps, scale, max_iter, tol):
     device = device_of(backend)
     C, a, b = _problem(B, N, M, scale=scale, pad=pad, device=device)
     out = sinkhorn(C, a, b, eps=eps, max_iter=max_iter, tol=tol, backend=backend)
-    ref = sinkhorn_reference(C, a, b, eps, max_iter, tol)
+    ref = sinkhorn_reference(C, a, b, eps, max_iter, tol, compute_dtype=torch.float32)
     ref64 = sinkhorn_reference(C.double(), a.double(), b.double(), eps, max_iter, tol)
     agree = ref[5] == ref64[5]
     assert torch.equal(out.n_iter[agree].cpu(), ref[5][agree].cpu())
@@ -87,19 +89,18 @@ def test_matches_reference(backend, pad, B, N, M, eps, scale, max_iter, tol):
 )
 @pytest.mark.parametrize("max_iter, tol", [(50, 0.0), (500, 1e-4)], ids=["fixed50", "tol1e-4"])
 def test_relaxed_matches_reference(backend, taus, B, N, M, eps, scale, max_iter, tol):
-    """Relaxed marginals (padded): every output and err as close to the float64 reference as the float32 reference
-    is, n_iter the reference's wherever the float32 and float64 references agree on it; no shift of f and g."""
+    """Relaxed marginals (padded): every output as close to the float64 reference as the float32 reference is, n_iter
+    the reference's wherever the float32 and float64 references agree on it; no shift of f and g. err is a function of
+    the returned plan and g (test_relaxed_err_describes_the_returned_plan), whose rounding it amplifies."""
     device = device_of(backend)
     C, a, b = _problem(B, N, M, scale=scale, pad=True, device=device)
     kw = {"tau_a": taus[0], "tau_b": taus[1]}
     out = sinkhorn(C, a, b, eps=eps, max_iter=max_iter, tol=tol, backend=backend, **kw)
-    ref = sinkhorn_reference(C, a, b, eps, max_iter, tol, *taus)
+    ref = sinkhorn_reference(C, a, b, eps, max_iter, tol, *taus, compute_dtype=torch.float32)
     ref64 = sinkhorn_reference(C.double(), a.double(), b.double(), eps, max_iter, tol, *taus)
     agree = ref[5] == ref64[5]
     assert torch.equal(out.n_iter[agree].cpu(), ref[5][agree].cpu())
-    for name, o, r, r64 in zip(("plan", "cost", "f", "g", "value", "n_iter", "err"), out, ref, ref64, strict=True):
-        if name == "n_iter":
-            continue
+    for name, o, r, r64 in zip(("plan", "cost", "f", "g", "value"), out, ref, ref64, strict=False):
         assert torch.isfinite(o).all(), name
         assert_error_bounded(o, r, r64, factor=4.0, floor=1e-6 * max(1.0, r64.abs().max().item()))
     assert (out.plan[~((a > 0)[:, :, None] & (b > 0)[:, None, :])] == 0).all()
@@ -126,8 +127,9 @@ def test_relaxed_kernels_match_pot_in_float64(backend, taus):
 @pytest.mark.parametrize("taus", [(math.inf, math.inf), *TAUS.values()], ids=["balanced", *TAUS.keys()])
 def test_stops_at_the_first_iteration_with_err_below_tol(backend, taus):
     """n_iter is the first iteration whose err is below tol: the run stopped there is the run of exactly n_iter
-    iterations, and one iteration fewer leaves err at or above tol."""
-    C, a, b = _problem(2, 6, 9, device=device_of(backend))
+    iterations, and one iteration fewer leaves err at or above tol. In float64: the kernels stop on their own err and
+    the op returns the err of the returned plan, summed in another order (in float32 the two differ by ~1e-7)."""
+    C, a, b = _problem(2, 6, 9, dtype=torch.float64, device=device_of(backend))
     kw = {"eps": 0.05, "tau_a": taus[0], "tau_b": taus[1], "backend": backend}
     out = sinkhorn(C, a, b, max_iter=1000, tol=1e-5, **kw)
     assert (out.err < 1e-5).all() and (out.n_iter > 1).all() and (out.n_iter < 1000).all()
@@ -150,7 +152,7 @@ def test_relaxed_is_stable_at_small_eps_and_large_costs(backend, dtype, taus):
     out = _kernel(backend)(C.to(dtype), a.to(dtype), b.to(dtype), 1e-3, 200, 0.0, *taus)
     for x in out:
         assert torch.isfinite(x).all()
-    ref = sinkhorn_reference(C.to(dtype), a.to(dtype), b.to(dtype), 1e-3, 200, 0.0, *taus)
+    ref = sinkhorn_reference(C.to(dtype), a.to(dtype), b.to(dtype), 1e-3, 200, 0.0, *taus, compute_dtype=dtype)
     ref64 = sinkhorn_reference(C, a, b, 1e-3, 200, 0.0, *taus)
     torch.testing.assert_close(out64[0], ref64[0], atol=1e-12, rtol=0)
     assert_error_bounded(out[0], ref[0], out64[0], factor=4.0, floor=1e-6)
@@ -468,8 +470,11 @@ def test_relaxed_matches_pot_per_problem_in_float64(backend, taus, eps):
     sinkhorn_unbalanced(reg_type="entropy")."""
     _skip_tight_solves_in_the_interpreter(backend)
     C, a, b = _problem(3, 7, 11, dtype=torch.float64, scale=2.0, pad=True)
-    out = sinkhorn(C, a, b, eps=eps, max_iter=50000, tol=1e-14, tau_a=taus[0], tau_b=taus[1], backend=backend)
-    assert (out.err < 1e-14).all()
+    with warnings.catch_warnings():  # tol 1e-14 is float64's rounding of the plan's column sums: converged may say no
+        warnings.simplefilter("ignore", SinkhornWarning)
+        out = sinkhorn(C, a, b, eps=eps, max_iter=50000, tol=1e-14, tau_a=taus[0], tau_b=taus[1], backend=backend)
+    # the solver stopped on its own err < 1e-14; the returned plan's err, summed in another order, is within rounding
+    assert (out.n_iter < 50000).all() and (out.err < 2e-14).all()
     for k in range(3):
         va, vb = a[k] > 0, b[k] > 0
         plan, total, f, g = _pot_unbalanced(C[k][va][:, vb], a[k][va], b[k][vb], eps, taus)
@@ -608,3 +613,99 @@ def test_relaxed_value_gradient_is_the_plan(backend):
 def test_bad_relaxation_is_named(kwargs, match):
     with pytest.raises(ValueError, match=match):
         sinkhorn(C0, **kwargs)
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_every_solver_refuses_an_infinite_eps(backend):
+    """The op refuses eps = inf before dispatch; the reference and the kernels, which can be called alone, too."""
+    C, a, b = _problem(2, 3, 4)
+    solve = sinkhorn_reference if backend == "torch" else _kernel(backend)
+    with pytest.raises((ValueError, RuntimeError, AssertionError), match="eps"):
+        solve(C, a, b, math.inf, 10, 0.0, math.inf, math.inf)
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize("tau_b", [math.inf, 0.1], ids=["balanced", "semi-relaxed"])
+def test_eps_beyond_what_float32_resolves_is_refused_with_the_range(backend, tau_b):
+    """Costs in [0, 2] at eps 1e-10: spread(C) / eps = 2e10, beyond float32's 2^24; the plans came back with a total
+    mass of 24 (torch) or 8.5e17 (cpu) and an err that looked normal."""
+    C, a, b = _problem(2, 5, 8, scale=2.0, device=device_of(backend))
+    C[:, 0, 0], C[:, 0, 1] = 0.0, 2.0
+    with pytest.raises(ValueError, match=r"spread\(C\) / eps = 2e\+10 in batch element 0 .*at most 1\.68e\+07"):
+        sinkhorn(C, a, b, eps=1e-10, tau_b=tau_b, backend=backend)
+
+
+def test_padding_does_not_count_in_the_range():
+    """A padded entry holding a huge cost is not part of the problem: the range is that of the valid costs."""
+    C, a, b = _problem(2, 5, 8, scale=2.0, pad=True)
+    C[0, -1, :] = 1e9  # row N - 1 of batch element 0 is padded
+    out = sinkhorn(C, a, b, eps=0.05, backend="torch")
+    torch.testing.assert_close(out.plan, sinkhorn(C.clamp_max(2.0), a, b, eps=0.05, backend="torch").plan)
+
+
+@pytest.mark.parametrize("backend", available(("cpu",)))
+def test_float64_keeps_the_mass_at_eps_1e_10(backend):
+    """The same costs in float64 (2e10 < 2^53) are solved: each plan keeps its mass, err is the column error of the
+    returned plan, and a run that has not reached tol says so."""
+    C, a, b = _problem(2, 5, 8, dtype=torch.float64, scale=2.0)
+    with pytest.warns(SinkhornWarning, match=r"2 of 2 problems did not converge"):
+        out = sinkhorn(C, a, b, eps=1e-10, max_iter=20, backend=backend)
+    torch.testing.assert_close(out.plan.sum((1, 2)), torch.ones(2, dtype=torch.float64), atol=1e-6, rtol=0)
+    torch.testing.assert_close(out.err, (out.col_mass - b).abs().sum(1), atol=1e-12, rtol=0)
+    assert not out.converged.any() and (out.err >= 1e-4).all()
+
+
+@pytest.mark.parametrize("backend", ALL)
+@pytest.mark.parametrize(
+    "dtype, scale, eps", [(torch.float32, 1e4, 1e-3), (torch.float64, 2.0, 1e-9)], ids=["f32-1e7", "f64-2e9"]
+)
+@pytest.mark.parametrize("taus", [(math.inf, math.inf), (math.inf, 0.1)], ids=["balanced", "semi-relaxed"])
+def test_err_describes_the_returned_plan_at_large_cost_over_eps(backend, dtype, scale, eps, taus):
+    """At C / eps of 1e7 (float32) and 2e9 (float64) err is computed from the returned plan, and converged agrees."""
+    C, a, b = _problem(2, 5, 8, dtype=dtype, scale=scale, device=device_of(backend))
+    kw = {"eps": eps, "max_iter": 10, "tol": 1e-4, "tau_a": taus[0], "tau_b": taus[1], "backend": backend}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", SinkhornWarning)
+        out = sinkhorn(C, a, b, **kw)
+    rho = 1.0 if math.isinf(taus[1]) else taus[1] / (taus[1] + eps)
+    q = out.col_mass
+    after = torch.where(q > 0, q * (b / torch.where(q > 0, q, 1)) ** rho * torch.exp(-(1 - rho) * out.g / eps), 0)
+    expected = (q - b).abs().sum(1) if rho == 1 else (after - q).abs().sum(1)
+    torch.testing.assert_close(out.err, expected, atol=1e-6, rtol=1e-4)
+    mass_kept = (out.row_mass - a).abs().sum(1) <= 1e-3
+    assert torch.equal(out.converged, (out.err < 1e-4) & mass_kept & torch.isfinite(out.plan).all((1, 2)))
+
+
+def test_reference_is_as_accurate_as_the_kernels_at_cost_1e4_and_eps_1e_3():
+    """C / eps up to 1e7 in float32: the reference was 3% off float64 in cost while the cpu kernel was right (float32
+    potentials of magnitude 1e4 resolve (f + g - C) / eps only to about 1). The spec now agrees with float64 to 1e-5,
+    at least as closely as every kernel on this machine (the float32 log-domain triton kernel is ~2% off here and
+    flags it: converged False)."""
+    C, a, b = _problem(2, 20, 30, dtype=torch.float64, scale=1e4)
+    kw = {"eps": 1e-3, "max_iter": 200, "tol": 0.0}
+    exact = sinkhorn(C, a, b, backend="torch", **kw)
+
+    def cost_error(backend):
+        out = sinkhorn(C.float(), a.float(), b.float(), backend=backend, **kw)
+        return float(((out.cost.double() - exact.cost).abs() / exact.cost).max())
+
+    reference_error = cost_error("torch")
+    assert reference_error < 1e-5
+    for backend in ("cpu", "triton"):
+        if grace_fast.backends()[backend]:
+            assert reference_error <= cost_error(backend) + 1e-7, backend
+
+
+@pytest.mark.parametrize("backend", ALL)
+def test_an_unconverged_solve_is_flagged_and_warns(backend):
+    """err >= tol after max_iter: converged is False for that element and the call warns; a converged one does not."""
+    C, a, b = _problem(2, 6, 9, device=device_of(backend))
+    with pytest.warns(
+        SinkhornWarning, match=r"did not converge or lost mass .* err .* \(tol 1e-09\) after 2 of max_iter 2"
+    ):
+        out = sinkhorn(C, a, b, eps=0.05, max_iter=2, tol=1e-9, backend=backend)
+    assert not out.converged.any()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", SinkhornWarning)
+        out = sinkhorn(C, a, b, eps=0.5, max_iter=500, tol=1e-4, backend=backend)
+    assert out.converged.all() and (out.err < 1e-4).all()
