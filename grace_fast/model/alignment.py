@@ -90,6 +90,7 @@ class OTAlignment(nn.Module):
             max_iter=self.max_iter,
             tol=self.tol,
             tau_b=self.tau_b,
+            warn=False,  # a fixed budget of max_iter iterations per step, as in the paper; no warning per step
             backend=self.sinkhorn_backend,
         )
         mass = result.col_mass.view(B, G, M)

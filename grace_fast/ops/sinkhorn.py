@@ -65,6 +65,7 @@ def sinkhorn(
     mask_b: torch.Tensor | None = None,
     tau_a: float = math.inf,
     tau_b: float = math.inf,
+    warn: bool = True,
     backend: str = "auto",
 ) -> SinkhornResult:
     """Entropic OT between a and b for the cost C, each marginal exact or KL-relaxed:
@@ -82,7 +83,8 @@ def sinkhorn(
     below tol (tol=0: exactly max_iter); for an exact b that is the L1 error of the column sums, for a relaxed b
     it measures the change in the potentials, sum_j q_j |exp(dg_j / eps) - 1|. err is computed from the returned
     plan, whatever the backend. A problem whose err is still >= tol (tol > 0), whose plan is not finite, or whose
-    exact row marginal is off by more than MASS_TOL has converged False, and the call warns (SinkhornWarning).
+    exact row marginal is off by more than MASS_TOL has converged False, and the call warns (SinkhornWarning)
+    unless warn=False (a caller that runs a fixed budget of iterations and reads converged itself).
     Range: spread(C) / eps, the spread max - min of each problem's valid costs over eps, must be at most 2^24 (about
     1.7e7) when computed in float32 and 2^53 in float64; beyond it the plan's exponents (f + g - C) / eps are not
     resolved by the dtype and the call is refused (pass float64 C, a larger eps, or rescale C). Within it the
@@ -114,7 +116,7 @@ def sinkhorn(
     backend = resolve("sinkhorn", backend, C.device, BACKENDS)
     args = (float(eps), int(max_iter), float(tol), float(tau_a), float(tau_b), backend)
     result = SinkhornResult(*torch.ops.grace_fast.sinkhorn(C.to(dtype).contiguous(), a, b, *args))
-    if not torch.compiler.is_compiling() and not bool(result.converged.all()):
+    if warn and not torch.compiler.is_compiling() and not bool(result.converged.all()):
         _warn_unconverged(result, tol, max_iter)
     return SinkhornResult(*(x.squeeze(0) for x in result)) if unbatched else result
 
