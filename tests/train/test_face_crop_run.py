@@ -8,8 +8,8 @@ import json
 import pytest
 
 from grace_fast.cli import main
-from grace_fast.data.layouts import read_captions
 from grace_fast.predict import Predictor
+from tests.train.conftest import assert_reproduces_test_predictions
 
 pytest.importorskip("cv2", reason="the faces extra (opencv-python-headless) is not installed")
 
@@ -42,14 +42,8 @@ def test_the_checkpoint_records_the_face_crop_and_the_card_the_scores(run):
 def test_predictor_crops_like_the_trainer_and_reproduces_its_test_predictions(data, run):
     predictor = Predictor.from_pretrained(run / "best", device="cpu", dtype="float32")
     assert predictor.face_crop is not None
-    captions = read_captions(data / "captions.csv")
-    with open(run / "test" / "predictions.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    paths = [str(data / "Clip" / "original" / f"{row['clip']}.mp4") for row in rows]
-    predictions = predictor.predict(paths, [captions[row["clip"]] for row in rows])
-    for row, prediction in zip(rows, predictions, strict=True):
-        assert prediction.label == row["prediction"]
-        for name, p in prediction.probabilities.items():
-            assert p == pytest.approx(float(row[f"p_{name}"]), abs=2e-6)
+    assert_reproduces_test_predictions(predictor, data, run)
     uncropped = Predictor.from_pretrained(run / "best", device="cpu", dtype="float32", face_crop=False)
-    assert uncropped.load(paths[0]).ne(predictor.load(paths[0])).any()
+    clip = next(csv.DictReader((run / "test" / "predictions.csv").read_text().splitlines()))["clip"]
+    path = str(data / "Clip" / "original" / f"{clip}.mp4")
+    assert uncropped.load(path).ne(predictor.load(path)).any()

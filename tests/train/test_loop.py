@@ -6,7 +6,6 @@ import logging
 import os
 import re
 import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -16,10 +15,8 @@ import torch
 from grace_fast.errors import CheckpointError
 from grace_fast.train.checkpoint import checkpoints
 from grace_fast.train.loop import BEST, METRICS_NAME
-from tests.train.conftest import SUBPROCESS_ENV
+from tests.train.conftest import kill_at, run_ok
 from tests.train.standin import train
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Crash(Exception):
@@ -181,40 +178,16 @@ def _standin(run: Path, *args: str, torchrun: bool = False) -> list[str]:
 
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(uninterrupted, tmp_path):
     _, reference, _ = uninterrupted
-    process = subprocess.Popen(
-        _standin(tmp_path, "--sleep", "0.05"),
-        cwd=REPO,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    for line in process.stdout:
-        if line.strip() == "step 15":  # mid epoch 2, a step after the checkpoint of step 14
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    kill_at(_standin(tmp_path, "--sleep", "0.05"), "step 15")  # mid epoch 2, a step after step 14's checkpoint
     assert checkpoints(tmp_path)[-1].name in ("step-00000014", "step-00000016")
-    done = subprocess.run(
-        _standin(tmp_path, "--resume"), cwd=REPO, env=SUBPROCESS_ENV, capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 0, done.stderr
+    run_ok(_standin(tmp_path, "--resume"), timeout=120)
     assert_same_weights(torch.load(tmp_path / "final.pt"), reference)
 
 
 def test_ddp_on_two_gloo_processes_matches_one_process_with_accumulation(tmp_path):
     # 2 processes x 2 clips per step see the micro-batches 1 process x 2 clips x accumulation 2 sees
     single, model = train(tmp_path / "single", batch_size=2, accumulation=2, dropout=0.0)
-    done = subprocess.run(
-        _standin(tmp_path / "ddp", "--batch-size", "2", "--dropout", "0", torchrun=True),
-        cwd=REPO,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=180,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ok(_standin(tmp_path / "ddp", "--batch-size", "2", "--dropout", "0", torchrun=True), timeout=180)
     ddp = torch.load(tmp_path / "ddp" / "final.pt")
     for name, value in weights(model).items():
         torch.testing.assert_close(ddp[name], value, atol=1e-5, rtol=1e-5)

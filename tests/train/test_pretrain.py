@@ -2,8 +2,6 @@
 a real SIGKILL, and DDP on 2 gloo processes against one process with accumulation."""
 
 import json
-import signal
-import subprocess
 import sys
 from pathlib import Path
 
@@ -14,9 +12,8 @@ from grace_fast.data.synthetic import make_synthetic
 from grace_fast.files import read_safetensors
 from grace_fast.train.checkpoint import MODEL_NAME, checkpoints
 from grace_fast.train.pretrain import MaskedClips, PretrainConfig, pretrain, pretrain_clips, tube_mask
-from tests.train.conftest import SUBPROCESS_ENV
+from tests.train.conftest import kill_at, run_ok
 
-REPO = Path(__file__).resolve().parents[2]
 FRAMES = 4  # 2 tubelets of 4 x 4 patches: 32 tokens, 2 visible per tubelet at ratio 0.9
 
 
@@ -166,30 +163,9 @@ def pretrain_slowly(data: Path, run: Path, sleep: float, resume: bool) -> list[s
 
 def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights_bit_for_bit(data, uninterrupted, tmp_path):
     _, reference = uninterrupted
-    process = subprocess.Popen(
-        pretrain_slowly(data, tmp_path, 0.3, resume=False),
-        cwd=REPO,
-        env=SUBPROCESS_ENV,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.DEVNULL,
-        text=True,
-    )
-    for line in process.stdout:
-        if line.strip() == "step 3":  # mid epoch 1, a step after the checkpoint of step 2
-            process.send_signal(signal.SIGKILL)
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
+    kill_at(pretrain_slowly(data, tmp_path, 0.3, resume=False), "step 3")  # mid epoch 1, after step 2's checkpoint
     assert checkpoints(tmp_path)[-1].name in ("step-00000002", "step-00000003")
-    done = subprocess.run(
-        pretrain_slowly(data, tmp_path, 0.0, resume=True),
-        cwd=REPO,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
+    run_ok(pretrain_slowly(data, tmp_path, 0.0, resume=True), timeout=300)
     expected, resumed = final_weights(reference), final_weights(tmp_path)
     assert resumed.keys() == expected.keys()
     for name, tensor in expected.items():
@@ -197,24 +173,8 @@ def test_sigkill_mid_run_then_resume_gives_the_uninterrupted_weights_bit_for_bit
 
 
 def test_ddp_on_two_gloo_processes_matches_one_process_with_accumulation(data, tmp_path):
-    single = subprocess.run(
-        command(data, tmp_path / "single", "--batch-size", "2", "--accumulation", "2"),
-        cwd=REPO,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert single.returncode == 0, single.stderr[-3000:]
-    ddp = subprocess.run(
-        command(data, tmp_path / "ddp", "--batch-size", "2", torchrun=True),
-        cwd=REPO,
-        env=SUBPROCESS_ENV,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert ddp.returncode == 0, ddp.stderr[-3000:]
+    run_ok(command(data, tmp_path / "single", "--batch-size", "2", "--accumulation", "2"), timeout=300)
+    run_ok(command(data, tmp_path / "ddp", "--batch-size", "2", torchrun=True), timeout=300)
     expected, got = final_weights(tmp_path / "single"), final_weights(tmp_path / "ddp")
     for name, tensor in expected.items():
         torch.testing.assert_close(got[name], tensor, atol=1e-5, rtol=1e-5)

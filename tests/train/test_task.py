@@ -13,16 +13,14 @@ import pytest
 import torch
 
 from grace_fast.cli import main
-from grace_fast.data.layouts import read_captions, synthetic
+from grace_fast.data.layouts import synthetic
 from grace_fast.data.video import VideoReadError, read_video
 from grace_fast.predict import Predictor
 from grace_fast.train.checkpoint import checkpoints
 from grace_fast.train.config import TrainConfig
 from grace_fast.train.run import train
 from grace_fast.train.task import build_model, split_clips
-from tests.train.conftest import SUBPROCESS_ENV
-
-REPO = Path(__file__).resolve().parents[2]
+from tests.train.conftest import REPO, SUBPROCESS_ENV, assert_reproduces_test_predictions
 
 
 def grace_fast(*args: str, check: bool = True) -> subprocess.CompletedProcess:
@@ -141,16 +139,9 @@ def test_training_changes_the_seeded_initial_weights(trained):
 
 def test_predictor_reproduces_the_trainers_test_predictions(data, trained):
     run, _ = trained
-    predictor = Predictor.from_pretrained(run / "best", device="cpu", dtype="float32")
-    captions = read_captions(data / "captions.csv")
-    with open(run / "test" / "predictions.csv", newline="") as file:
-        rows = list(csv.DictReader(file))
-    paths = [str(data / "Clip" / "original" / f"{row['clip']}.mp4") for row in rows]
-    predictions = predictor.predict(paths, [captions[row["clip"]] for row in rows])
-    for row, prediction in zip(rows, predictions, strict=True):
-        assert prediction.label == row["prediction"]
-        for name, p in prediction.probabilities.items():
-            assert p == pytest.approx(float(row[f"p_{name}"]), abs=2e-6)
+    assert_reproduces_test_predictions(
+        Predictor.from_pretrained(run / "best", device="cpu", dtype="float32"), data, run
+    )
 
 
 # The accuracy guard of Predictor's dtype and compile options (README, Inference): against fp32 eager on the test
