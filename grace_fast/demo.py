@@ -1,23 +1,30 @@
 """`grace-fast demo`: the README's main job. Generates the synthetic set, trains the tiny GRACE and its ablations
-on CPU, tests each on the held-out fold and prints their UAR/WAR; plots and reports go to `--out`.
+on CPU over one or more seeds, tests each on the held-out fold and prints their UAR/WAR (mean +- std over the seeds)
+with a verdict per ablation; plots and reports go to `--out`.
 
-Ablations (the paper's): no motion weighting (motion="off": every token kept, unweighted), cosine instead of OT
-(sentence-level alignment), and neither. The set-up (README, "The demo"): `clips` clips rendered at 32 px, fold 1
-as the test split (a fifth of the clips); the model of `model.tiny.demo_config` with a tokenizer learnt from the
-training fold's captions (out/tokenizer, out/model.json, made once); `epochs` epochs of batch 16 at lr 3e-3.
-The variants run `jobs` at a time, each in its own process on one torch thread, each into its own run folder
-(out/runs/NAME). Every step is resumable: rerunning the command continues where it stopped.
+VARIANTS names the ablations (the issue's: balanced OT, cosine, cross-attention and no alignment; motion "temporal",
+"spatial" and "off"; and "neither", motion off with cosine). Each is compared with GRACE by RULE, fixed before any
+run: the paired differences of test UAR over the same seeds, "real" when their mean exceeds twice its standard
+error and there are at least 3 seeds (verdict). The set-up (README, "The demo"): `clips` clips rendered at 32 px,
+fold 1 as the test split (a fifth of the clips); the model of `model.tiny.demo_config` with a tokenizer learnt from
+the training fold's captions; `epochs` epochs of batch 16 at lr 3e-3. A seed makes its own synthetic set, tokenizer
+and model config (out/seed-S) and seeds the training of each variant. The (variant, seed) runs go `jobs` at a time,
+each in its own process on one torch thread, each into its own run folder (out/seed-S/runs/NAME). Every step is
+resumable: rerunning the command continues where it stopped, and adding seeds or variants trains only the new runs.
 
->>> summary = demo("demo", clips=1000, epochs=16)  # doctest: +SKIP
->>> [(row["name"], round(100 * row["uar"], 1)) for row in summary["variants"]]  # doctest: +SKIP
+>>> summary = demo("demo", seeds=[0, 1, 2], variants=["GRACE", "cosine"])  # doctest: +SKIP
+>>> [(c["name"], c["verdict"]) for c in summary["comparisons"]]  # doctest: +SKIP
 """
 
 import argparse
 import contextlib
 import json
+import math
 import multiprocessing
 import queue
+import statistics
 import time
+from collections.abc import Sequence
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 from pathlib import Path
 
@@ -42,12 +49,25 @@ from grace_fast.train.pretrain import PretrainConfig, pretrain  # noqa: E402
 from grace_fast.train.run import train  # noqa: E402
 from grace_fast.train.task import fold_clips  # noqa: E402
 
-VARIANTS = {  # name -> GraceConfig overrides
-    "GRACE": {},
-    "no motion weighting": {"motion": "off"},
-    "cosine instead of OT": {"alignment": "cosine"},
+VARIANTS = {  # name (also its run folder's) -> GraceConfig overrides; the paper's ablations of GRACE
+    "GRACE": {},  # semi-relaxed OT, motion "both"
+    "ot_balanced": {"alignment": "ot_balanced"},
+    "cosine": {"alignment": "cosine"},
+    "cross_attention": {"alignment": "cross_attention"},
+    "no_alignment": {"alignment": "none"},
+    "motion_temporal": {"motion": "temporal"},
+    "motion_spatial": {"motion": "spatial"},
+    "motion_off": {"motion": "off"},
     "neither": {"motion": "off", "alignment": "cosine"},
 }
+BASELINE = "GRACE"  # every other variant is compared with it
+DEFAULT_VARIANTS = (BASELINE, "motion_off", "cosine", "neither")  # about 10 minutes on 2 cores with one seed
+FULL_SEEDS = (0, 1, 2)
+MIN_SEEDS = 3
+RULE = (
+    f"a variant differs from {BASELINE} when the mean of its paired test-UAR differences over the same seeds is "
+    f"larger in size than twice its standard error (sample std / sqrt(n)) and n >= {MIN_SEEDS}; else not shown"
+)
 IMAGE_SIZE = 32  # the clips are rendered at the model's size: 5x cheaper to make and decode than 64 px
 TOKENIZER_VOCAB = 2048  # room for every merge of the captions' words: one token per word
 FOLD, BATCH_SIZE, LR = 1, 16, 3e-3
@@ -62,59 +82,59 @@ def demo(
     clips: int = 1000,
     epochs: int = 16,
     pretrain_epochs: int = PRETRAIN_EPOCHS,
-    seed: int = 0,
+    seeds: Sequence[int] = (0,),
+    variants: Sequence[str] = DEFAULT_VARIANTS,
     jobs: int = 2,
     progress: bool = True,
 ) -> dict:
-    """Runs the demo into out and returns {"clips", "epochs", "seed", "jobs", "pretrain_epochs", "seconds": {"data",
-    "pretrain", "total"}, "variants": [{name, uar, war, best_epoch, seconds (train + validation), run}], "mechanism":
-    GRACE's eval.mechanism.model_mechanism on the test fold}, or {"interrupted": True} when a stop request (SIGINT,
-    SIGTERM) ended it early. pretrain_epochs > 0 pretrains the video tower first (pretrained_model)."""
+    """Runs the demo into out and returns {"clips", "epochs", "seeds", "jobs", "pretrain_epochs", "seconds": {"data",
+    "pretrain", "total"}, "runs": [{name, seed, uar, war, best_epoch, seconds (train + validation), run}] (seed-major),
+    "variants": [{name, n, uar_mean, uar_std, war_mean, war_std}], "rule": RULE, "comparisons": [{name, baseline,
+    seeds, differences, mean, std, se, n, verdict}] (test UAR of name minus the baseline's, per seed; verdict()),
+    "mechanism": the first seed's GRACE's eval.mechanism.model_mechanism on its test fold}, or {"interrupted": True}
+    when a stop request (SIGINT, SIGTERM) ended it early.
+
+    A seed is a whole repeat of the experiment, as `--seed` always was: it makes its own synthetic set (make_synthetic
+    with that seed), tokenizer and model config in out/seed-S, and seeds the training of every variant in
+    out/seed-S/runs/NAME. The baseline GRACE is always run, first. pretrain_epochs > 0 pretrains each seed's video
+    tower first (pretrained_model)."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
+    unknown = [name for name in variants if name not in VARIANTS]
+    if unknown:
+        raise ValueError(f"variants must be names of VARIANTS ({', '.join(VARIANTS)}), got {', '.join(unknown)}")
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(seeds)!r}")
+    variants = [BASELINE, *dict.fromkeys(name for name in variants if name != BASELINE)]
     start = time.perf_counter()
     out = Path(out).resolve()
-    data = out / "data"
-    make_synthetic(data, clips, seed, size=IMAGE_SIZE, progress=progress)
-    model = demo_model(out, data)
+    models = {}
+    for seed in seeds:
+        make_synthetic(out / f"seed-{seed}" / "data", clips, seed, size=IMAGE_SIZE, progress=progress)
+        models[seed] = demo_model(out / f"seed-{seed}", out / f"seed-{seed}" / "data")
     data_seconds = time.perf_counter() - start
     if pretrain_epochs:
-        model = pretrained_model(out, data, model, pretrain_epochs, seed, progress)
-        if model is None:
-            return {"interrupted": True}
+        for seed in seeds:
+            folder = out / f"seed-{seed}"
+            models[seed] = pretrained_model(folder, folder / "data", models[seed], pretrain_epochs, seed, progress)
+            if models[seed] is None:
+                return {"interrupted": True}
     pretrain_seconds = time.perf_counter() - start - data_seconds
-    runs = {name: out / "runs" / name.replace(" ", "-") for name in VARIANTS}
     configs = {
-        name: TrainConfig(
-            dataset="synthetic",
-            data_root=str(data),
-            fold=FOLD,
-            cache_frames=True,
-            model=str(model),
-            model_overrides=overrides,
-            epochs=epochs,
-            batch_size=BATCH_SIZE,
-            lr=LR,
-            warmup_fraction=0.1,
-            seed=seed,
-            amp="off",  # the tiny model steps 1.6x slower in bf16 autocast, and fp32 gives one table on every CPU
-            out=str(runs[name]),
-            checkpoint_every=0,
-            resume=(runs[name] / "config.yaml").is_file(),
-            progress=False,
-        )
-        for name, overrides in VARIANTS.items()
+        (name, seed): _train_config(out / f"seed-{seed}", models[seed], name, seed, epochs)
+        for seed in seeds
+        for name in variants
     }
     rows = _train_variants(configs, jobs, progress)
     if rows is None:
         return {"interrupted": True}
-    grace = next(row for row in rows if row["name"] == "GRACE")
+    grace = next(row for row in rows if row["name"] == BASELINE)
     best = Predictor.from_pretrained(Path(grace["run"]) / BEST, device="cpu", dtype="float32")
-    mechanism = model_mechanism(best, data, FOLD)  # measured against the ground truth
+    mechanism = model_mechanism(best, out / f"seed-{seeds[0]}" / "data", FOLD)  # measured against the ground truth
     summary = {
         "clips": clips,
         "epochs": epochs,
-        "seed": seed,
+        "seeds": list(seeds),
         "jobs": jobs,
         "pretrain_epochs": pretrain_epochs,
         "seconds": {
@@ -122,12 +142,72 @@ def demo(
             "pretrain": round(pretrain_seconds, 1),
             "total": round(time.perf_counter() - start, 1),
         },
-        "variants": rows,
+        "runs": rows,
+        "variants": [_spread(name, [row for row in rows if row["name"] == name]) for name in variants],
+        "rule": RULE,
+        "comparisons": [_compare(name, rows) for name in variants if name != BASELINE],
         "mechanism": mechanism,
     }
     write_atomic(out / "demo.json", (json.dumps(summary, indent=1) + "\n").encode())
-    _plot(rows, out / "demo.png")
+    _plot(summary, out / "demo.png")
     return summary
+
+
+def verdict(differences: Sequence[float]) -> dict:
+    """RULE on the paired differences of one comparison (one per seed) -> {n, mean, std, se, verdict}: verdict "real"
+    when n >= MIN_SEEDS and |mean| > 2 se, with se = std / sqrt(n) and std the sample standard deviation; else "not
+    shown". std and se are None for n < 2.
+
+    >>> verdict([0.10, 0.12, 0.11])["verdict"], verdict([0.10, -0.12, 0.05])["verdict"]
+    ('real', 'not shown')
+    """
+    n = len(differences)
+    mean = statistics.fmean(differences) if n else None
+    std = statistics.stdev(differences) if n >= 2 else None
+    se = std / math.sqrt(n) if std is not None else None
+    real = n >= MIN_SEEDS and abs(mean) > 2 * se
+    return {"n": n, "mean": mean, "std": std, "se": se, "verdict": "real" if real else "not shown"}
+
+
+def _compare(name: str, rows: list[dict]) -> dict:
+    """name against BASELINE on the seeds both ran: test UAR differences (name minus baseline) and their verdict."""
+    uar = {(row["name"], row["seed"]): row["uar"] for row in rows}
+    seeds = [seed for (variant, seed) in uar if variant == name and (BASELINE, seed) in uar]
+    differences = [uar[name, seed] - uar[BASELINE, seed] for seed in seeds]
+    return {"name": name, "baseline": BASELINE, "seeds": seeds, "differences": differences, **verdict(differences)}
+
+
+def _spread(name: str, rows: list[dict]) -> dict:
+    """Mean and sample std (None for one seed) of one variant's test UAR and WAR over its seeds."""
+    summary = {"name": name, "n": len(rows)}
+    for metric in ("uar", "war"):
+        values = [row[metric] for row in rows]
+        summary[f"{metric}_mean"] = statistics.fmean(values)
+        summary[f"{metric}_std"] = statistics.stdev(values) if len(values) >= 2 else None
+    return summary
+
+
+def _train_config(folder: Path, model: Path, name: str, seed: int, epochs: int) -> TrainConfig:
+    """The training of variant name for one seed, in folder/runs/name; resumed when that run folder exists."""
+    run = folder / "runs" / name
+    return TrainConfig(
+        dataset="synthetic",
+        data_root=str(folder / "data"),
+        fold=FOLD,
+        cache_frames=True,
+        model=str(model),
+        model_overrides=VARIANTS[name],
+        epochs=epochs,
+        batch_size=BATCH_SIZE,
+        lr=LR,
+        warmup_fraction=0.1,
+        seed=seed,
+        amp="off",  # the tiny model steps 1.6x slower in bf16 autocast, and fp32 gives one table on every CPU
+        out=str(run),
+        checkpoint_every=0,
+        resume=(run / "config.yaml").is_file(),
+        progress=False,
+    )
 
 
 def demo_model(out: Path, data: Path) -> Path:
@@ -175,32 +255,34 @@ def pretrained_model(out: Path, data: Path, model: Path, epochs: int, seed: int,
     return path
 
 
-def _train_variants(configs: dict[str, TrainConfig], jobs: int, progress: bool) -> list[dict] | None:
-    """Train and test every variant, `jobs` processes at a time (1: in this process), with one progress bar over
-    the optimiser steps of all of them -> the rows in the order of configs, or None when a stop request (SIGINT,
-    SIGTERM) ended a variant early (each run checkpoints and continues on a rerun)."""
-    config = next(iter(configs.values()))
-    per_run = config.epochs * steps_per_epoch(len(fold_clips(config, FOLD).train), config.batch_size, 1, 1)
+def _train_variants(configs: dict[tuple[str, int], TrainConfig], jobs: int, progress: bool) -> list[dict] | None:
+    """Train and test every (variant, seed), `jobs` processes at a time (1: in this process), with one progress bar
+    over the optimiser steps of all of them -> the rows in the order of configs, or None when a stop request (SIGINT,
+    SIGTERM) ended a run early (each run checkpoints and continues on a rerun)."""
+    per_run = {
+        key: config.epochs * steps_per_epoch(len(fold_clips(config, FOLD).train), config.batch_size, 1, 1)
+        for key, config in configs.items()
+    }
     done = dict.fromkeys(configs, 0)
     rows = {}
-    with tqdm(total=per_run * len(configs), desc="demo", unit="step", disable=not progress) as bar:
+    with tqdm(total=sum(per_run.values()), desc="demo", unit="step", disable=not progress) as bar:
 
-        def advance(name: str, global_step: int) -> None:
-            done[name] = global_step
+        def advance(key: tuple[str, int], global_step: int) -> None:
+            done[key] = global_step
             bar.update(sum(done.values()) - bar.n)
 
         if jobs == 1:
-            for name, config in configs.items():
-                rows[name] = _train_variant(name, config, lambda info, name=name: advance(name, info["global_step"]))
-                if rows[name] is None:
+            for key, config in configs.items():
+                rows[key] = _train_variant(key, config, lambda info, key=key: advance(key, info["global_step"]))
+                if rows[key] is None:
                     return None
-                advance(name, per_run)
-            return [rows[name] for name in configs]
+                advance(key, per_run[key])
+            return [rows[key] for key in configs]
         context = multiprocessing.get_context("spawn")  # no OpenMP or tokenizer threads inherited by a fork
         steps = context.Queue()
         workers = ProcessPoolExecutor(min(jobs, len(configs)), context, initializer=_set_steps, initargs=(steps,))
         with workers:
-            pending = {workers.submit(_train_variant, name, config): name for name, config in configs.items()}
+            pending = {workers.submit(_train_variant, key, config): key for key, config in configs.items()}
             stopping = False
             while pending:
                 try:
@@ -213,14 +295,14 @@ def _train_variants(configs: dict[str, TrainConfig], jobs: int, progress: bool) 
                     while True:
                         advance(*steps.get_nowait())
                 for future in finished:
-                    name = pending.pop(future)
-                    rows[name] = future.result()
-                    stopping = stopping or rows[name] is None
-                    advance(name, per_run)
+                    key = pending.pop(future)
+                    rows[key] = future.result()
+                    stopping = stopping or rows[key] is None
+                    advance(key, per_run[key])
                 if stopping:  # variants not started yet stay unstarted
                     for future in [f for f in pending if f.cancel()]:
                         rows[pending.pop(future)] = None
-    return None if None in rows.values() else [rows[name] for name in configs]
+    return None if None in rows.values() else [rows[key] for key in configs]
 
 
 _steps = None  # a worker process's queue for (variant, global step) progress messages
@@ -231,14 +313,14 @@ def _set_steps(steps) -> None:
     _steps = steps
 
 
-def _train_variant(name: str, config: TrainConfig, on_step=None) -> dict | None:
-    """Train and test one variant on one torch thread -> its table row, or None when a stop request ended it.
+def _train_variant(key: tuple[str, int], config: TrainConfig, on_step=None) -> dict | None:
+    """Train and test one (variant, seed) on one torch thread -> its row, or None when a stop request ended it.
     Its epoch lines go to RUN/train.log; progress goes to on_step(info), else to the worker's queue."""
     torch.set_num_threads(1)  # the tiny model's ops are too small to share across threads; one is faster
     if on_step is None:
 
         def on_step(info):
-            _steps.put((name, info["global_step"]))
+            _steps.put((key, info["global_step"]))
 
     run = Path(config.out)
     run.mkdir(parents=True, exist_ok=True)
@@ -249,7 +331,8 @@ def _train_variant(name: str, config: TrainConfig, on_step=None) -> dict | None:
     fold = result["folds"][0]
     history = [json.loads(line) for line in (run / METRICS_NAME).read_text().splitlines()]
     return {
-        "name": name,
+        "name": key[0],
+        "seed": key[1],
         "uar": fold["test"]["uar"],
         "war": fold["test"]["war"],
         "best_epoch": fold["best_epoch"],
@@ -258,24 +341,41 @@ def _train_variant(name: str, config: TrainConfig, on_step=None) -> dict | None:
     }
 
 
-def _plot(rows: list[dict], path: Path) -> None:
-    fig, ax = plt.subplots(figsize=(7, 3.5))
-    x = range(len(rows))
-    ax.bar([i - 0.2 for i in x], [100 * r["uar"] for r in rows], width=0.4, label="UAR")
-    ax.bar([i + 0.2 for i in x], [100 * r["war"] for r in rows], width=0.4, label="WAR")
+def _plot(summary: dict, path: Path) -> None:
+    """Bars of each variant's mean test UAR and WAR over its seeds, one point per seed, the verdicts in the labels."""
+    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(summary["variants"])), 3.8))
+    verdicts = {c["name"]: c["verdict"] for c in summary["comparisons"]}
+    for offset, metric, label in ((-0.2, "uar", "UAR"), (0.2, "war", "WAR")):
+        x = [i + offset for i in range(len(summary["variants"]))]
+        ax.bar(x, [100 * v[f"{metric}_mean"] for v in summary["variants"]], width=0.4, label=f"{label} (mean)")
+        for i, variant in zip(x, summary["variants"], strict=True):
+            points = [100 * r[metric] for r in summary["runs"] if r["name"] == variant["name"]]
+            ax.scatter([i] * len(points), points, color="black", s=8, zorder=3)
     ax.axhline(CHANCE_UAR, color="grey", linestyle="--", linewidth=1, label="chance UAR")
-    ax.set_xticks(list(x), [r["name"] for r in rows], fontsize=8)
-    ax.set(ylabel="% on the test fold", title="GRACE and its ablations on the synthetic set")
-    ax.legend(fontsize=8)
+    labels = [f"{v['name']}\n{verdicts.get(v['name'], 'baseline')}" for v in summary["variants"]]
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    seeds = ", ".join(map(str, summary["seeds"]))
+    ax.set(ylabel="% on the test fold", title=f"GRACE and its ablations on the synthetic set, seeds {seeds}")
+    ax.legend(fontsize=7)
     fig.tight_layout()
     write_figure(fig, path)
 
 
+def _percent(value: float | None) -> str:
+    return "-" if value is None else f"{100 * value:.1f}"
+
+
 def table(summary: dict) -> str:
-    lines = ["| variant | UAR % | WAR % | best epoch | train s |", "| --- | --- | --- | --- | --- |"]
-    for r in summary["variants"]:
+    """The per-variant table (mean +- sample std over the seeds, in %) and one verdict line per comparison."""
+    lines = ["| variant | seeds | UAR % | WAR % |", "| --- | --- | --- | --- |"]
+    for v in summary["variants"]:
+        uar, war = (f"{_percent(v[f'{m}_mean'])} +- {_percent(v[f'{m}_std'])}" for m in ("uar", "war"))
+        lines.append(f"| {v['name']} | {v['n']} | {uar} | {war} |")
+    lines.append(f"rule: {summary['rule']}")
+    for c in summary["comparisons"]:
         lines.append(
-            f"| {r['name']} | {100 * r['uar']:.1f} | {100 * r['war']:.1f} | {r['best_epoch']} | {r['seconds']} |"
+            f"{c['name']} - {c['baseline']}: UAR {_percent(c['mean'])} points, SE {_percent(c['se'])}, "
+            f"n = {c['n']}: {c['verdict']}"
         )
     return "\n".join(lines)
 
@@ -290,20 +390,46 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=PRETRAIN_EPOCHS,
         help=f"epochs of VideoMAE pretraining of the video tower, e.g. 30 (default {PRETRAIN_EPOCHS}: a random tower)",
     )
-    parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--jobs", type=int, default=2, help="variants trained at a time, one process each (default 2)")
+    parser.add_argument(
+        "--seeds",
+        "--seed",
+        type=int,
+        nargs="+",
+        help="seeds, each its own synthetic set and training (default 0; a difference needs 3 to be called real)",
+    )
+    parser.add_argument(
+        "--variants",
+        nargs="+",
+        choices=list(VARIANTS),
+        help=f"variants to train; {BASELINE} always runs (default {' '.join(DEFAULT_VARIANTS)})",
+    )
+    parser.add_argument(
+        "--full", action="store_true", help=f"every variant over seeds {' '.join(map(str, FULL_SEEDS))} (hours)"
+    )
+    parser.add_argument("--jobs", type=int, default=2, help="runs trained at a time, one process each (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
+
+
+def plan(args: argparse.Namespace) -> tuple[list[int], list[str]]:
+    """(seeds, variants) the arguments ask for: --full, else --seeds and --variants, else their defaults."""
+    if args.full:
+        if args.seeds is not None or args.variants is not None:
+            raise ValueError("--full runs every variant over seeds 0 1 2; do not give --seeds or --variants with it")
+        return list(FULL_SEEDS), list(VARIANTS)
+    return args.seeds or [0], args.variants or list(DEFAULT_VARIANTS)
 
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast demo`: exit 0 with the table printed, 130 when a stop request ended it (rerun to continue)."""
     progress = not args.quiet
+    seeds, variants = plan(args)
     summary = demo(
         args.out,
         clips=args.clips,
         epochs=args.epochs,
         pretrain_epochs=args.pretrain_epochs,
-        seed=args.seed,
+        seeds=seeds,
+        variants=variants,
         jobs=args.jobs,
         progress=progress,
     )
@@ -316,6 +442,7 @@ def run(args: argparse.Namespace) -> int:
         f"chance: UAR {CHANCE_UAR:.1f}%; data {seconds['data']} s, pretraining {seconds['pretrain']} s, "
         f"total {seconds['total']} s"
     )
+    print(f"mechanism metrics of seed {seeds[0]}'s GRACE")
     print(mechanism_report(summary["mechanism"]))
-    print(f"plots and reports: {args.out}/demo.png, {args.out}/runs/*/test/confusion.png, {args.out}/demo.json")
+    print(f"plots and reports: {args.out}/demo.png, {args.out}/seed-*/runs/*/test/confusion.png, {args.out}/demo.json")
     return 0

@@ -41,7 +41,7 @@ def files(tmp_path_factory) -> Path:
     (root / "coarse_labels.jsonl").write_text(json.dumps({"clip": "01", "labels": ["happiness"]}) + "\n")
     (root / "lexicon.json").write_text('{"version": 1, "datasets": ')
     (root / "run.yaml").write_text("epochs: [1\n")
-    for manifest in (root / "made" / "synthetic.json", root / "demo-made" / "data" / "synthetic.json"):
+    for manifest in (root / "made" / "synthetic.json", root / "demo-made" / "seed-0" / "data" / "synthetic.json"):
         manifest.parent.mkdir(parents=True)
         manifest.write_text("{not json")
     (root / "videos").mkdir()
