@@ -365,11 +365,16 @@ def _percent(value: float | None) -> str:
     return "-" if value is None else f"{100 * value:.1f}"
 
 
+def _spread_text(mean: float, std: float | None) -> str:
+    """mean +- std in %, the mean alone for one seed."""
+    return _percent(mean) if std is None else f"{_percent(mean)} +- {_percent(std)}"
+
+
 def table(summary: dict) -> str:
     """The per-variant table (mean +- sample std over the seeds, in %) and one verdict line per comparison."""
     lines = ["| variant | seeds | UAR % | WAR % |", "| --- | --- | --- | --- |"]
     for v in summary["variants"]:
-        uar, war = (f"{_percent(v[f'{m}_mean'])} +- {_percent(v[f'{m}_std'])}" for m in ("uar", "war"))
+        uar, war = (_spread_text(v[f"{m}_mean"], v[f"{m}_std"]) for m in ("uar", "war"))
         lines.append(f"| {v['name']} | {v['n']} | {uar} | {war} |")
     lines.append(f"rule: {summary['rule']}")
     for c in summary["comparisons"]:
@@ -404,7 +409,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"variants to train; {BASELINE} always runs (default {' '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
-        "--full", action="store_true", help=f"every variant over seeds {' '.join(map(str, FULL_SEEDS))} (hours)"
+        "--full",
+        action="store_true",
+        help=f"every variant over seeds {' '.join(map(str, FULL_SEEDS))} ({len(VARIANTS) * len(FULL_SEEDS)} runs)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at a time, one process each (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
@@ -414,7 +421,8 @@ def plan(args: argparse.Namespace) -> tuple[list[int], list[str]]:
     """(seeds, variants) the arguments ask for: --full, else --seeds and --variants, else their defaults."""
     if args.full:
         if args.seeds is not None or args.variants is not None:
-            raise ValueError("--full runs every variant over seeds 0 1 2; do not give --seeds or --variants with it")
+            seeds = " ".join(map(str, FULL_SEEDS))
+            raise ValueError(f"--full runs every variant over seeds {seeds}; do not give --seeds or --variants with it")
         return list(FULL_SEEDS), list(VARIANTS)
     return args.seeds or [0], args.variants or list(DEFAULT_VARIANTS)
 

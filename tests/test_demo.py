@@ -69,6 +69,21 @@ def test_fewer_than_three_seeds_are_never_real():
     assert verdict([0.3]) == {"n": 1, "mean": 0.3, "std": None, "se": None, "verdict": "not shown"}
 
 
+def test_the_table_prints_the_mean_alone_for_one_seed_and_the_spread_for_more():
+    variants = [
+        {"name": "GRACE", "n": 1, "uar_mean": 0.25, "uar_std": None, "war_mean": 0.5, "war_std": None},
+        {"name": "cosine", "n": 3, "uar_mean": 0.2, "uar_std": 0.05, "war_mean": 0.4, "war_std": 0.1},
+    ]
+    comparison = {"name": "cosine", "baseline": "GRACE", **verdict([-0.05, -0.06, -0.04])}
+    printed = table({"variants": variants, "rule": "the rule", "comparisons": [comparison]}).splitlines()
+    assert printed[2:] == [
+        "| GRACE | 1 | 25.0 | 50.0 |",
+        "| cosine | 3 | 20.0 +- 5.0 | 40.0 +- 10.0 |",
+        "rule: the rule",
+        "cosine - GRACE: UAR -5.0 points, SE 0.6, n = 3: real",
+    ]
+
+
 def parse(*argv: str) -> argparse.Namespace:
     parser = argparse.ArgumentParser()
     add_arguments(parser)
