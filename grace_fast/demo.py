@@ -108,20 +108,20 @@ def demo(
     variants = [BASELINE, *dict.fromkeys(name for name in variants if name != BASELINE)]
     start = time.perf_counter()
     out = Path(out).resolve()
+    folders = {seed: out / f"seed-{seed}" for seed in seeds}
     models = {}
-    for seed in seeds:
-        make_synthetic(out / f"seed-{seed}" / "data", clips, seed, size=IMAGE_SIZE, progress=progress)
-        models[seed] = demo_model(out / f"seed-{seed}", out / f"seed-{seed}" / "data")
+    for seed, folder in folders.items():
+        make_synthetic(folder / "data", clips, seed, size=IMAGE_SIZE, progress=progress)
+        models[seed] = demo_model(folder, folder / "data")
     data_seconds = time.perf_counter() - start
     if pretrain_epochs:
-        for seed in seeds:
-            folder = out / f"seed-{seed}"
+        for seed, folder in folders.items():
             models[seed] = pretrained_model(folder, folder / "data", models[seed], pretrain_epochs, seed, progress)
             if models[seed] is None:
                 return {"interrupted": True}
     pretrain_seconds = time.perf_counter() - start - data_seconds
     configs = {
-        (name, seed): _train_config(out / f"seed-{seed}", models[seed], name, seed, epochs)
+        (name, seed): _train_config(folders[seed], models[seed], name, seed, epochs)
         for seed in seeds
         for name in variants
     }
@@ -130,7 +130,7 @@ def demo(
         return {"interrupted": True}
     grace = next(row for row in rows if row["name"] == BASELINE)
     best = Predictor.from_pretrained(Path(grace["run"]) / BEST, device="cpu", dtype="float32")
-    mechanism = model_mechanism(best, out / f"seed-{seeds[0]}" / "data", FOLD)  # measured against the ground truth
+    mechanism = model_mechanism(best, folders[seeds[0]] / "data", FOLD)  # measured against the ground truth
     summary = {
         "clips": clips,
         "epochs": epochs,
