@@ -7,8 +7,6 @@ from grace_fast.ops._backends import extension_loaded, resolve
 from grace_fast.ops._checks import check_devices, check_float, check_mask, check_same, refuse_double_backward
 from grace_fast.ops.reference.cost_matrix import cost_matrix_reference
 
-BACKENDS = {"cpu": ("cpu", "torch"), "cuda": ("cuda", "torch")}
-
 
 def cost_matrix(
     U: torch.Tensor,
@@ -38,7 +36,7 @@ def cost_matrix(
         raise ValueError(f"feature size D must be at least 1, got U {tuple(U.shape)}")
     check_mask("mask_u", mask_u, U.shape[:2], "[B, N]", U.device)
     check_mask("mask_v", mask_v, V.shape[:2], "[B, M]", V.device)
-    backend = resolve("cost_matrix", backend, U.device, BACKENDS)
+    backend = resolve("cost_matrix", backend, U.device)
     if backend == "torch":
         with no_autocast(U.device):  # C is float32 on every backend
             return cost_matrix_reference(U, V, mask_u, mask_v)

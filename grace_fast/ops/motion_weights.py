@@ -8,7 +8,6 @@ from grace_fast.ops._backends import extension_loaded, resolve
 from grace_fast.ops._checks import check_float, refuse_double_backward
 from grace_fast.ops.reference.motion_weights import NORM_EPS, motion_weights_reference
 
-BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MODES = {"both": 0.5, "temporal": 1.0, "spatial": 0.0}
 
 
@@ -50,7 +49,7 @@ def motion_weights(
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
         raise ValueError(f"beta must be a finite number, got {beta!r}")
-    backend = resolve("motion_weights", backend, X.device, BACKENDS)
+    backend = resolve("motion_weights", backend, X.device)
     temperature, beta = float(temperature), float(beta)
     if backend == "torch":
         return motion_weights_reference(X, alpha=alpha, window=window, temperature=temperature, beta=beta)

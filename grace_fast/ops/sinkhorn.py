@@ -11,7 +11,6 @@ from grace_fast.ops._backends import resolve
 from grace_fast.ops._checks import check_float, check_mask
 from grace_fast.ops.reference.sinkhorn import column_err, marginal_penalty, sinkhorn_reference
 
-BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MARGINAL_TOL = 1e-5
 MASS_TOL = 1e-3  # an exact marginal whose plan sums are off by more than this in L1 has lost mass
 # the largest spread(C) / eps each computation dtype honours: 1 / its unit roundoff, where the exponent
@@ -113,7 +112,7 @@ def sinkhorn(
     b = _marginal("b", "mask_b", b, mask_b, (B, M), "[B, M]", C.device, dtype)
     if not torch.compiler.is_compiling():
         _check_values(C, a, b, eps)
-    backend = resolve("sinkhorn", backend, C.device, BACKENDS)
+    backend = resolve("sinkhorn", backend, C.device)
     args = (float(eps), int(max_iter), float(tol), float(tau_a), float(tau_b), backend)
     result = SinkhornResult(*torch.ops.grace_fast.sinkhorn(C.to(dtype).contiguous(), a, b, *args))
     if warn and not torch.compiler.is_compiling() and not bool(result.converged.all()):

@@ -10,13 +10,14 @@ import torch
 import grace_fast
 from benchmarks.utils import peak_memory_mb
 from grace_fast.ops import motion_weights
+from grace_fast.ops._backends import kernels
 from grace_fast.ops.motion_weights import MODES
 from grace_fast.ops.reference import motion_weights_reference
 from grace_fast.ops.reference.motion_weights import NORM_EPS
 from tests.conftest import INTERPRETED, available, device_of
 from tests.utils import assert_error_bounded
 
-FAST = available(("cpu", "triton"))
+FAST = available(kernels("motion_weights"))
 ALL = [pytest.param("torch"), *FAST]
 CPU = available(("cpu",))
 
