@@ -49,11 +49,6 @@ def backends() -> dict[str, bool]:
     return dict(_AVAILABLE)
 
 
-def extension_loaded() -> bool:
-    """True when grace_fast._C imported (its ops need fake and autograd registrations)."""
-    return _EXTENSION_ERROR is None
-
-
 def kernels(op: str) -> list[str]:
     """Every backend of op but the torch reference, e.g. ["cpu", "triton"]: what the op tests run against it."""
     return list(dict.fromkeys(name for names in SUPPORTED[op].values() for name in names if name != "torch"))

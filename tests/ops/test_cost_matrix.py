@@ -182,7 +182,7 @@ def test_opcheck(backend):
         U = torch.randn(2, 5, 8, device=device, dtype=dtype, requires_grad=True)
         V = torch.randn(2, 7, 8, device=device, dtype=dtype, requires_grad=True)
         for masks in ((None, None), (random_mask(2, 5).to(device), random_mask(2, 7).to(device))):
-            torch.library.opcheck(torch.ops.grace_fast.cost_matrix_forward.default, (U, V, *masks))
+            torch.library.opcheck(torch.ops.grace_fast.cost_matrix.default, (U, V, *masks, backend))
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -192,8 +192,8 @@ def test_opcheck_backward_on_strided_inputs(backend):
     device = device_of(backend)
     U = torch.randn(5, 2, 8, device=device).transpose(0, 1)
     V = torch.randn(2, 7, 8, device=device)
-    C, ru, rv = torch.ops.grace_fast.cost_matrix_forward(U, V, None, None)
-    torch.library.opcheck(torch.ops.grace_fast.cost_matrix_backward.default, (torch.randn_like(C), U, V, ru, rv))
+    C, ru, rv = torch.ops.grace_fast.cost_matrix(U, V, None, None, backend)
+    torch.library.opcheck(torch.ops.grace_fast.cost_matrix_grad.default, (torch.randn_like(C), U, V, ru, rv, backend))
 
 
 @pytest.mark.parametrize("backend", ALL)
