@@ -10,9 +10,9 @@ import functools
 import pytest
 import torch
 
-import grace_fast
 from benchmarks.utils import COMPILED, add_ratios, benchmark_main, compiled, measure_together, peak_memory_mb
 from grace_fast.ops import cost_matrix
+from grace_fast.ops._backends import fast_backends
 from grace_fast.ops.reference import cost_matrix_reference
 from grace_fast.shapes import OT_PROBLEMS
 
@@ -21,8 +21,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def providers(device: str) -> list[str]:
-    fast = "cuda" if device == "cuda" else "cpu"
-    return ["torch", COMPILED] + ([fast] if grace_fast.backends()[fast] else [])
+    return ["torch", COMPILED, *fast_backends("cost_matrix", device)]
 
 
 def make_case(shape, dtype, device, masked):

@@ -17,9 +17,9 @@ import functools
 import pytest
 import torch
 
-import grace_fast
 from benchmarks.utils import COMPILED, add_ratios, benchmark_main, compiled, measure_together, peak_memory_mb
 from grace_fast.ops import motion_weights
+from grace_fast.ops._backends import fast_backends
 from grace_fast.ops.reference import motion_weights_reference
 from grace_fast.shapes import MOTION_TOKENS
 
@@ -28,8 +28,7 @@ DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 def providers(device: str) -> list[str]:
-    fast = "triton" if device == "cuda" else "cpu"
-    return ["torch", COMPILED] + ([fast] if grace_fast.backends()[fast] else [])
+    return ["torch", COMPILED, *fast_backends("motion_weights", device)]
 
 
 def run_fn(provider, mode, X):

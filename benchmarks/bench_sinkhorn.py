@@ -40,11 +40,11 @@ import ot.unbalanced
 import pytest
 import torch
 
-import grace_fast
 from benchmarks.utils import add_ratios, benchmark_main, measure, measure_together, peak_memory_mb
 from grace_fast.model import GraceConfig
 from grace_fast.model.alignment import OTAlignment, align_classes
 from grace_fast.ops import cost_matrix, sinkhorn
+from grace_fast.ops._backends import fast_backends
 from grace_fast.shapes import CLASS_PROMPT_PROBLEMS, OT_PROBLEMS
 
 OT_SHAPES = {name: (B, N, M) for name, (B, N, M, _) in OT_PROBLEMS.items()}
@@ -85,9 +85,8 @@ def _pot_batch(method):
 
 
 def providers(device: str, tau_b: float = math.inf) -> list[str]:
-    fast = [name for name in ("cpu",) if device == "cpu"] + [name for name in ("triton",) if device == "cuda"]
     pot = ["pot-loop-numpy"] if device == "cpu" else []
-    available = [name for name in fast if grace_fast.backends()[name]]
+    available = fast_backends("sinkhorn", device)
     if not math.isinf(tau_b):  # POT's batched solvers are balanced only: its log solver is the nearest peer
         return [*available, "torch", *pot, "pot-loop-torch", "pot-batch-log"]
     return [*available, "torch", *pot, "pot-loop-torch", "pot-batch-log", "pot-batch-plain"]

@@ -1,4 +1,5 @@
-"""Which backends this machine can run, the guarded import of the extension, and backend choice per op.
+"""The backend registry: which backends each op has, which this machine can run (the guarded import of the
+extension), and backend choice per call.
 
 Everything is decided once at import, so that `torch.compile` sees constants and never breaks the graph.
 """
@@ -31,6 +32,15 @@ _AVAILABLE = {
 }
 
 
+# each op's backends per device type of its tensors, fastest first; "auto" picks the first available one before
+# "torch" (the reference, always there); a backend after "torch" runs only when asked for (interpreted Triton on CPU)
+SUPPORTED = {
+    "cost_matrix": {"cpu": ("cpu", "torch"), "cuda": ("cuda", "torch")},
+    "sinkhorn": {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")},
+    "motion_weights": {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")},
+}
+
+
 def backends() -> dict[str, bool]:
     """The backends usable on this machine now, e.g. {"torch": True, "cpu": True, "cuda": False, "triton": False}.
 
@@ -39,16 +49,22 @@ def backends() -> dict[str, bool]:
     return dict(_AVAILABLE)
 
 
-def extension_loaded() -> bool:
-    """True when grace_fast._C imported (its ops need fake and autograd registrations)."""
-    return _EXTENSION_ERROR is None
+def kernels(op: str) -> list[str]:
+    """Every backend of op but the torch reference, e.g. ["cpu", "triton"]: what the op tests run against it."""
+    return list(dict.fromkeys(name for names in SUPPORTED[op].values() for name in names if name != "torch"))
 
 
-def resolve(op: str, backend: str, device: torch.device, supported: dict[str, tuple[str, ...]]) -> str:
-    """Check `backend` for `op` on tensors on `device`, or pick the fastest available one for "auto".
+def fast_backends(op: str, device_type: str) -> list[str]:
+    """op's backends that "auto" may pick for device_type tensors and this machine has, fastest first, without
+    "torch", e.g. fast_backends("sinkhorn", "cpu") == ["cpu"]: what the benchmarks time against the reference."""
+    choices = SUPPORTED[op].get(device_type, ("torch",))
+    return [name for name in choices[: choices.index("torch")] if _AVAILABLE[name]]
 
-    supported maps a device type ("cpu", "cuda") to the op's backends for it, fastest first, always ending in "torch".
-    """
+
+def resolve(op: str, backend: str, device: torch.device) -> str:
+    """Check `backend` for `op` (a key of SUPPORTED) on tensors on `device`, or pick the fastest available one for
+    "auto"."""
+    supported = SUPPORTED[op]
     choices = supported.get(device.type, ("torch",))
     if backend == "auto":
         return next(name for name in choices if _AVAILABLE[name])

@@ -4,11 +4,10 @@ import math
 
 import torch
 
-from grace_fast.ops._backends import extension_loaded, resolve
+from grace_fast.ops._backends import resolve
 from grace_fast.ops._checks import check_float, refuse_double_backward
 from grace_fast.ops.reference.motion_weights import NORM_EPS, motion_weights_reference
 
-BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MODES = {"both": 0.5, "temporal": 1.0, "spatial": 0.0}
 
 
@@ -50,12 +49,11 @@ def motion_weights(
         raise ValueError(f"temperature must be a finite number > 0, got {temperature!r}")
     if not (isinstance(beta, (int, float)) and math.isfinite(beta)):
         raise ValueError(f"beta must be a finite number, got {beta!r}")
-    backend = resolve("motion_weights", backend, X.device, BACKENDS)
+    backend = resolve("motion_weights", backend, X.device)
     temperature, beta = float(temperature), float(beta)
     if backend == "torch":
         return motion_weights_reference(X, alpha=alpha, window=window, temperature=temperature, beta=beta)
-    fused = torch.ops.grace_fast.motion_weights_forward if backend == "cpu" else _motion_weights_triton
-    X_out, w = fused(X, alpha, window, temperature, beta, NORM_EPS)[:2]
+    X_out, w, _ = _motion_weights_op(X, alpha, window, temperature, beta, NORM_EPS, backend)
     return X_out, w
 
 
@@ -70,51 +68,48 @@ def _alpha(mode: str, alpha: float | None) -> float:
     return float(alpha)
 
 
-def _forward_fake(X, alpha, window, temperature, beta, eps):
-    acc = torch.float64 if X.dtype == torch.float64 else torch.float32
-    return torch.empty_like(X, memory_format=torch.contiguous_format), X.new_empty(X.shape[:-1], dtype=acc)
+def _forward_cpu(X, alpha, window, temperature, beta, eps):
+    X_out, w = torch.ops.grace_fast.motion_weights_forward(X, alpha, window, temperature, beta, eps)
+    return X_out, w, w.new_empty(0)  # no scores: the cpu backward recomputes them
 
 
-def _triton_forward_fake(X, alpha, window, temperature, beta, eps):
-    X_out, w = _forward_fake(X, alpha, window, temperature, beta, eps)
-    return X_out, w, w.new_empty(2, *w.shape)
-
-
-def _backward_fake(grad_out, grad_w, X, w, *scores_and_params):
-    return torch.empty_like(X, memory_format=torch.contiguous_format)
-
-
-def _setup_context(ctx, inputs, output):
-    X, *ctx.params = inputs
-    _, w, *scores = output  # the Triton kernels also return and save their scores; the cpu backward recomputes them
-    ctx.mark_non_differentiable(*scores)
-    ctx.set_materialize_grads(False)  # an unused output costs no zero [B, T, H, W, D] gradient
-    ctx.save_for_backward(X, w, *scores)
-
-
-def _register(forward: str, forward_fake, backward) -> None:
-    """Fake tensors and autograd of a fused forward op (X, alpha, window, temperature, beta, eps) -> (X_out, w,
-    *scores) whose backward op takes (grad_out, grad_w, X, w, *scores, alpha, window, temperature, beta, eps)."""
-
-    def _backward(ctx, grad_out, grad_w, *_grad_scores):
-        refuse_double_backward("motion_weights", grad_out, grad_w, *ctx.saved_tensors)
-        return backward(grad_out, grad_w, *ctx.saved_tensors, *ctx.params), None, None, None, None, None
-
-    torch.library.register_fake(forward)(forward_fake)
-    torch.library.register_autograd(forward, _backward, setup_context=_setup_context)
-
-
-@torch.library.custom_op("grace_fast::motion_weights_triton", mutates_args=())
-def _motion_weights_triton(
-    X: torch.Tensor, alpha: float, window: int, temperature: float, beta: float, eps: float
-) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def _forward_triton(X, alpha, window, temperature, beta, eps):
     from grace_fast.kernels.motion_weights import motion_weights_triton
 
     return motion_weights_triton(X.contiguous(), alpha, window, temperature, beta, eps)
 
 
-@torch.library.custom_op("grace_fast::motion_weights_triton_backward", mutates_args=())
-def _motion_weights_triton_backward(
+def _backward_cpu(grad_out, grad_w, X, w, scores, *params):
+    return torch.ops.grace_fast.motion_weights_backward(grad_out, grad_w, X, w, *params)
+
+
+def _backward_triton(grad_out, grad_w, X, w, scores, *params):
+    from grace_fast.kernels.motion_weights import motion_weights_triton_backward
+
+    return motion_weights_triton_backward(grad_out, grad_w, X.contiguous(), w, scores, *params)
+
+
+# per backend: forward (X, *params) -> (X_out, w, scores) and backward (grad_out, grad_w, X, w, scores, *params) -> dX
+KERNELS = {"cpu": (_forward_cpu, _backward_cpu), "triton": (_forward_triton, _backward_triton)}
+
+
+@torch.library.custom_op("grace_fast::motion_weights", mutates_args=())
+def _motion_weights_op(
+    X: torch.Tensor, alpha: float, window: int, temperature: float, beta: float, eps: float, backend: str
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    return KERNELS[backend][0](X, alpha, window, temperature, beta, eps)
+
+
+@_motion_weights_op.register_fake
+def _(X, alpha, window, temperature, beta, eps, backend):
+    acc = torch.float64 if X.dtype == torch.float64 else torch.float32
+    w = X.new_empty(X.shape[:-1], dtype=acc)
+    scores = w.new_empty(2, *w.shape) if backend == "triton" else w.new_empty(0)
+    return torch.empty_like(X, memory_format=torch.contiguous_format), w, scores
+
+
+@torch.library.custom_op("grace_fast::motion_weights_grad", mutates_args=())
+def _motion_weights_grad(
     grad_out: torch.Tensor | None,
     grad_w: torch.Tensor | None,
     X: torch.Tensor,
@@ -125,16 +120,27 @@ def _motion_weights_triton_backward(
     temperature: float,
     beta: float,
     eps: float,
+    backend: str,
 ) -> torch.Tensor:
-    from grace_fast.kernels.motion_weights import motion_weights_triton_backward
-
-    return motion_weights_triton_backward(
-        grad_out, grad_w, X.contiguous(), w, scores, alpha, window, temperature, beta, eps
-    )
+    return KERNELS[backend][1](grad_out, grad_w, X, w, scores, alpha, window, temperature, beta, eps)
 
 
-_motion_weights_triton_backward.register_fake(_backward_fake)
-_register("grace_fast::motion_weights_triton", _triton_forward_fake, _motion_weights_triton_backward)
-if extension_loaded():
-    torch.library.register_fake("grace_fast::motion_weights_backward")(_backward_fake)
-    _register("grace_fast::motion_weights_forward", _forward_fake, torch.ops.grace_fast.motion_weights_backward)
+@_motion_weights_grad.register_fake
+def _(grad_out, grad_w, X, *scores_params_and_backend):
+    return torch.empty_like(X, memory_format=torch.contiguous_format)
+
+
+def _setup_context(ctx, inputs, output):
+    X, *ctx.params = inputs
+    _, w, scores = output  # the Triton kernels return and save their scores; the cpu ones return none
+    ctx.mark_non_differentiable(scores)
+    ctx.set_materialize_grads(False)  # an unused output costs no zero [B, T, H, W, D] gradient
+    ctx.save_for_backward(X, w, scores)
+
+
+def _backward(ctx, grad_out, grad_w, _grad_scores):
+    refuse_double_backward("motion_weights", grad_out, grad_w, *ctx.saved_tensors)
+    return _motion_weights_grad(grad_out, grad_w, *ctx.saved_tensors, *ctx.params), None, None, None, None, None, None
+
+
+_motion_weights_op.register_autograd(_backward, setup_context=_setup_context)

@@ -11,7 +11,6 @@ from grace_fast.ops._backends import resolve
 from grace_fast.ops._checks import check_float, check_mask
 from grace_fast.ops.reference.sinkhorn import column_err, marginal_penalty, sinkhorn_reference
 
-BACKENDS = {"cpu": ("cpu", "torch", "triton"), "cuda": ("triton", "torch")}
 MARGINAL_TOL = 1e-5
 MASS_TOL = 1e-3  # an exact marginal whose plan sums are off by more than this in L1 has lost mass
 # the largest spread(C) / eps each computation dtype honours: 1 / its unit roundoff, where the exponent
@@ -113,7 +112,7 @@ def sinkhorn(
     b = _marginal("b", "mask_b", b, mask_b, (B, M), "[B, M]", C.device, dtype)
     if not torch.compiler.is_compiling():
         _check_values(C, a, b, eps)
-    backend = resolve("sinkhorn", backend, C.device, BACKENDS)
+    backend = resolve("sinkhorn", backend, C.device)
     args = (float(eps), int(max_iter), float(tol), float(tau_a), float(tau_b), backend)
     result = SinkhornResult(*torch.ops.grace_fast.sinkhorn(C.to(dtype).contiguous(), a, b, *args))
     if warn and not torch.compiler.is_compiling() and not bool(result.converged.all()):
@@ -194,18 +193,26 @@ def _check_values(C, a, b, eps) -> None:
             )
 
 
-def _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend):
-    """Backend dispatch: (plan, f, g, n_iter), f and g gauge-shifted so that <a, f> = <b, g> when both marginals are
-    exact. A backend's own err decides when it stops; the op recomputes err from the plan it returns."""
-    if backend == "torch":
-        with torch.no_grad():
-            plan, _, f, g, _, n_iter, _ = sinkhorn_reference(C, a, b, eps, max_iter, tol, tau_a, tau_b)
-        return plan, f, g, n_iter
-    if backend == "triton":
-        from grace_fast.kernels.sinkhorn import sinkhorn_triton
+def _forward_torch(C, a, b, eps, max_iter, tol, tau_a, tau_b):
+    with torch.no_grad():  # the backward is implicit, not the reference's autograd
+        plan, _, f, g, _, n_iter, _ = sinkhorn_reference(C, a, b, eps, max_iter, tol, tau_a, tau_b)
+    return plan, f, g, n_iter
 
-        return sinkhorn_triton(C, a, b, eps, max_iter, tol, tau_a, tau_b)[:4]
+
+def _forward_cpu(C, a, b, eps, max_iter, tol, tau_a, tau_b):
     return torch.ops.grace_fast.sinkhorn_forward(C, a, b, eps, max_iter, tol, tau_a, tau_b)[:4]
+
+
+def _forward_triton(C, a, b, eps, max_iter, tol, tau_a, tau_b):
+    from grace_fast.kernels.sinkhorn import sinkhorn_triton
+
+    return sinkhorn_triton(C, a, b, eps, max_iter, tol, tau_a, tau_b)[:4]
+
+
+# per backend: forward (C, a, b, eps, max_iter, tol, tau_a, tau_b) -> (plan, f, g, n_iter), f and g gauge-shifted
+# so that <a, f> = <b, g> when both marginals are exact. A backend's own err decides when it stops; the op
+# recomputes err from the plan it returns. The backward is one for all (implicit), so "torch" runs through the op too.
+KERNELS = {"torch": _forward_torch, "cpu": _forward_cpu, "triton": _forward_triton}
 
 
 @torch.library.custom_op("grace_fast::sinkhorn", mutates_args=())
@@ -223,7 +230,7 @@ def _sinkhorn_op(
     torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor
 ]:
     with no_autocast(C.device):  # autocast would run the bmm below in bf16
-        plan, f, g, n_iter = _forward(C, a, b, eps, max_iter, tol, tau_a, tau_b, backend)
+        plan, f, g, n_iter = KERNELS[backend](C, a, b, eps, max_iter, tol, tau_a, tau_b)
         B, N, M = C.shape
         # <P, C> row by row (short dot products keep float32 accurate) without materialising P * C
         cost = torch.bmm(plan.reshape(B * N, 1, M), C.reshape(B * N, M, 1)).view(B, N).sum(1)

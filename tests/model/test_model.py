@@ -1,7 +1,6 @@
 """GraceModel end to end on tiny random configs: shapes, the data flow of both text modes, gradients, the ablation
 switches, backends, errors."""
 
-import importlib
 import math
 
 import pytest
@@ -11,6 +10,7 @@ import grace_fast
 from grace_fast import ops
 from grace_fast.model import GraceLoss
 from grace_fast.model.alignment import ALIGNMENTS
+from grace_fast.ops._backends import SUPPORTED
 from tests.model.conftest import TEXTS, clips
 
 
@@ -155,12 +155,12 @@ def test_visual_marginal_motion_uses_the_selected_weights(make_model, alignment)
         assert (out.caption.mass - uniform.caption.mass).abs().sum(1).min() > 1e-3
 
 
-OPS = ("cost_matrix", "sinkhorn", "motion_weights")
+OPS = tuple(SUPPORTED)
 
 
 def _takes(op: str, backend: str, alignment: str) -> bool:
     """Whether op runs backend on the CPU tensors of the model's problems (the relaxed ones of "ot" included)."""
-    if backend not in importlib.import_module(f"grace_fast.ops.{op}").BACKENDS["cpu"]:
+    if backend not in SUPPORTED[op]["cpu"]:
         return False
     if op != "sinkhorn" or alignment == "ot_balanced":
         return True

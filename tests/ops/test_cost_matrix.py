@@ -7,12 +7,13 @@ import torch
 
 import grace_fast
 from grace_fast.ops import cost_matrix
+from grace_fast.ops._backends import fast_backends, kernels
 from grace_fast.ops.reference import cost_matrix_reference
 from grace_fast.shapes import OT_PROBLEMS
 from tests.conftest import available, device_of
 from tests.utils import assert_error_bounded, max_error, random_mask
 
-FAST = available(("cpu", "cuda"))
+FAST = available(kernels("cost_matrix"))
 ALL = [pytest.param("torch"), *FAST]
 
 CANONICAL = OT_PROBLEMS  # (B, N, M, D)
@@ -181,7 +182,7 @@ def test_opcheck(backend):
         U = torch.randn(2, 5, 8, device=device, dtype=dtype, requires_grad=True)
         V = torch.randn(2, 7, 8, device=device, dtype=dtype, requires_grad=True)
         for masks in ((None, None), (random_mask(2, 5).to(device), random_mask(2, 7).to(device))):
-            torch.library.opcheck(torch.ops.grace_fast.cost_matrix_forward.default, (U, V, *masks))
+            torch.library.opcheck(torch.ops.grace_fast.cost_matrix.default, (U, V, *masks, backend))
 
 
 @pytest.mark.parametrize("backend", FAST)
@@ -191,8 +192,8 @@ def test_opcheck_backward_on_strided_inputs(backend):
     device = device_of(backend)
     U = torch.randn(5, 2, 8, device=device).transpose(0, 1)
     V = torch.randn(2, 7, 8, device=device)
-    C, ru, rv = torch.ops.grace_fast.cost_matrix_forward(U, V, None, None)
-    torch.library.opcheck(torch.ops.grace_fast.cost_matrix_backward.default, (torch.randn_like(C), U, V, ru, rv))
+    C, ru, rv = torch.ops.grace_fast.cost_matrix(U, V, None, None, backend)
+    torch.library.opcheck(torch.ops.grace_fast.cost_matrix_grad.default, (torch.randn_like(C), U, V, ru, rv, backend))
 
 
 @pytest.mark.parametrize("backend", ALL)
@@ -287,6 +288,6 @@ def test_bad_input_is_named(args, kwargs, error, match):
 def test_error_of_each_backend_is_small_on_unit_vectors():
     """Cosines of identical unit vectors give C = 0 to fp32 precision in every available backend."""
     U = torch.nn.functional.normalize(torch.randn(2, 50, 64), dim=-1)
-    for backend in [b for b in ("torch", "cpu") if grace_fast.backends()[b]]:
+    for backend in ["torch", *fast_backends("cost_matrix", "cpu")]:
         C = cost_matrix(U, U, backend=backend)
         assert max_error(torch.diagonal(C, dim1=1, dim2=2), torch.zeros(2, 50)) < 1e-6

@@ -10,13 +10,14 @@ import torch
 import grace_fast
 from benchmarks.utils import peak_memory_mb
 from grace_fast.ops import motion_weights
+from grace_fast.ops._backends import kernels
 from grace_fast.ops.motion_weights import MODES
 from grace_fast.ops.reference import motion_weights_reference
 from grace_fast.ops.reference.motion_weights import NORM_EPS
 from tests.conftest import INTERPRETED, available, device_of
 from tests.utils import assert_error_bounded
 
-FAST = available(("cpu", "triton"))
+FAST = available(kernels("motion_weights"))
 ALL = [pytest.param("torch"), *FAST]
 CPU = available(("cpu",))
 
@@ -312,10 +313,9 @@ def test_gradcheck_float64(backend, mode):
 def test_opcheck(backend, dtype):
     if _slow_under_interpreter(backend) and dtype != torch.float32:
         pytest.skip("the interpreter is slow: the registrations do not depend on the dtype")
-    op = {"cpu": torch.ops.grace_fast.motion_weights_forward, "triton": torch.ops.grace_fast.motion_weights_triton}
     X = torch.randn(2, 3, 3, 4, 5, dtype=dtype, device=device_of(backend), requires_grad=True)
     for args in ((0.5, 3, 0.7, 1.0, NORM_EPS), (1.0, 1, 1.0, 0.0, NORM_EPS)):
-        torch.library.opcheck(op[backend].default, (X, *args))
+        torch.library.opcheck(torch.ops.grace_fast.motion_weights.default, (X, *args, backend))
 
 
 @pytest.mark.parametrize("backend", ALL)

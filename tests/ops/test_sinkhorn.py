@@ -13,12 +13,13 @@ import torch
 import grace_fast
 from benchmarks.utils import peak_memory_mb
 from grace_fast.ops import SinkhornWarning, sinkhorn
+from grace_fast.ops._backends import kernels
 from grace_fast.ops.reference import sinkhorn_reference
 from grace_fast.shapes import OT_PROBLEMS
 from tests.conftest import INTERPRETED, available, device_of
 from tests.utils import assert_error_bounded
 
-FAST = available(("cpu", "triton"))
+FAST = available(kernels("sinkhorn"))
 ALL = [pytest.param("torch"), *FAST]
 TAUS = {  # (tau_a, tau_b)
     "semi-relaxed-0.01": (math.inf, 0.01),
@@ -691,7 +692,7 @@ def test_reference_is_as_accurate_as_the_kernels_at_cost_1e4_and_eps_1e_3():
 
     reference_error = cost_error("torch")
     assert reference_error < 1e-5
-    for backend in ("cpu", "triton"):
+    for backend in kernels("sinkhorn"):
         if grace_fast.backends()[backend]:
             assert reference_error <= cost_error(backend) + 1e-7, backend
 
