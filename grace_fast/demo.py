@@ -1,19 +1,27 @@
 """`grace-fast demo`: the README's main job. Generates the synthetic set, trains the tiny GRACE and its ablations
-on CPU over one or more seeds, tests each on the held-out fold and prints their UAR/WAR (mean +- std over the seeds)
-with a verdict per ablation; plots and reports go to `--out`.
+on CPU in each text mode over one or more seeds, tests each on the held-out fold and prints their UAR/WAR (mean +- std
+over the seeds) with a verdict per ablation and per mode; plots and reports go to `--out`.
+
+MODES names the text each clip is trained and tested with: its caption; its CATE description (the paper's loop,
+docs/method.md section 3: the caption-mode GRACE's auxiliary head gives every clip's top-2 classes, `grace-fast
+coarse-labels`, and the template refiner, standing in for the LLM of `grace-fast refine`, rewrites the caption with
+them); or none, the video-only class-prompt mode.
 
 VARIANTS names the ablations (the issue's: balanced OT, cosine, cross-attention and no alignment; motion "temporal",
 "spatial" and "off"; and "neither", motion off with cosine). Each is compared with GRACE by RULE, fixed before any
 run: the paired differences of test UAR over the same seeds, "real" when their mean exceeds twice its standard
-error and there are at least 3 seeds (verdict). The set-up (README, "The demo"): `clips` clips rendered at 32 px,
-fold 1 as the test split (a fifth of the clips); the model of `model.tiny.demo_config` with a tokenizer learnt from
-the training fold's captions; `epochs` epochs of batch 16 at lr 3e-3. A seed makes its own synthetic set, tokenizer
-and model config (out/seed-S) and seeds the training of each variant. The (variant, seed) runs go `jobs` at a time,
-each in its own process on one torch thread, each into its own run folder (out/seed-S/runs/NAME). Every step is
-resumable: rerunning the command continues where it stopped, and adding seeds or variants trains only the new runs.
+error and there are at least 3 seeds (verdict); so is GRACE in each other mode with GRACE in caption mode.
+The set-up (README, "The demo"): `clips` clips rendered at 32 px, fold 1 as the test split (a fifth of the clips);
+the model of `model.tiny.demo_config` with a tokenizer learnt from the training fold's captions; `epochs` epochs
+of batch 16 at lr 3e-3. A seed makes its own synthetic set, tokenizer and model config (out/seed-S) and seeds the
+training of each variant. The (variant, mode, seed) runs go `jobs` at a
+time, each in its own process on one torch thread, each into its own run folder (out/seed-S/runs/NAME, NAME-cate,
+NAME-prompts); the CATE runs after the others, once their seed's descriptions are written (out/seed-S/cate). Every
+step is resumable: rerunning the command continues where it stopped, and adding seeds, variants or modes trains only
+the new runs.
 
->>> summary = demo("demo", seeds=[0, 1, 2], variants=["GRACE", "cosine"])  # doctest: +SKIP
->>> [(c["name"], c["verdict"]) for c in summary["comparisons"]]  # doctest: +SKIP
+>>> summary = demo("demo", seeds=[0, 1, 2], variants=["GRACE", "cosine"], modes=["caption", "cate"])  # doctest: +SKIP
+>>> [(c["name"], c["mode"], c["verdict"]) for c in summary["comparisons"]]  # doctest: +SKIP
 """
 
 import argparse
@@ -37,11 +45,17 @@ import matplotlib.pyplot as plt  # noqa: E402
 
 from grace_fast.data.layouts import DFEW_CLASSES, load_clips  # noqa: E402
 from grace_fast.data.synthetic import make_synthetic  # noqa: E402
+from grace_fast.data.video import VideoReadError  # noqa: E402
 from grace_fast.eval.mechanism import mechanism_report, model_mechanism  # noqa: E402
-from grace_fast.files import write_atomic, write_figure  # noqa: E402
+from grace_fast.files import write_atomic, write_figure, write_jsonl  # noqa: E402
 from grace_fast.model.config import GraceConfig  # noqa: E402
 from grace_fast.model.tiny import CORPUS, build_tiny_tokenizer, demo_config  # noqa: E402
-from grace_fast.predict import Predictor  # noqa: E402
+from grace_fast.predict import Predictor, coarse_classifier  # noqa: E402
+from grace_fast.text.cache import Cache  # noqa: E402
+from grace_fast.text.coarse_labels import label_clips  # noqa: E402
+from grace_fast.text.jobs import CACHE_NAME, LABELS_NAME, fingerprint  # noqa: E402
+from grace_fast.text.lexicon import Lexicon  # noqa: E402
+from grace_fast.text.refiner import ClipText, Refiner, refine_clips  # noqa: E402
 from grace_fast.train.batch_order import steps_per_epoch  # noqa: E402
 from grace_fast.train.config import TrainConfig  # noqa: E402
 from grace_fast.train.loop import BEST, METRICS_NAME  # noqa: E402
@@ -60,13 +74,20 @@ VARIANTS = {  # name (also its run folder's) -> GraceConfig overrides; the paper
     "motion_off": {"motion": "off"},
     "neither": {"motion": "off", "alignment": "cosine"},
 }
-BASELINE = "GRACE"  # every other variant is compared with it
-DEFAULT_VARIANTS = (BASELINE, "motion_off", "cosine", "neither")  # about 10 minutes on 2 cores with one seed
+MODES = {  # mode (NAME-mode names its run folders, NAME alone for caption) -> the text of each clip
+    "caption": "its synthetic caption",
+    "cate": "its CATE description: the caption refined with the top-2 classes of the caption-mode GRACE's auxiliary "
+    "head, for the test fold's clips too (the template stands in for the LLM)",
+    "prompts": "none: the class-prompt mode, the video alone decides",
+}
+BASELINE, BASE_MODE = "GRACE", "caption"  # every other variant is compared with it, every other mode with this one
+DEFAULT_VARIANTS, DEFAULT_MODES = (BASELINE,), tuple(MODES)  # about 10 minutes on 2 cores with one seed
 FULL_SEEDS = (0, 1, 2)
 MIN_SEEDS = 3
 RULE = (
-    f"a variant differs from {BASELINE} when the mean of its paired test-UAR differences over the same seeds is "
-    f"larger in size than twice its standard error (sample std / sqrt(n)) and n >= {MIN_SEEDS}; else not shown"
+    f"a variant differs from {BASELINE} in the same mode, and {BASELINE} in a mode from {BASELINE} in {BASE_MODE} "
+    "mode, when the mean of the paired test-UAR differences over the same seeds is larger in size than twice its "
+    f"standard error (sample std / sqrt(n)) and n >= {MIN_SEEDS}; else not shown"
 )
 IMAGE_SIZE = 32  # the clips are rendered at the model's size: 5x cheaper to make and decode than 64 px
 TOKENIZER_VOCAB = 2048  # room for every merge of the captions' words: one token per word
@@ -84,28 +105,33 @@ def demo(
     pretrain_epochs: int = PRETRAIN_EPOCHS,
     seeds: Sequence[int] = (0,),
     variants: Sequence[str] = DEFAULT_VARIANTS,
+    modes: Sequence[str] = DEFAULT_MODES,
     jobs: int = 2,
     progress: bool = True,
 ) -> dict:
-    """Runs the demo into out and returns {"clips", "epochs", "seeds", "jobs", "pretrain_epochs", "seconds": {"data",
-    "pretrain", "total"}, "runs": [{name, seed, uar, war, best_epoch, seconds (train + validation), run}] (seed-major),
-    "variants": [{name, n, uar_mean, uar_std, war_mean, war_std}], "rule": RULE, "comparisons": [{name, baseline,
-    seeds, differences, mean, std, se, n, verdict}] (test UAR of name minus the baseline's, per seed; verdict()),
-    "mechanism": the first seed's GRACE's eval.mechanism.model_mechanism on its test fold}, or {"interrupted": True}
-    when a stop request (SIGINT, SIGTERM) ended it early.
+    """Runs the demo into out and returns {"clips", "epochs", "seeds", "modes", "jobs", "pretrain_epochs", "seconds":
+    {"data", "pretrain", "cate", "total"}, "runs": [{name, mode, seed, uar, war, best_epoch, seconds (train +
+    validation), run}] (seed-major, then mode, then variant), "variants": [{name, mode, n, uar_mean, uar_std, war_mean,
+    war_std}], "rule": RULE, "comparisons": [{name, mode, baseline, baseline_mode, seeds, differences, mean, std, se,
+    n, verdict}] (test UAR of (name, mode) minus the baseline's, per seed; verdict()), "mechanism": the first seed's
+    caption-mode GRACE's eval.mechanism.model_mechanism on its test fold}, or {"interrupted": True} when a stop
+    request (SIGINT, SIGTERM) ended it early.
 
     A seed is a whole repeat of the experiment, as `--seed` always was: it makes its own synthetic set (make_synthetic
-    with that seed), tokenizer and model config in out/seed-S, and seeds the training of every variant in
-    out/seed-S/runs/NAME. The baseline GRACE is always run, first. pretrain_epochs > 0 pretrains each seed's video
-    tower first (pretrained_model)."""
+    with that seed), tokenizer and model config in out/seed-S, and seeds the training of every run in
+    out/seed-S/runs. The baseline, GRACE in caption mode, is always run, first; the "cate" runs train on the
+    descriptions that cate_descriptions writes from it. pretrain_epochs > 0 pretrains each seed's video tower first
+    (pretrained_model)."""
     if not isinstance(jobs, int) or jobs < 1:
         raise ValueError(f"jobs must be an integer >= 1, got {jobs!r}")
-    unknown = [name for name in variants if name not in VARIANTS]
-    if unknown:
-        raise ValueError(f"variants must be names of VARIANTS ({', '.join(VARIANTS)}), got {', '.join(unknown)}")
+    for what, names, known in (("variants", variants, VARIANTS), ("modes", modes, MODES)):
+        unknown = [name for name in names if name not in known]
+        if unknown:
+            raise ValueError(f"{what} must be names of {', '.join(known)}, got {', '.join(unknown)}")
     if not seeds or len(set(seeds)) != len(seeds):
         raise ValueError(f"seeds must be a non-empty list of distinct integers, got {list(seeds)!r}")
     variants = [BASELINE, *dict.fromkeys(name for name in variants if name != BASELINE)]
+    modes = [BASE_MODE, *dict.fromkeys(mode for mode in modes if mode != BASE_MODE)]
     start = time.perf_counter()
     out = Path(out).resolve()
     folders = {seed: out / f"seed-{seed}" for seed in seeds}
@@ -120,37 +146,103 @@ def demo(
             if models[seed] is None:
                 return {"interrupted": True}
     pretrain_seconds = time.perf_counter() - start - data_seconds
-    configs = {
-        (name, seed): _train_config(folders[seed], models[seed], name, seed, epochs)
-        for seed in seeds
-        for name in variants
-    }
-    rows = _train_variants(configs, jobs, progress)
+
+    def configs(phase_modes):
+        return {
+            (name, mode, seed): _train_config(folders[seed], models[seed], name, mode, seed, epochs)
+            for seed in seeds
+            for mode in phase_modes
+            for name in variants
+        }
+
+    rows = _train_variants(configs([mode for mode in modes if mode != "cate"]), jobs, progress)
     if rows is None:
         return {"interrupted": True}
-    grace = next(row for row in rows if row["name"] == BASELINE)
-    best = Predictor.from_pretrained(Path(grace["run"]) / BEST, device="cpu", dtype="float32")
+    cate_seconds = 0.0
+    if "cate" in modes:  # CATE's coarse labels come from the caption-mode GRACE: its runs wait for it
+        cate_start = time.perf_counter()
+        for seed, folder in folders.items():
+            cate_descriptions(folder, Path(_row(rows, BASELINE, BASE_MODE, seed)["run"]) / BEST, progress)
+        cate_seconds = time.perf_counter() - cate_start
+        cate_rows = _train_variants(configs(["cate"]), jobs, progress)
+        if cate_rows is None:
+            return {"interrupted": True}
+        rows = sorted([*rows, *cate_rows], key=lambda r: (seeds.index(r["seed"]), modes.index(r["mode"])))
+    grace = Path(_row(rows, BASELINE, BASE_MODE, seeds[0])["run"])
+    best = Predictor.from_pretrained(grace / BEST, device="cpu", dtype="float32")
     mechanism = model_mechanism(best, folders[seeds[0]] / "data", FOLD)  # measured against the ground truth
     summary = {
         "clips": clips,
         "epochs": epochs,
         "seeds": list(seeds),
+        "modes": modes,
         "jobs": jobs,
         "pretrain_epochs": pretrain_epochs,
         "seconds": {
             "data": round(data_seconds, 1),
             "pretrain": round(pretrain_seconds, 1),
+            "cate": round(cate_seconds, 1),
             "total": round(time.perf_counter() - start, 1),
         },
         "runs": rows,
-        "variants": [_spread(name, [row for row in rows if row["name"] == name]) for name in variants],
+        "variants": [
+            _spread(name, mode, [row for row in rows if (row["name"], row["mode"]) == (name, mode)])
+            for mode in modes
+            for name in variants
+        ],
         "rule": RULE,
-        "comparisons": [_compare(name, rows) for name in variants if name != BASELINE],
+        "comparisons": [
+            *(_compare((name, mode), (BASELINE, mode), rows) for mode in modes for name in variants[1:]),
+            *(_compare((BASELINE, mode), (BASELINE, BASE_MODE), rows) for mode in modes[1:]),
+        ],
         "mechanism": mechanism,
     }
     write_atomic(out / "demo.json", (json.dumps(summary, indent=1) + "\n").encode())
     _plot(summary, out / "demo.png")
     return summary
+
+
+def cate_descriptions(folder: Path, baseline: Path, progress: bool) -> Path:
+    """folder/cate/refined.jsonl: the CATE loop of docs/method.md section 3 on every clip of the seed's set, test fold
+    included, with the checkpoint baseline (the caption-mode GRACE) as its baseline classifier. Its auxiliary head's
+    top-2 classes (text.coarse_labels.label_clips, as `grace-fast coarse-labels --classifier
+    grace_fast.predict:coarse_classifier`; folder/cate/coarse_labels.jsonl) and the template refiner (as `grace-fast
+    refine --template`) rewrite each caption. A clip's own label never enters: the test fold's descriptions name
+    what the model predicts for them, right or wrong. The training fold's labels are the same model's predictions
+    on clips it trained on, as in the paper's loop. Cached (folder/cate/cate_cache.sqlite, keyed by the
+    checkpoint): a rerun with the same baseline reads no clip again."""
+    cate, data = folder / "cate", folder / "data"
+    cate.mkdir(parents=True, exist_ok=True)
+    splits = [load_clips("synthetic", data, split=split, fold=FOLD) for split in ("train", "test")]
+    clips = [clip for split in splits for clip in split.clips]
+    model = GraceConfig.load(baseline / "config.json")
+    classify = coarse_classifier(baseline, "cpu", dtype="float32")  # fp32, as the runs test
+    lexicon = Lexicon.load()
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # as the runs: the same numbers in every process
+    try:
+        with Cache(cate / CACHE_NAME) as cache:
+            labels, summary = label_clips(
+                [(clip.id, clip.path) for clip in clips],
+                classify,
+                lexicon.classes("synthetic"),
+                cache,
+                num_frames=model.frames,
+                size=model.image_size,
+                batch_size=BATCH_SIZE,
+                classifier_id=fingerprint(baseline),
+                progress=progress,
+            )
+            if summary.failed:
+                clip, reason = next(iter(summary.failed.items()))
+                raise VideoReadError(f"{len(summary.failed)} clips of {data} could not be read, e.g. {clip}: {reason}")
+            texts = [ClipText(clip.id, clip.caption or "", tuple(labels[clip.id]["labels"])) for clip in clips]
+            refined, _ = refine_clips(texts, Refiner(lexicon), cache, progress=progress)
+    finally:
+        torch.set_num_threads(threads)
+    write_jsonl(cate / LABELS_NAME, [labels[clip.id] for clip in clips])
+    write_jsonl(cate / "refined.jsonl", [refined[clip.id] for clip in clips])
+    return cate / "refined.jsonl"
 
 
 def verdict(differences: Sequence[float]) -> dict:
@@ -169,17 +261,23 @@ def verdict(differences: Sequence[float]) -> dict:
     return {"n": n, "mean": mean, "std": std, "se": se, "verdict": "real" if real else "not shown"}
 
 
-def _compare(name: str, rows: list[dict]) -> dict:
-    """name against BASELINE on the seeds both ran: test UAR differences (name minus baseline) and their verdict."""
-    uar = {(row["name"], row["seed"]): row["uar"] for row in rows}
-    seeds = [seed for (variant, seed) in uar if variant == name and (BASELINE, seed) in uar]
-    differences = [uar[name, seed] - uar[BASELINE, seed] for seed in seeds]
-    return {"name": name, "baseline": BASELINE, "seeds": seeds, "differences": differences, **verdict(differences)}
+def _row(rows: list[dict], name: str, mode: str, seed: int) -> dict:
+    return next(row for row in rows if (row["name"], row["mode"], row["seed"]) == (name, mode, seed))
 
 
-def _spread(name: str, rows: list[dict]) -> dict:
-    """Mean and sample std (None for one seed) of one variant's test UAR and WAR over its seeds."""
-    summary = {"name": name, "n": len(rows)}
+def _compare(run: tuple[str, str], baseline: tuple[str, str], rows: list[dict]) -> dict:
+    """(variant, mode) against the baseline's on the seeds both ran: test UAR differences (run minus baseline) and
+    their verdict."""
+    uar = {(row["name"], row["mode"], row["seed"]): row["uar"] for row in rows}
+    seeds = [key[2] for key in uar if key[:2] == run and (*baseline, key[2]) in uar]
+    differences = [uar[(*run, seed)] - uar[(*baseline, seed)] for seed in seeds]
+    names = {"name": run[0], "mode": run[1], "baseline": baseline[0], "baseline_mode": baseline[1]}
+    return {**names, "seeds": seeds, "differences": differences, **verdict(differences)}
+
+
+def _spread(name: str, mode: str, rows: list[dict]) -> dict:
+    """Mean and sample std (None for one seed) of one (variant, mode)'s test UAR and WAR over its seeds."""
+    summary = {"name": name, "mode": mode, "n": len(rows)}
     for metric in ("uar", "war"):
         values = [row[metric] for row in rows]
         summary[f"{metric}_mean"] = statistics.fmean(values)
@@ -187,12 +285,15 @@ def _spread(name: str, rows: list[dict]) -> dict:
     return summary
 
 
-def _train_config(folder: Path, model: Path, name: str, seed: int, epochs: int) -> TrainConfig:
-    """The training of variant name for one seed, in folder/runs/name; resumed when that run folder exists."""
-    run = folder / "runs" / name
+def _train_config(folder: Path, model: Path, name: str, mode: str, seed: int, epochs: int) -> TrainConfig:
+    """The training of variant name in mode for one seed, in folder/runs/name (caption mode) or name-mode; resumed
+    when that run folder exists."""
+    run = folder / "runs" / (name if mode == BASE_MODE else f"{name}-{mode}")
     return TrainConfig(
         dataset="synthetic",
         data_root=str(folder / "data"),
+        descriptions=str(folder / "cate" / "refined.jsonl") if mode == "cate" else None,
+        text="prompts" if mode == "prompts" else "caption",
         fold=FOLD,
         cache_frames=True,
         model=str(model),
@@ -255,10 +356,10 @@ def pretrained_model(out: Path, data: Path, model: Path, epochs: int, seed: int,
     return path
 
 
-def _train_variants(configs: dict[tuple[str, int], TrainConfig], jobs: int, progress: bool) -> list[dict] | None:
-    """Train and test every (variant, seed), `jobs` processes at a time (1: in this process), with one progress bar
-    over the optimiser steps of all of them -> the rows in the order of configs, or None when a stop request (SIGINT,
-    SIGTERM) ended a run early (each run checkpoints and continues on a rerun)."""
+def _train_variants(configs: dict[tuple[str, str, int], TrainConfig], jobs: int, progress: bool) -> list[dict] | None:
+    """Train and test every (variant, mode, seed), `jobs` processes at a time (1: in this process), with one progress
+    bar over the optimiser steps of all of them -> the rows in the order of configs, or None when a stop request
+    (SIGINT, SIGTERM) ended a run early (each run checkpoints and continues on a rerun)."""
     per_run = {
         key: config.epochs * steps_per_epoch(len(fold_clips(config, FOLD).train), config.batch_size, 1, 1)
         for key, config in configs.items()
@@ -267,7 +368,7 @@ def _train_variants(configs: dict[tuple[str, int], TrainConfig], jobs: int, prog
     rows = {}
     with tqdm(total=sum(per_run.values()), desc="demo", unit="step", disable=not progress) as bar:
 
-        def advance(key: tuple[str, int], global_step: int) -> None:
+        def advance(key: tuple[str, str, int], global_step: int) -> None:
             done[key] = global_step
             bar.update(sum(done.values()) - bar.n)
 
@@ -305,7 +406,7 @@ def _train_variants(configs: dict[tuple[str, int], TrainConfig], jobs: int, prog
     return None if None in rows.values() else [rows[key] for key in configs]
 
 
-_steps = None  # a worker process's queue for (variant, global step) progress messages
+_steps = None  # a worker process's queue for ((variant, mode, seed), global step) progress messages
 
 
 def _set_steps(steps) -> None:
@@ -313,8 +414,8 @@ def _set_steps(steps) -> None:
     _steps = steps
 
 
-def _train_variant(key: tuple[str, int], config: TrainConfig, on_step=None) -> dict | None:
-    """Train and test one (variant, seed) on one torch thread -> its row, or None when a stop request ended it.
+def _train_variant(key: tuple[str, str, int], config: TrainConfig, on_step=None) -> dict | None:
+    """Train and test one (variant, mode, seed) on one torch thread -> its row, or None when a stop request ended it.
     Its epoch lines go to RUN/train.log; progress goes to on_step(info), else to the worker's queue."""
     torch.set_num_threads(1)  # the tiny model's ops are too small to share across threads; one is faster
     if on_step is None:
@@ -332,7 +433,8 @@ def _train_variant(key: tuple[str, int], config: TrainConfig, on_step=None) -> d
     history = [json.loads(line) for line in (run / METRICS_NAME).read_text().splitlines()]
     return {
         "name": key[0],
-        "seed": key[1],
+        "mode": key[1],
+        "seed": key[2],
         "uar": fold["test"]["uar"],
         "war": fold["test"]["war"],
         "best_epoch": fold["best_epoch"],
@@ -342,20 +444,25 @@ def _train_variant(key: tuple[str, int], config: TrainConfig, on_step=None) -> d
 
 
 def _plot(summary: dict, path: Path) -> None:
-    """Bars of each variant's mean test UAR and WAR over its seeds, one point per seed, the verdicts in the labels."""
+    """Bars of each (variant, mode)'s mean test UAR and WAR over its seeds, one point per seed, the verdicts in the
+    labels."""
     fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(summary["variants"])), 3.8))
-    verdicts = {c["name"]: c["verdict"] for c in summary["comparisons"]}
+    verdicts = {(c["name"], c["mode"]): c["verdict"] for c in summary["comparisons"]}
     for offset, metric, label in ((-0.2, "uar", "UAR"), (0.2, "war", "WAR")):
         x = [i + offset for i in range(len(summary["variants"]))]
         ax.bar(x, [100 * v[f"{metric}_mean"] for v in summary["variants"]], width=0.4, label=f"{label} (mean)")
         for i, variant in zip(x, summary["variants"], strict=True):
-            points = [100 * r[metric] for r in summary["runs"] if r["name"] == variant["name"]]
+            runs = [r for r in summary["runs"] if (r["name"], r["mode"]) == (variant["name"], variant["mode"])]
+            points = [100 * r[metric] for r in runs]
             ax.scatter([i] * len(points), points, color="black", s=8, zorder=3)
     ax.axhline(CHANCE_UAR, color="grey", linestyle="--", linewidth=1, label="chance UAR")
-    labels = [f"{v['name']}\n{verdicts.get(v['name'], 'baseline')}" for v in summary["variants"]]
+    labels = [
+        f"{v['name']}\n{v['mode']}\n{verdicts.get((v['name'], v['mode']), 'baseline')}" for v in summary["variants"]
+    ]
     ax.set_xticks(range(len(labels)), labels, fontsize=7)
     seeds = ", ".join(map(str, summary["seeds"]))
-    ax.set(ylabel="% on the test fold", title=f"GRACE and its ablations on the synthetic set, seeds {seeds}")
+    title = f"GRACE, its ablations and text modes on the synthetic set, seeds {seeds}"
+    ax.set(ylabel="% on the test fold", title=title)
     ax.legend(fontsize=7)
     fig.tight_layout()
     write_figure(fig, path)
@@ -371,16 +478,16 @@ def _spread_text(mean: float, std: float | None) -> str:
 
 
 def table(summary: dict) -> str:
-    """The per-variant table (mean +- sample std over the seeds, in %) and one verdict line per comparison."""
-    lines = ["| variant | seeds | UAR % | WAR % |", "| --- | --- | --- | --- |"]
+    """The per-(variant, mode) table (mean +- sample std over the seeds, in %) and one verdict line per comparison."""
+    lines = ["| variant | mode | seeds | UAR % | WAR % |", "| --- | --- | --- | --- | --- |"]
     for v in summary["variants"]:
         uar, war = (_spread_text(v[f"{m}_mean"], v[f"{m}_std"]) for m in ("uar", "war"))
-        lines.append(f"| {v['name']} | {v['n']} | {uar} | {war} |")
+        lines.append(f"| {v['name']} | {v['mode']} | {v['n']} | {uar} | {war} |")
     lines.append(f"rule: {summary['rule']}")
     for c in summary["comparisons"]:
         lines.append(
-            f"{c['name']} - {c['baseline']}: UAR {_percent(c['mean'])} points, SE {_percent(c['se'])}, "
-            f"n = {c['n']}: {c['verdict']}"
+            f"{c['name']} {c['mode']} - {c['baseline']} {c['baseline_mode']}: UAR {_percent(c['mean'])} points, "
+            f"SE {_percent(c['se'])}, n = {c['n']}: {c['verdict']}"
         )
     return "\n".join(lines)
 
@@ -409,28 +516,39 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"variants to train; {BASELINE} always runs (default {' '.join(DEFAULT_VARIANTS)})",
     )
     parser.add_argument(
+        "--modes",
+        nargs="+",
+        choices=list(MODES),
+        help=f"text modes each variant trains in; {BASE_MODE} always runs (default {' '.join(DEFAULT_MODES)})",
+    )
+    runs = len(VARIANTS) * len(MODES) * len(FULL_SEEDS)
+    parser.add_argument(
         "--full",
         action="store_true",
-        help=f"every variant over seeds {' '.join(map(str, FULL_SEEDS))} ({len(VARIANTS) * len(FULL_SEEDS)} runs)",
+        help=f"every variant in every mode over seeds {' '.join(map(str, FULL_SEEDS))} ({runs} runs)",
     )
     parser.add_argument("--jobs", type=int, default=2, help="runs trained at a time, one process each (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bars")
 
 
-def plan(args: argparse.Namespace) -> tuple[list[int], list[str]]:
-    """(seeds, variants) the arguments ask for: --full, else --seeds and --variants, else their defaults."""
+def plan(args: argparse.Namespace) -> tuple[list[int], list[str], list[str]]:
+    """(seeds, variants, modes) the arguments ask for: --full, else --seeds, --variants and --modes, else their
+    defaults."""
     if args.full:
-        if args.seeds is not None or args.variants is not None:
+        if (args.seeds, args.variants, args.modes) != (None, None, None):
             seeds = " ".join(map(str, FULL_SEEDS))
-            raise ValueError(f"--full runs every variant over seeds {seeds}; do not give --seeds or --variants with it")
-        return list(FULL_SEEDS), list(VARIANTS)
-    return args.seeds or [0], args.variants or list(DEFAULT_VARIANTS)
+            raise ValueError(
+                f"--full runs every variant in every mode over seeds {seeds}; do not give --seeds, --variants or "
+                "--modes with it"
+            )
+        return list(FULL_SEEDS), list(VARIANTS), list(MODES)
+    return args.seeds or [0], args.variants or list(DEFAULT_VARIANTS), args.modes or list(DEFAULT_MODES)
 
 
 def run(args: argparse.Namespace) -> int:
     """`grace-fast demo`: exit 0 with the table printed, 130 when a stop request ended it (rerun to continue)."""
     progress = not args.quiet
-    seeds, variants = plan(args)
+    seeds, variants, modes = plan(args)
     summary = demo(
         args.out,
         clips=args.clips,
@@ -438,6 +556,7 @@ def run(args: argparse.Namespace) -> int:
         pretrain_epochs=args.pretrain_epochs,
         seeds=seeds,
         variants=variants,
+        modes=modes,
         jobs=args.jobs,
         progress=progress,
     )
@@ -448,9 +567,9 @@ def run(args: argparse.Namespace) -> int:
     seconds = summary["seconds"]
     print(
         f"chance: UAR {CHANCE_UAR:.1f}%; data {seconds['data']} s, pretraining {seconds['pretrain']} s, "
-        f"total {seconds['total']} s"
+        f"CATE labels and descriptions {seconds['cate']} s, total {seconds['total']} s"
     )
-    print(f"mechanism metrics of seed {seeds[0]}'s GRACE")
+    print(f"mechanism metrics of seed {seeds[0]}'s GRACE in {BASE_MODE} mode")
     print(mechanism_report(summary["mechanism"]))
     print(f"plots and reports: {args.out}/demo.png, {args.out}/seed-*/runs/*/test/confusion.png, {args.out}/demo.json")
     return 0

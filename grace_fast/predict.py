@@ -205,11 +205,12 @@ def compile_parts(model) -> None:
         (part.model if part is model.text else part).compile()
 
 
-def coarse_classifier(checkpoint: str | os.PathLike, device: str = "cpu"):
+def coarse_classifier(checkpoint: str | os.PathLike, device: str = "cpu", dtype: str = "auto"):
     """A trained checkpoint's auxiliary head as the classifier of CATE step 2 (`grace-fast coarse-labels
     --classifier grace_fast.predict:coarse_classifier --checkpoint RUN/best --frames F --size S`, F and S the
-    checkpoint's frames and image_size): classify(frames [B, F, 3, S, S] float in [0, 1]) -> logits [B, C]."""
-    predictor = Predictor.from_pretrained(checkpoint, device=device)
+    checkpoint's frames and image_size): classify(frames [B, F, 3, S, S] float in [0, 1]) -> logits [B, C];
+    dtype as Predictor's."""
+    predictor = Predictor.from_pretrained(checkpoint, device=device, dtype=dtype)
     normalization = predictor.transform.normalization
     mean = torch.tensor(normalization.mean, device=predictor.device).view(1, 1, 3, 1, 1)
     std = torch.tensor(normalization.std, device=predictor.device).view(1, 1, 3, 1, 1)
