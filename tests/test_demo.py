@@ -1,6 +1,7 @@
-"""grace-fast demo on a small set: every (variant, seed) trained with its overrides and tested, its UAR/WAR those of
-its test predictions; each variant compared with GRACE by the rule written before any run; a run in a worker process
-equals one in this process, and a rerun retrains or retests only what is missing."""
+"""grace-fast demo on a small set, in caption mode: every (variant, seed) trained with its overrides and tested, its
+UAR/WAR those of its test predictions; each variant compared with GRACE by the rule written before any run; a run in a
+worker process equals one in this process, and a rerun retrains or retests only what is missing. The other text
+modes: tests/test_demo_modes.py."""
 
 import argparse
 import csv
@@ -17,19 +18,32 @@ import torch
 from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
-from grace_fast.demo import DEFAULT_VARIANTS, FULL_SEEDS, VARIANTS, add_arguments, demo, plan, table, verdict
+from grace_fast.demo import (
+    DEFAULT_MODES,
+    DEFAULT_VARIANTS,
+    FULL_SEEDS,
+    MODES,
+    VARIANTS,
+    add_arguments,
+    demo,
+    plan,
+    table,
+    verdict,
+)
 from grace_fast.model.config import GraceConfig
 from grace_fast.train.config import TrainConfig
 
 CLIPS, EPOCHS = 70, 1  # fold 1 tests 14 clips; the training fold gives 3 steps of 16 per epoch
-SEEDS, RUN_VARIANTS = (0, 1), ("GRACE", "cosine")
+SEEDS, RUN_VARIANTS, RUN_MODES = (0, 1), ("GRACE", "cosine"), ("caption",)
 
 
 @pytest.fixture(scope="module")
 def demo_run(tmp_path_factory):
     threads = torch.get_num_threads()
     out = tmp_path_factory.mktemp("demo")
-    summary = demo(out, clips=CLIPS, epochs=EPOCHS, seeds=SEEDS, variants=RUN_VARIANTS, jobs=2, progress=False)
+    summary = demo(
+        out, clips=CLIPS, epochs=EPOCHS, seeds=SEEDS, variants=RUN_VARIANTS, modes=RUN_MODES, jobs=2, progress=False
+    )
     torch.set_num_threads(threads)
     return out, summary
 
@@ -71,16 +85,17 @@ def test_fewer_than_three_seeds_are_never_real():
 
 def test_the_table_prints_the_mean_alone_for_one_seed_and_the_spread_for_more():
     variants = [
-        {"name": "GRACE", "n": 1, "uar_mean": 0.25, "uar_std": None, "war_mean": 0.5, "war_std": None},
-        {"name": "cosine", "n": 3, "uar_mean": 0.2, "uar_std": 0.05, "war_mean": 0.4, "war_std": 0.1},
+        dict(name="GRACE", mode="caption", n=1, uar_mean=0.25, uar_std=None, war_mean=0.5, war_std=None),
+        dict(name="cosine", mode="cate", n=3, uar_mean=0.2, uar_std=0.05, war_mean=0.4, war_std=0.1),
     ]
-    comparison = {"name": "cosine", "baseline": "GRACE", **verdict([-0.05, -0.06, -0.04])}
+    names = {"name": "cosine", "mode": "cate", "baseline": "GRACE", "baseline_mode": "cate"}
+    comparison = {**names, **verdict([-0.05, -0.06, -0.04])}
     printed = table({"variants": variants, "rule": "the rule", "comparisons": [comparison]}).splitlines()
     assert printed[2:] == [
-        "| GRACE | 1 | 25.0 | 50.0 |",
-        "| cosine | 3 | 20.0 +- 5.0 | 40.0 +- 10.0 |",
+        "| GRACE | caption | 1 | 25.0 | 50.0 |",
+        "| cosine | cate | 3 | 20.0 +- 5.0 | 40.0 +- 10.0 |",
         "rule: the rule",
-        "cosine - GRACE: UAR -5.0 points, SE 0.6, n = 3: real",
+        "cosine cate - GRACE cate: UAR -5.0 points, SE 0.6, n = 3: real",
     ]
 
 
@@ -90,35 +105,44 @@ def parse(*argv: str) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def test_the_arguments_default_to_seed_0_and_the_default_variants():
-    assert plan(parse()) == ([0], list(DEFAULT_VARIANTS))
-    assert plan(parse("--seeds", "3", "4", "--variants", "GRACE", "ot_balanced")) == ([3, 4], ["GRACE", "ot_balanced"])
-    assert plan(parse("--seed", "5")) == ([5], list(DEFAULT_VARIANTS))  # the old single-seed spelling
+def test_the_arguments_default_to_seed_0_and_the_default_variants_and_modes():
+    defaults = list(DEFAULT_VARIANTS), list(DEFAULT_MODES)
+    assert plan(parse()) == ([0], *defaults)
+    chosen = parse("--seeds", "3", "4", "--variants", "GRACE", "ot_balanced", "--modes", "prompts")
+    assert plan(chosen) == ([3, 4], ["GRACE", "ot_balanced"], ["prompts"])
+    assert plan(parse("--seed", "5")) == ([5], *defaults)  # the old single-seed spelling
 
 
-def test_full_runs_every_variant_over_three_seeds_and_refuses_a_subset():
-    assert plan(parse("--full")) == (list(FULL_SEEDS), list(VARIANTS))
+def test_full_runs_every_variant_in_every_mode_over_three_seeds_and_refuses_a_subset():
+    assert plan(parse("--full")) == (list(FULL_SEEDS), list(VARIANTS), list(MODES))
     assert len(FULL_SEEDS) >= 3
-    with pytest.raises(ValueError, match="--full"):
-        plan(parse("--full", "--seeds", "0"))
+    for subset in (("--seeds", "0"), ("--modes", "caption")):
+        with pytest.raises(ValueError, match="--full"):
+            plan(parse("--full", *subset))
 
 
-def test_an_unknown_variant_is_refused_naming_it(tmp_path):
+def test_an_unknown_variant_or_mode_is_refused_naming_it(tmp_path):
     with pytest.raises(SystemExit):
         parse("--variants", "GRACE", "nonsense")
-    with pytest.raises(ValueError, match="nonsense"):
+    with pytest.raises(SystemExit):
+        parse("--modes", "caption", "nonsense")
+    with pytest.raises(ValueError, match="variants .* got nonsense"):
         demo(tmp_path / "demo", variants=["nonsense"])
+    with pytest.raises(ValueError, match="modes .* got llm"):
+        demo(tmp_path / "demo", modes=["caption", "llm"])
     assert not (tmp_path / "demo").exists()
 
 
 def test_each_variant_and_seed_trains_its_overrides_and_reports_its_test_predictions(demo_run):
     out, summary = demo_run
-    assert [(row["name"], row["seed"]) for row in summary["runs"]] == [(n, s) for s in SEEDS for n in RUN_VARIANTS]
+    runs = [(row["name"], row["mode"], row["seed"]) for row in summary["runs"]]
+    assert runs == [(n, "caption", s) for s in SEEDS for n in RUN_VARIANTS]
     for row in summary["runs"]:
         run = Path(row["run"])
         assert run == out / f"seed-{row['seed']}" / "runs" / row["name"]
         config = TrainConfig.load(run / "config.yaml")
         assert (config.model_overrides, config.seed) == (VARIANTS[row["name"]], row["seed"])
+        assert (config.text, config.descriptions) == ("caption", None)
         assert config.data_root == str(out / f"seed-{row['seed']}" / "data")
         model = GraceConfig.load(run / "best" / "config.json")
         assert model.lambdas == (1.0, 0.1, 0.5)  # demo_config's loss weights
@@ -152,13 +176,15 @@ def test_the_summary_holds_the_spread_and_the_paired_verdict_of_each_variant(dem
             (statistics.mean(wars), statistics.stdev(wars))
         )
     (comparison,) = summary["comparisons"]
-    assert (comparison["name"], comparison["baseline"], comparison["seeds"]) == ("cosine", "GRACE", list(SEEDS))
+    names = ("cosine", "caption", "GRACE", "caption")
+    assert tuple(comparison[k] for k in ("name", "mode", "baseline", "baseline_mode")) == names
+    assert comparison["seeds"] == list(SEEDS)
     assert comparison["differences"] == pytest.approx([uar["cosine", s] - uar["GRACE", s] for s in SEEDS])
     assert comparison["verdict"] == "not shown"  # two seeds never suffice
     assert json.loads((out / "demo.json").read_text()) == json.loads(json.dumps(summary))
     printed = table(summary)
-    assert f"| cosine | 2 | {100 * summary['variants'][1]['uar_mean']:.1f} +- " in printed
-    assert "cosine - GRACE: UAR " in printed and printed.endswith("n = 2: not shown")
+    assert f"| cosine | caption | 2 | {100 * summary['variants'][1]['uar_mean']:.1f} +- " in printed
+    assert "cosine caption - GRACE caption: UAR " in printed and printed.endswith("n = 2: not shown")
 
 
 def test_the_tokenizer_has_one_token_per_word_of_the_training_captions(demo_run):
@@ -188,7 +214,9 @@ def test_a_rerun_redoes_only_what_is_missing_the_same_in_this_process_as_in_a_wo
     shutil.rmtree(retested / "test")
     (out / "demo.json").unlink()
 
-    again = demo(out, clips=CLIPS, epochs=EPOCHS, seeds=SEEDS, variants=RUN_VARIANTS, jobs=1, progress=False)
+    again = demo(
+        out, clips=CLIPS, epochs=EPOCHS, seeds=SEEDS, variants=RUN_VARIANTS, modes=RUN_MODES, jobs=1, progress=False
+    )
 
     again_weights = load_file(retrained / "best" / "model.safetensors")
     # the same training in another process: bit for bit in most runs, but one run in CI's neighbourhood differed in
