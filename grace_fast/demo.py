@@ -14,11 +14,10 @@ error and there are at least 3 seeds (verdict); so is GRACE in each other mode w
 The set-up (README, "The demo"): `clips` clips rendered at 32 px, fold 1 as the test split (a fifth of the clips);
 the model of `model.tiny.demo_config` with a tokenizer learnt from the training fold's captions; `epochs` epochs
 of batch 16 at lr 3e-3. A seed makes its own synthetic set, tokenizer and model config (out/seed-S) and seeds the
-training of each variant. The (variant, mode, seed) runs go `jobs` at a
-time, each in its own process on one torch thread, each into its own run folder (out/seed-S/runs/NAME, NAME-cate,
-NAME-prompts); the CATE runs after the others, once their seed's descriptions are written (out/seed-S/cate). Every
-step is resumable: rerunning the command continues where it stopped, and adding seeds, variants or modes trains only
-the new runs.
+training of each variant. The (variant, mode, seed) runs go `jobs` at a time, each in its own process on one torch
+thread, each into its own run folder (out/seed-S/runs/NAME, NAME-cate, NAME-prompts); the CATE runs after the
+others, once their seed's descriptions are written (out/seed-S/cate). Every step is resumable: rerunning the command
+continues where it stopped, and adding seeds, variants or modes trains only the new runs.
 
 >>> summary = demo("demo", seeds=[0, 1, 2], variants=["GRACE", "cosine"], modes=["caption", "cate"])  # doctest: +SKIP
 >>> [(c["name"], c["mode"], c["verdict"]) for c in summary["comparisons"]]  # doctest: +SKIP
@@ -81,7 +80,9 @@ MODES = {  # mode (NAME-mode names its run folders, NAME alone for caption) -> t
     "prompts": "none: the class-prompt mode, the video alone decides",
 }
 BASELINE, BASE_MODE = "GRACE", "caption"  # every other variant is compared with it, every other mode with this one
-DEFAULT_VARIANTS, DEFAULT_MODES = (BASELINE,), tuple(MODES)  # about 10 minutes on 2 cores with one seed
+# 3 runs in 2 rounds on 2 cores, as the 4 caption-mode variants before: within about 10 minutes (README)
+DEFAULT_VARIANTS, DEFAULT_MODES = (BASELINE,), tuple(MODES)
+DESCRIPTIONS = Path("cate") / "refined.jsonl"  # a seed folder's CATE descriptions, in `grace-fast refine`'s format
 FULL_SEEDS = (0, 1, 2)
 MIN_SEEDS = 3
 RULE = (
@@ -203,7 +204,7 @@ def demo(
 
 
 def cate_descriptions(folder: Path, baseline: Path, progress: bool) -> Path:
-    """folder/cate/refined.jsonl: the CATE loop of docs/method.md section 3 on every clip of the seed's set, test fold
+    """folder/DESCRIPTIONS: the CATE loop of docs/method.md section 3 on every clip of the seed's set, test fold
     included, with the checkpoint baseline (the caption-mode GRACE) as its baseline classifier. Its auxiliary head's
     top-2 classes (text.coarse_labels.label_clips, as `grace-fast coarse-labels --classifier
     grace_fast.predict:coarse_classifier`; folder/cate/coarse_labels.jsonl) and the template refiner (as `grace-fast
@@ -211,7 +212,8 @@ def cate_descriptions(folder: Path, baseline: Path, progress: bool) -> Path:
     what the model predicts for them, right or wrong. The training fold's labels are the same model's predictions
     on clips it trained on, as in the paper's loop. Cached (folder/cate/cate_cache.sqlite, keyed by the
     checkpoint): a rerun with the same baseline reads no clip again."""
-    cate, data = folder / "cate", folder / "data"
+    path, data = folder / DESCRIPTIONS, folder / "data"
+    cate = path.parent
     cate.mkdir(parents=True, exist_ok=True)
     splits = [load_clips("synthetic", data, split=split, fold=FOLD) for split in ("train", "test")]
     clips = [clip for split in splits for clip in split.clips]
@@ -241,8 +243,8 @@ def cate_descriptions(folder: Path, baseline: Path, progress: bool) -> Path:
     finally:
         torch.set_num_threads(threads)
     write_jsonl(cate / LABELS_NAME, [labels[clip.id] for clip in clips])
-    write_jsonl(cate / "refined.jsonl", [refined[clip.id] for clip in clips])
-    return cate / "refined.jsonl"
+    write_jsonl(path, [refined[clip.id] for clip in clips])
+    return path
 
 
 def verdict(differences: Sequence[float]) -> dict:
@@ -292,7 +294,7 @@ def _train_config(folder: Path, model: Path, name: str, mode: str, seed: int, ep
     return TrainConfig(
         dataset="synthetic",
         data_root=str(folder / "data"),
-        descriptions=str(folder / "cate" / "refined.jsonl") if mode == "cate" else None,
+        descriptions=str(folder / DESCRIPTIONS) if mode == "cate" else None,
         text="prompts" if mode == "prompts" else "caption",
         fold=FOLD,
         cache_frames=True,

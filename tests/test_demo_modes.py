@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from grace_fast.data.layouts import load_clips
-from grace_fast.demo import FOLD, MODES, cate_descriptions, demo
+from grace_fast.demo import DESCRIPTIONS, FOLD, MODES, cate_descriptions, demo
 from grace_fast.model.config import GraceConfig
 from grace_fast.predict import coarse_classifier
 from grace_fast.text.coarse_labels import load_clip, top_k
@@ -39,7 +39,7 @@ def test_each_mode_trains_grace_with_its_text(demo_run):
     texts = {mode: TrainConfig.load(run / "config.yaml") for mode, run in runs(summary).items()}
     assert {mode: (config.text, config.descriptions) for mode, config in texts.items()} == {
         "caption": ("caption", None),
-        "cate": ("caption", str(folder / "cate" / "refined.jsonl")),
+        "cate": ("caption", str(folder / DESCRIPTIONS)),
         "prompts": ("prompts", None),
     }
     assert runs(summary) == {
@@ -64,7 +64,7 @@ def test_every_description_names_the_baselines_top_2_and_the_test_fold_never_its
     folder, summary = demo_run
     baseline = runs(summary)["caption"] / BEST
     refined = {}
-    for line in (folder / "cate" / "refined.jsonl").read_text().splitlines():
+    for line in (folder / DESCRIPTIONS).read_text().splitlines():
         record = json.loads(line)
         refined[record["clip"]] = record
     lexicon = Lexicon.load()
@@ -92,7 +92,7 @@ def test_every_description_names_the_baselines_top_2_and_the_test_fold_never_its
 
 def test_the_descriptions_are_made_again_byte_for_byte(demo_run):
     folder, summary = demo_run
-    path = folder / "cate" / "refined.jsonl"
+    path = folder / DESCRIPTIONS
     before = path.read_bytes()
     path.unlink()
     assert cate_descriptions(folder, runs(summary)["caption"] / BEST, progress=False) == path
