@@ -12,6 +12,9 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
+from grace_fast.demo import DESCRIPTIONS
+from grace_fast.text.jobs import LABELS_NAME
+
 CLIPS = 35  # fold 1 tests 7 clips; 28 train, 3 of them validating
 RUN = (
     "import sys; from grace_fast.demo import demo; "
@@ -44,9 +47,8 @@ def test_the_same_seed_gives_the_same_bytes_in_fresh_processes(tmp_path):
         assert process.returncode == 0, stderr
     first, second = outs
     assert numbers(first) == numbers(second)
-    for name in ("coarse_labels.jsonl", "refined.jsonl"):
-        path = Path("seed-0") / "cate" / name
-        assert (first / path).read_bytes() == (second / path).read_bytes(), name
+    for path in (DESCRIPTIONS.with_name(LABELS_NAME), DESCRIPTIONS):
+        assert (first / "seed-0" / path).read_bytes() == (second / "seed-0" / path).read_bytes(), path
     checkpoints = sorted(path.relative_to(first) for path in first.glob("seed-0/runs/*/best/model.safetensors"))
     assert len(checkpoints) == 2
     for path in checkpoints:
