@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 #include <vector>
 
 #include "checks.h"
@@ -20,32 +21,46 @@ namespace {
 constexpr int64_t NC = 3 * NR;  // columns of C per forward work item (small enough to balance B = 1)
 constexpr int64_t MB = 48;   // gradient rows per backward work item
 
-// ||x scale|| of a row x [D] and the scale, a power of two near 1 / max |x| (1 for a zero row): the squares neither
-// overflow nor underflow, and the scaling is exact (normal magnitudes get the unscaled result). The lanes of L
-// independent partial results let the compiler vectorise without reassociating.
+// ||x scale|| of a row x [D] and the scale: 1 where max |x| lies in [2^-32, 2^33) (the squares neither overflow nor
+// lose digits that matter), else a power of two near 1 / max |x| (1 for a zero row), so that the squares neither
+// overflow nor underflow. The scaling is exact: a scaled row gives the unscaled result, so one pass serves the common
+// case. The lanes of L independent partial results let the compiler vectorise without reassociating.
 template <typename T, typename Acc>
 Acc scaled_norm(const T* x, int64_t D, Acc& scale) {
   constexpr int64_t L = 16;
+  constexpr int SAFE = 32;
   Acc top[L] = {}, sq[L] = {};
   int64_t d = 0;
   for (; d + L <= D; d += L) {
-    for (int64_t l = 0; l < L; ++l) top[l] = std::max(top[l], std::abs(static_cast<Acc>(x[d + l])));
-  }
-  for (; d < D; ++d) top[0] = std::max(top[0], std::abs(static_cast<Acc>(x[d])));
-  const Acc largest = *std::max_element(top, top + L);
-  scale = Acc(1);
-  if (!(largest > 0)) return largest;  // 0, or NaN
-  // rows whose largest entry is subnormal are scaled as far as the exponent range allows
-  scale = std::ldexp(Acc(1), -std::max(std::ilogb(largest), std::numeric_limits<Acc>::min_exponent - 1));
-  for (d = 0; d + L <= D; d += L) {
     for (int64_t l = 0; l < L; ++l) {
-      const Acc v = static_cast<Acc>(x[d + l]) * scale;
+      const Acc v = static_cast<Acc>(x[d + l]);
+      top[l] = std::max(top[l], std::abs(v));
       sq[l] += v * v;
     }
   }
   for (; d < D; ++d) {
-    const Acc v = static_cast<Acc>(x[d]) * scale;
+    const Acc v = static_cast<Acc>(x[d]);
+    top[0] = std::max(top[0], std::abs(v));
     sq[0] += v * v;
+  }
+  const Acc largest = *std::max_element(top, top + L);
+  scale = Acc(1);
+  if (!(largest > 0)) return largest;  // 0, or NaN
+  const int exponent = std::ilogb(largest);
+  if (exponent < -SAFE || exponent > SAFE) {
+    // rows whose largest entry is subnormal are scaled as far as the exponent range allows
+    scale = std::ldexp(Acc(1), -std::max(exponent, std::numeric_limits<Acc>::min_exponent - 1));
+    std::fill(sq, sq + L, Acc(0));
+    for (d = 0; d + L <= D; d += L) {
+      for (int64_t l = 0; l < L; ++l) {
+        const Acc v = static_cast<Acc>(x[d + l]) * scale;
+        sq[l] += v * v;
+      }
+    }
+    for (; d < D; ++d) {
+      const Acc v = static_cast<Acc>(x[d]) * scale;
+      sq[0] += v * v;
+    }
   }
   Acc total = 0;
   for (int64_t l = 0; l < L; ++l) total += sq[l];
@@ -68,6 +83,71 @@ void inverse_norms(const T* x, const bool* mask, Acc* r, int64_t rows, int64_t D
   });
 }
 
+// Per row of x [rows, D] (bf16): the power of two scale that scaled_norm picks (x scale is exact in bf16) and
+// rn = 1 / ||x scale||, so that r = scale rn is inverse_norm; rn = 0 for a zero row, and all three 0 where mask
+// (may be null) is false.
+void scaled_inverse_norms(const at::BFloat16* x, const bool* mask, float* scale, float* rn, float* r, int64_t rows,
+                          int64_t D) {
+  at::parallel_for(0, rows, std::max<int64_t>(1, at::internal::GRAIN_SIZE / D), [&](int64_t begin, int64_t end) {
+    for (int64_t i = begin; i < end; ++i) {
+      scale[i] = rn[i] = r[i] = 0;
+      if (mask && !mask[i]) continue;
+      const float norm = scaled_norm<at::BFloat16, float>(x + i * D, D, scale[i]);
+      rn[i] = norm == 0 ? 0.f : 1 / norm;
+      r[i] = scale[i] * rn[i];
+    }
+  });
+}
+
+// The forward of forward_kernel for bf16 on the bf16 dot path: the rows are scaled by powers of two only, packed as
+// bf16 pairs (exactly), their products summed in fp32 by gemm_packed_bf16, and the inverse norms of the scaled rows
+// applied in the epilogue: C = valid - dot rn_u rn_v.
+void forward_bf16_dot(const at::BFloat16* U_, const at::BFloat16* V_, const bool* mask_u, const bool* mask_v, float* C,
+                      float* ru, float* rv, int64_t B, int64_t N, int64_t M, int64_t D) {
+  std::vector<float> su(B * N), rnu(B * N), sv(B * M), rnv(B * M);
+  scaled_inverse_norms(U_, mask_u, su.data(), rnu.data(), ru, B * N, D);
+  scaled_inverse_norms(V_, mask_v, sv.data(), rnv.data(), rv, B * M, D);
+  const int64_t col_blocks = (M + NC - 1) / NC, n_pad = (N + MR - 1) / MR * MR;
+  const auto words = [](int64_t kc) { return (kc + 1) / 2; };  // depth of a packed block, in pairs
+  at::parallel_for(0, B * col_blocks, 1, [&](int64_t begin, int64_t end) {
+    std::vector<uint32_t> a_pack(n_pad * words(D)), b_pack(NC * words(KC_BF16));
+    std::vector<float> valid_v(NC);
+    int64_t packed = -1;  // the batch element whose U is in a_pack
+    for (int64_t item = begin; item < end; ++item) {
+      const int64_t b = item / col_blocks, j0 = (item % col_blocks) * NC;
+      const int nc = static_cast<int>(std::min(NC, M - j0));
+      const bool* mu = mask_u ? mask_u + b * N : nullptr;
+      const bool* mv = mask_v ? mask_v + b * M + j0 : nullptr;
+      if (packed != b) {
+        for (int64_t k0 = 0; k0 < D; k0 += KC_BF16) {
+          const int kc = static_cast<int>(std::min<int64_t>(KC_BF16, D - k0));
+          pack_bf16<MR>(U_ + b * N * D, D, 0, static_cast<int>(N), k0, kc, su.data() + b * N,
+                        a_pack.data() + n_pad * words(k0));
+        }
+        packed = b;
+      }
+      float* Cb = C + b * N * M + j0;
+      for (int64_t k0 = 0; k0 < D; k0 += KC_BF16) {
+        const int kc = static_cast<int>(std::min<int64_t>(KC_BF16, D - k0));
+        pack_bf16<NR>(V_ + b * M * D, D, j0, nc, k0, kc, sv.data() + b * M, b_pack.data());
+        gemm_packed_bf16(static_cast<int>(N), nc, static_cast<int>(words(kc)), a_pack.data() + n_pad * words(k0),
+                         b_pack.data(), Cb, M, k0 > 0);
+      }
+      const float* rn_v = rnv.data() + b * M + j0;
+      for (int q = 0; q < nc; ++q) valid_v[q] = mv && !mv[q] ? 0 : 1;
+      for (int64_t i = 0; i < N; ++i) {
+        float* row = Cb + i * M;
+        if (mu && !mu[i]) {
+          std::fill(row, row + nc, 0.f);
+          continue;
+        }
+        const float rn_u = rnu[b * N + i];
+        for (int q = 0; q < nc; ++q) row[q] = valid_v[q] - row[q] * rn_u * rn_v[q];
+      }
+    }
+  });
+}
+
 // The norms first (ru, rv); then per work item (batch b, NC columns of C): U[b] is packed into MR-row panels (once
 // per b and thread) and the V rows into NR-column panels, KC deep, each row scaled to unit norm and converted from
 // fp16/bf16 to Acc as it is packed, so that the packed GEMM gives the cosines, and no product of unscaled entries can
@@ -75,6 +155,9 @@ void inverse_norms(const T* x, const bool* mask, Acc* r, int64_t rows, int64_t D
 template <typename T, typename Acc>
 void forward_kernel(const T* U_, const T* V_, const bool* mask_u, const bool* mask_v, Acc* C, Acc* ru, Acc* rv,
                     int64_t B, int64_t N, int64_t M, int64_t D) {
+  if constexpr (std::is_same_v<T, at::BFloat16>) {
+    if (bf16_dot_available()) return forward_bf16_dot(U_, V_, mask_u, mask_v, C, ru, rv, B, N, M, D);
+  }
   inverse_norms(U_, mask_u, ru, B * N, D);
   inverse_norms(V_, mask_v, rv, B * M, D);
   const int64_t col_blocks = (M + NC - 1) / NC, n_pad = (N + MR - 1) / MR * MR;

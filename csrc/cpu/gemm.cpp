@@ -2,6 +2,10 @@
 
 #include <ATen/Version.h>
 
+#if defined(__x86_64__)
+#include <immintrin.h>
+#endif
+
 #include "cpu/clones.h"
 
 namespace grace_fast::cpu {
@@ -97,6 +101,57 @@ __attribute__((target("arch=x86-64-v4"))) void gemm_avx512(int mc, int nc, int k
     }
   }
 }
+
+// The bf16 dot body: like gemm_avx512, 12 zmm accumulators over MR rows and two B panels, each step one pair of depths
+// (vdpbf16ps: c += a_even b_even + a_odd b_odd per lane).
+#define GRACE_FAST_BF16_DOT __attribute__((target("arch=x86-64-v4,avx512bf16")))
+
+template <int P>  // B panels per tile: 1 or 2
+GRACE_FAST_BF16_DOT __attribute__((always_inline)) inline void dot_tile(int kp, const uint32_t* __restrict a,
+                                                                        const uint32_t* __restrict b,
+                                                                        float out[MR][2 * NR]) {
+  const int64_t panel = static_cast<int64_t>(kp) * NR;
+  __m512 c[MR][P];
+  for (int r = 0; r < MR; ++r) {
+    for (int p = 0; p < P; ++p) c[r][p] = _mm512_setzero_ps();
+  }
+  for (int k = 0; k < kp; ++k, a += MR, b += NR) {
+    __m512bh x[P];
+    for (int p = 0; p < P; ++p) x[p] = (__m512bh)_mm512_loadu_si512(b + p * panel);
+    for (int r = 0; r < MR; ++r) {
+      const __m512bh y = (__m512bh)_mm512_set1_epi32(static_cast<int>(a[r]));
+      for (int p = 0; p < P; ++p) c[r][p] = _mm512_dpbf16_ps(c[r][p], y, x[p]);
+    }
+  }
+  for (int r = 0; r < MR; ++r) {
+    for (int p = 0; p < P; ++p) _mm512_storeu_ps(out[r] + p * NR, c[r][p]);
+  }
+}
+
+GRACE_FAST_BF16_DOT void gemm_bf16_avx512(int mc, int nc, int kp, const uint32_t* a, const uint32_t* b, float* c,
+                                          int64_t ldc, bool accumulate) {
+  alignas(64) float t[MR][2 * NR];
+  for (int j = 0; j < nc; j += 2 * NR) {
+    const int cols = std::min(2 * NR, nc - j);
+    const uint32_t* bp = b + static_cast<int64_t>(j) * kp;
+    for (int i = 0; i < mc; i += MR) {
+      const int rows = std::min(MR, mc - i);
+      if (cols > NR) {
+        dot_tile<2>(kp, a + static_cast<int64_t>(i) * kp, bp, t);
+      } else {
+        dot_tile<1>(kp, a + static_cast<int64_t>(i) * kp, bp, t);
+      }
+      for (int r = 0; r < rows; ++r) {
+        float* crow = c + (i + r) * ldc + j;
+        if (accumulate) {
+          for (int q = 0; q < cols; ++q) crow[q] += t[r][q];
+        } else {
+          for (int q = 0; q < cols; ++q) crow[q] = t[r][q];
+        }
+      }
+    }
+  }
+}
 #endif
 
 GRACE_FAST_CLONES
@@ -114,6 +169,25 @@ void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* 
   if (avx512) return gemm_avx512(mc, nc, kc, a, b, c, ldc, accumulate);
 #endif
   gemm_clones(mc, nc, kc, a, b, c, ldc, accumulate);
+}
+
+bool bf16_dot_available() {
+#if defined(__x86_64__)
+  static const bool available = at::get_cpu_capability() == "AVX512" && __builtin_cpu_supports("avx512bf16");
+  return available;
+#else
+  return false;
+#endif
+}
+
+void gemm_packed_bf16(int mc, int nc, int kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,
+                      bool accumulate) {
+#if defined(__x86_64__)
+  TORCH_CHECK(bf16_dot_available(), "gemm_packed_bf16: this CPU has no AVX512-BF16 (check bf16_dot_available())");
+  gemm_bf16_avx512(mc, nc, kp, a, b, c, ldc, accumulate);
+#else
+  TORCH_CHECK(false, "gemm_packed_bf16: needs x86-64 with AVX512-BF16");
+#endif
 }
 
 GRACE_FAST_CLONES

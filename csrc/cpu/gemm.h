@@ -7,6 +7,7 @@
 #include <ATen/ATen.h>
 
 #include <algorithm>
+#include <bit>
 #include <cstdint>
 
 namespace grace_fast::cpu {
@@ -69,5 +70,54 @@ void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale,
 // C[mc, nc] (row stride ldc) = (accumulate ? C : 0) + packed A [mc, kc] x packed B [kc, nc].
 void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* c, int64_t ldc, bool accumulate);
 void gemm_packed(int mc, int nc, int kc, const double* a, const double* b, double* c, int64_t ldc, bool accumulate);
+
+// The bf16 dot path: operands packed as bf16 pairs, one 32-bit word per (row, two consecutive depths), summed in fp32
+// by AVX512-BF16 (products of bf16 values are exact in fp32). KC_BF16 keeps the panels' bytes those of fp32 at KC.
+constexpr int KC_BF16 = 2 * KC;
+
+// True where the bf16 dot kernel runs: the CPU has AVX512-BF16 and ATen runs its AVX-512 kernels
+// (ATEN_CPU_CAPABILITY=avx2 turns it off, and the callers take the fp32 path).
+bool bf16_dot_available();
+
+// Packs rows [0, rows) x depth [0, kc) of X (row r at x + r * rs, unit stride along the depth) into one panel of
+// width W of bf16 pairs: out[k / 2][r] holds X(r, k) rscale[r] in its low half and X(r, k + 1) rscale[r] in its high
+// half, zero past rows and past kc. The rscale are powers of two, so the products are bf16 values and the bits are
+// taken, not rounded (rscale 1, the common case, copies the pairs).
+template <int W>
+inline void pack_pairs(const at::BFloat16* x, int64_t rs, int rows, int kc, const float* rscale, uint32_t* out) {
+  const int kp = (kc + 1) / 2;
+  std::fill(out, out + static_cast<int64_t>(kp) * W, 0u);
+  const auto bits = [](float v) { return std::bit_cast<uint32_t>(v) >> 16; };
+  for (int r = 0; r < rows; ++r) {
+    const at::BFloat16* row = x + r * rs;
+    const float s = rscale[r];
+    int k = 0;
+    if (s == 1) {  // the pairs as they lie in memory
+      for (; k + 1 < kc; k += 2) out[(k / 2) * W + r] = row[k].x | static_cast<uint32_t>(row[k + 1].x) << 16;
+      if (k < kc) out[(k / 2) * W + r] = row[k].x;
+      continue;
+    }
+    for (; k + 1 < kc; k += 2) {
+      out[(k / 2) * W + r] = bits(static_cast<float>(row[k]) * s) | bits(static_cast<float>(row[k + 1]) * s) << 16;
+    }
+    if (k < kc) out[(k / 2) * W + r] = bits(static_cast<float>(row[k]) * s);
+  }
+}
+
+// Packs rows [r0, r0 + count) of X [*, ld] (bf16), depth [k0, k0 + kc), into panels of width W (MR for A, NR for B),
+// each row scaled by rscale[r0 + r]: out[p][k / 2][r], (kc + 1) / 2 * W words per panel.
+template <int W>
+void pack_bf16(const at::BFloat16* x, int64_t ld, int64_t r0, int count, int64_t k0, int kc, const float* rscale,
+               uint32_t* out) {
+  const int64_t panel = static_cast<int64_t>((kc + 1) / 2) * W;
+  for (int p = 0; p < count; p += W, out += panel) {
+    pack_pairs<W>(x + (r0 + p) * ld + k0, ld, std::min(W, count - p), kc, rscale + r0 + p, out);
+  }
+}
+
+// C[mc, nc] (row stride ldc) = (accumulate ? C : 0) + packed A [mc, kc] x packed B [kc, nc], both packed by
+// pack_bf16 (kp = (kc + 1) / 2 words deep). Only where bf16_dot_available().
+void gemm_packed_bf16(int mc, int nc, int kp, const uint32_t* a, const uint32_t* b, float* c, int64_t ldc,
+                      bool accumulate);
 
 }  // namespace grace_fast::cpu

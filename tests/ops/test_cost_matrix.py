@@ -1,11 +1,17 @@
 """grace_fast.ops.cost_matrix against its torch reference, on every backend this machine has."""
 
 import functools
+import io
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import pytest
 import torch
 
 import grace_fast
+from grace_fast.hardware import cpu_flags
 from grace_fast.ops import cost_matrix
 from grace_fast.ops._backends import fast_backends, kernels
 from grace_fast.ops.reference import cost_matrix_reference
@@ -77,6 +83,52 @@ def test_odd_sizes_match_reference(backend, N, M, D):
 @pytest.mark.parametrize("masked", [False, True], ids=["dense", "masked"])
 def test_dtypes_and_masks_match_reference(backend, dtype, masked):
     _check_forward_backward(backend, *_inputs(3, 20, 45, 37, dtype, device_of(backend), masked))
+
+
+BF16_SIZES = [(1, 1, 1), (3, 7, 3), (7, 77, 77), (77, 33, 1000), (5, 50, 1025)]  # (N, M, D): odd depths, D > 512
+
+
+@pytest.mark.parametrize("backend", FAST)
+@pytest.mark.parametrize("N, M, D", BF16_SIZES, ids=lambda n: str(n))
+def test_bf16_odd_sizes_match_reference(backend, N, M, D):
+    """bf16 packs pairs of depths (the bf16 dot path of the cpu backend): odd and multi-block depths included."""
+    _check_forward_backward(backend, *_inputs(2, N, M, D, torch.bfloat16, device_of(backend), masked=N > 1))
+
+
+def _cpu_forward_backward_with(capability):
+    """C, dU, dV of the cpu backend on fixed bf16 inputs in a fresh process whose ATEN_CPU_CAPABILITY is capability."""
+    root = Path(__file__).resolve().parents[2]
+    script = (
+        "import sys, torch; from tests.ops.test_cost_matrix import _fixed_bf16_case; "
+        "torch.save(_fixed_bf16_case('cpu'), sys.stdout.buffer)"
+    )
+    env = os.environ | {"ATEN_CPU_CAPABILITY": capability, "PYTHONPATH": str(root)}
+    run = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, timeout=600)
+    assert run.returncode == 0, run.stderr.decode()[-4000:]
+    return torch.load(io.BytesIO(run.stdout))
+
+
+def _fixed_bf16_case(backend):
+    torch.manual_seed(0)
+    case = _inputs(3, 40, 90, 300, torch.bfloat16, "cpu", masked=True)
+    grad = torch.randn(3, 40, 90, dtype=torch.float64)
+    return case, _forward_backward(functools.partial(cost_matrix, backend=backend), *case, grad), grad
+
+
+@pytest.mark.skipif(not grace_fast.backends()["cpu"], reason="needs the cpu backend")
+def test_bf16_dot_path_is_picked_where_the_cpu_has_it_and_the_fallback_agrees():
+    """With AVX512-BF16 (and ATen at AVX-512) bf16 runs on the dot path; ATEN_CPU_CAPABILITY=avx2 gives the fp32 path.
+    Both meet the tolerance; they round differently, so their results differ exactly when the dot path is taken."""
+    dot = "avx512_bf16" in cpu_flags() and torch.backends.cpu.get_cpu_capability() == "AVX512"
+    case, default, grad = _fixed_bf16_case("cpu")
+    fallback_case, fallback, _ = _cpu_forward_backward_with("avx2")
+    assert all(torch.equal(a, b) for a, b in zip(case[:2], fallback_case[:2], strict=True))
+    ref = _forward_backward(cost_matrix_reference, *case, grad)
+    ref64 = _forward_backward(cost_matrix_reference, case[0].double(), case[1].double(), *case[2:], grad)
+    for out in (default, fallback):
+        for o, r, r64 in zip(out, ref, ref64, strict=True):
+            assert_error_bounded(o, r, r64, factor=4.0, floor=1e-5 * max(1.0, r64.abs().max().item()))
+    assert torch.equal(default[0], fallback[0]) != dot
 
 
 @pytest.mark.parametrize("backend", FAST)
