@@ -102,6 +102,41 @@ __attribute__((target("arch=x86-64-v4"))) void gemm_avx512(int mc, int nc, int k
   }
 }
 
+// Stage s of the transpose swaps the off-diagonal 2^s x 2^s blocks of each 2^(s+1) x 2^(s+1) block: rows i and
+// i + 2^s (bit s of i clear) become permutex2var(r_i, low[s], r_{i + 2^s}) and (..., high[s], ...).
+__attribute__((target("arch=x86-64-v4"))) int transpose_rows16_avx512(const float* x, int64_t rs, int kc,
+                                                                       const float* rscale, float* out) {
+  __m512i low[4], high[4];
+  for (int s = 0; s < 4; ++s) {
+    const int b = 1 << s;
+    alignas(64) int l[16], h[16];
+    for (int j = 0; j < 16; ++j) {
+      l[j] = j & b ? 16 + j - b : j;
+      h[j] = j & b ? 16 + j : j + b;
+    }
+    low[s] = _mm512_load_si512(l);
+    high[s] = _mm512_load_si512(h);
+  }
+  int k = 0;
+  for (; k + 16 <= kc; k += 16) {
+    __m512 r[16];
+    for (int i = 0; i < 16; ++i) {
+      r[i] = _mm512_loadu_ps(x + i * rs + k);
+      if (rscale) r[i] = _mm512_mul_ps(r[i], _mm512_set1_ps(rscale[i]));
+    }
+    for (int s = 0; s < 4; ++s) {
+      for (int i = 0; i < 16; ++i) {
+        if (i & (1 << s)) continue;
+        const __m512 a = r[i], c = r[i + (1 << s)];
+        r[i] = _mm512_permutex2var_ps(a, low[s], c);
+        r[i + (1 << s)] = _mm512_permutex2var_ps(a, high[s], c);
+      }
+    }
+    for (int i = 0; i < 16; ++i) _mm512_storeu_ps(out + (k + i) * 16, r[i]);
+  }
+  return k;
+}
+
 // The bf16 dot body: like gemm_avx512, 12 zmm accumulators over MR rows and two B panels, each step one pair of depths
 // (vdpbf16ps: c += a_even b_even + a_odd b_odd per lane).
 #define GRACE_FAST_BF16_DOT __attribute__((target("arch=x86-64-v4,avx512bf16")))
@@ -169,6 +204,14 @@ void gemm_packed(int mc, int nc, int kc, const float* a, const float* b, float* 
   if (avx512) return gemm_avx512(mc, nc, kc, a, b, c, ldc, accumulate);
 #endif
   gemm_clones(mc, nc, kc, a, b, c, ldc, accumulate);
+}
+
+int transpose_rows16(const float* x, int64_t rs, int kc, const float* rscale, float* out) {
+#if defined(__x86_64__)
+  static const bool avx512 = at::get_cpu_capability() == "AVX512";
+  if (avx512) return transpose_rows16_avx512(x, rs, kc, rscale, out);
+#endif
+  return 0;
 }
 
 bool bf16_dot_available() {

@@ -9,6 +9,7 @@
 #include <algorithm>
 #include <bit>
 #include <cstdint>
+#include <type_traits>
 
 namespace grace_fast::cpu {
 
@@ -23,6 +24,11 @@ struct Mat {
   int64_t rs, cs;
 };
 
+// Writes out[k][r] = X(r, k) rscale[r] (rscale may be null) for the 16 rows r of X (row r at x + r * rs, unit stride
+// along k) and the first 16 floor(kc / 16) depths k by 16 x 16 transposes in AVX-512 registers, and returns how many
+// depths it wrote: 0 where ATen does not run at AVX-512.
+int transpose_rows16(const float* x, int64_t rs, int kc, const float* rscale, float* out);
+
 // Packs a [rows, kc] slice of X (element (r, k) at x[r * rs + k * ks]) into one panel of width W:
 // out[k][r] = X(r, k) * rscale[r] * kscale[k] (either scale may be null), zero for r >= rows. Reads along the unit
 // stride.
@@ -30,11 +36,15 @@ template <int W, typename T, typename Acc>
 inline void pack_panel(const T* x, int64_t rs, int64_t ks, int rows, int kc, const Acc* rscale, const Acc* kscale,
                        Acc* out) {
   if (ks == 1) {
-    std::fill(out, out + static_cast<int64_t>(kc) * W, Acc(0));
+    int done = 0;  // depths already packed
+    if constexpr (W == 16 && std::is_same_v<T, float> && std::is_same_v<Acc, float>) {
+      if (rows == W && !kscale) done = transpose_rows16(x, rs, kc, rscale, out);
+    }
+    std::fill(out + static_cast<int64_t>(done) * W, out + static_cast<int64_t>(kc) * W, Acc(0));
     for (int r = 0; r < rows; ++r) {
       const T* row = x + r * rs;
       const Acc s = rscale ? rscale[r] : Acc(1);
-      for (int k = 0; k < kc; ++k) out[k * W + r] = static_cast<Acc>(row[k]) * s * (kscale ? kscale[k] : Acc(1));
+      for (int k = done; k < kc; ++k) out[k * W + r] = static_cast<Acc>(row[k]) * s * (kscale ? kscale[k] : Acc(1));
     }
     return;
   }
