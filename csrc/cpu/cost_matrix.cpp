@@ -1,6 +1,7 @@
 // Cosine cost matrix C = 1 - cos(U_i, V_j) on the CPU: blocked GEMM over packed panels forward and backward, the rows
 // normalised while they are packed and the masks applied in the forward's epilogue. fp16/bf16 are converted while
 // they are packed; fp32 accumulation (fp64 for fp64). Norms are scaled before squaring: finite for any finite input.
+// bf16 inputs take the bf16 dot path of the forward where the CPU has AVX512-BF16 (forward_bf16_dot).
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
 #include <ATen/Parallel.h>

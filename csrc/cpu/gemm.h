@@ -2,7 +2,8 @@
 // accumulation type Acc (float, or double for float64 inputs). Operands of any dtype and any strides are
 // converted while they are packed, so callers read fp16/bf16 tensors directly and transposes cost nothing.
 // The inner kernel is compiled for AVX2+FMA and for the baseline ISA (GCC target_clones), for float also for AVX-512,
-// and picked at load time.
+// and picked at load time. bf16 operands can instead be packed as bf16 pairs for an AVX512-BF16 kernel (the bf16 dot
+// path below), where the CPU has it.
 #pragma once
 #include <ATen/ATen.h>
 
