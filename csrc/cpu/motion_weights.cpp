@@ -307,7 +307,8 @@ GRACE_FAST_CLONES void chunk_gradient(const T* X, const T* grad_out, const A* w,
                                       bool spatial, A beta, const A* inv_count, Row<A>* delta, Row<A>* rows,
                                       Row<A>* G_cur, Row<A>* G_next) {
   const int64_t S = f.tokens(), D = f.D, n = std::min(DT, D - d0);
-  const auto gradient = [&](int64_t t, Row<A>* buffer) {
+  // always_inline: a lambda does not inherit its function's target, and without it this hot loop ran as SSE2
+  const auto gradient = [&](int64_t t, Row<A>* buffer) __attribute__((always_inline)) {
     return frame_gradient(X, a, c, scale, F, t, d0, n, f, spatial, inv_count, delta, rows, buffer);
   };
   const Row<A>* next = a ? gradient(t1, G_next) : nullptr;
