@@ -1,13 +1,13 @@
 // Motion-difference weighting on the CPU (docs/method.md section 1), the semantics of motion_weights_reference.
-// Clips go in groups of about GROUP tokens, and no per-token buffer besides w outlives a group: the backward saves
-// only X and w and recomputes the scores. Scores: per frame (the work item) and tile of DT features, the difference
-// Delta and its clipped window mean live in thread scratch and leave squared norms in one vector of partial sums per
-// token; per clip these give the normalisation and the softmax. Forward: then X_out = X * (1 + beta (w - 1)).
-// Backward: the scores again, with <grad_out, X>; per clip the softmax and normalisation adjoints, which reduce the
-// gradient of each frame's Delta to G = a Delta + c E - A^T(c E) (E = Delta - A Delta, A the window mean, a and c per
-// token); per feature tile, each clip walked backwards in time, dX_t = grad_out_t m_t + G_t - G_{t+1}, so every dX
-// element is written once. Peak memory of forward plus backward: X_out, dX, w and O(threads H W DT + GROUP).
-// fp16/bf16 read directly, fp32 math (fp64 for fp64).
+// Clips go to the threads whole (at least as many clips as threads) or else in groups of about GROUP tokens, and no
+// per-token buffer besides w outlives a clip or group: the backward saves only X and w and recomputes the scores.
+// Scores: per frame (the work item) and tile of DT features, the difference Delta and its clipped window mean live in
+// thread scratch and leave squared norms in one vector of partial sums per token; per clip these give the normalisation
+// and the softmax. Forward: then X_out = X * (1 + beta (w - 1)). Backward: the scores again, with <grad_out, X>; per
+// clip the softmax and normalisation adjoints, which reduce the gradient of each frame's Delta to G = a Delta + c E -
+// A^T(c E) (E = Delta - A Delta, A the window mean, a and c per token); per feature tile, each clip walked backwards in
+// time, dX_t = grad_out_t m_t + G_t - G_{t+1}, so every dX element is written once. Peak memory of forward plus
+// backward: X_out, dX, w and O(threads (H W DT + T H W) + GROUP). fp16/bf16 read directly, fp32 math (fp64 for fp64).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -495,17 +495,35 @@ void clip_weights(A* tau, A* sigma, A* w, int64_t N, int64_t S, const Params& p)
   for (int64_t i = 0; i < N; ++i) w[i] *= scale;
 }
 
-// Group by group, so that X_out is written while the group's X is still in cache.
+// run(b0, clips, work, stride) over groups of the B clips of N tokens, each with `rows` rows of `stride` >= clips N
+// accumulator values of work: whole clips as work items in one parallel region when the clips are at least the
+// threads (on a shared machine every join waits for a thread that may have lost its core, and this has one, where
+// groups of clips spread over the threads have several per group), else group by group. The work is per thread, or
+// per group: never sized by the batch.
+template <typename A, typename Fn>
+void for_each_group(int64_t B, int64_t N, int64_t rows, int64_t elements, const at::TensorOptions& acc, const Fn& run) {
+  const int64_t threads = at::get_num_threads();
+  if (B >= threads) {
+    const at::Tensor work = at::empty({std::min(B, threads), rows * N}, acc);
+    for_each_item(B, elements, [&](int64_t b) { run(b, 1, work.data_ptr<A>() + at::get_thread_num() * rows * N, N); });
+    return;
+  }
+  const int64_t G = group_size(B, N);
+  const at::Tensor work = at::empty({rows * G * N}, acc);
+  for (int64_t b0 = 0; b0 < B; b0 += G) run(b0, std::min(G, B - b0), work.data_ptr<A>(), G * N);
+}
+
+// Clips in groups, so that X_out is written while the group's X is still in cache.
 template <typename T, typename A>
 void forward_kernel(const T* X, T* X_out, A* w, int64_t B, int64_t F, const Frame& f, const Params& p,
                     const at::TensorOptions& acc) {
-  const int64_t S = f.tokens(), D = f.D, N = F * S, G = group_size(B, N);
-  const at::Tensor inv_count = inverse_counts<A>(f, acc), work = at::empty({2, F > 1 ? G * N : 0}, acc);
+  const int64_t S = f.tokens(), D = f.D, N = F * S;
+  const at::Tensor inv_count = inverse_counts<A>(f, acc);
   const Scratch<A> scratch(f, acc);
-  A *tau = work.data_ptr<A>(), *sigma = tau + work.size(1);
   const A beta = static_cast<A>(p.beta);
-  for (int64_t b0 = 0; b0 < B; b0 += G) {
-    const int64_t clips = std::min(G, B - b0), first = b0 * N;
+  for_each_group<A>(B, N, 2, 2 * N * D, acc, [&](int64_t b0, int64_t clips, A* tau, int64_t stride) {
+    A* sigma = tau + stride;
+    const int64_t first = b0 * N;
     if (F == 1) {
       std::fill(w + first, w + first + clips * N, A(1));
     } else {
@@ -521,7 +539,7 @@ void forward_kernel(const T* X, T* X_out, A* w, int64_t B, int64_t F, const Fram
         scale_row(X + row * D, 1 + beta * (w[row] - 1), X_out + row * D, D);
       }
     });
-  }
+  });
 }
 
 // Gradient of the loss with respect to r = alpha tau_hat + (1 - alpha) sigma_hat of one clip, reduced to the per-token
@@ -578,13 +596,13 @@ void group_gradient(const T* grad_out, const T* X, const A* w, const A* a, const
 template <typename T, typename A>
 void backward_kernel(const T* grad_out, const A* grad_w, const T* X, const A* w, T* dX, int64_t B, int64_t F,
                      const Frame& f, const Params& p, const at::TensorOptions& acc) {
-  const int64_t S = f.tokens(), D = f.D, N = F * S, G = group_size(B, N);
-  const at::Tensor inv_count = inverse_counts<A>(f, acc), work = at::empty({3, F > 1 ? G * N : 0}, acc);
+  const int64_t S = f.tokens(), D = f.D, N = F * S;
+  const at::Tensor inv_count = inverse_counts<A>(f, acc);
   const Scratch<A> scratch(f, acc);
-  A *a = work.data_ptr<A>(), *c = a + work.size(1), *gw = c + work.size(1);
-  std::vector<A> k(G, A(1));
-  for (int64_t b0 = 0; b0 < B; b0 += G) {
-    const int64_t clips = std::min(G, B - b0), first = b0 * N;
+  for_each_group<A>(B, N, 3, 4 * N * D, acc, [&](int64_t b0, int64_t clips, A* a, int64_t stride) {
+    A *c = a + stride, *gw = c + stride;
+    std::vector<A> k(clips, A(1));
+    const int64_t first = b0 * N;
     const T* grad_out_b = grad_out ? grad_out + first * D : nullptr;
     if (F > 1) {
       group_scores<T, A>(X + first * D, grad_out_b, grad_w ? grad_w + first : nullptr, static_cast<A>(p.beta), clips,
@@ -597,7 +615,7 @@ void backward_kernel(const T* grad_out, const A* grad_w, const T* X, const A* w,
     }
     group_gradient<T, A>(grad_out_b, X + first * D, w + first, F > 1 ? a : nullptr, F > 1 ? c : nullptr,
                          F > 1 ? k.data() : nullptr, dX + first * D, clips, F, f, p, inv_count.data_ptr<A>(), scratch);
-  }
+  });
 }
 
 at::TensorOptions acc_options(const at::Tensor& X) {
