@@ -1,13 +1,13 @@
 // Motion-difference weighting on the CPU (docs/method.md section 1), the semantics of motion_weights_reference.
-// Clips go in groups of about GROUP tokens, and no per-token buffer besides w outlives a group: the backward saves
-// only X and w and recomputes the scores. Scores: per frame (the work item) and tile of DT features, the difference
-// Delta and its clipped window mean live in thread scratch and leave squared norms in one vector of partial sums per
-// token; per clip these give the normalisation and the softmax. Forward: then X_out = X * (1 + beta (w - 1)).
-// Backward: the scores again, with <grad_out, X>; per clip the softmax and normalisation adjoints, which reduce the
-// gradient of each frame's Delta to G = a Delta + c E - A^T(c E) (E = Delta - A Delta, A the window mean, a and c per
-// token); per feature tile, each clip walked backwards in time, dX_t = grad_out_t m_t + G_t - G_{t+1}, so every dX
-// element is written once. Peak memory of forward plus backward: X_out, dX, w and O(threads H W DT + GROUP).
-// fp16/bf16 read directly, fp32 math (fp64 for fp64).
+// Clips go to the threads whole (at least as many clips as threads) or else in groups of about GROUP tokens, and no
+// per-token buffer besides w outlives a clip or group: the backward saves only X and w and recomputes the scores.
+// Scores: per frame (the work item) and tile of DT features, the difference Delta and its clipped window mean live in
+// thread scratch and leave squared norms in one vector of partial sums per token; per clip these give the normalisation
+// and the softmax. Forward: then X_out = X * (1 + beta (w - 1)). Backward: the scores again, with <grad_out, X>; per
+// clip the softmax and normalisation adjoints, which reduce the gradient of each frame's Delta to G = a Delta + c E -
+// A^T(c E) (E = Delta - A Delta, A the window mean, a and c per token); per feature tile, each clip walked backwards in
+// time, dX_t = grad_out_t m_t + G_t - G_{t+1}, so every dX element is written once. Peak memory of forward plus
+// backward: X_out, dX, w and O(threads (H W DT + T H W) + GROUP). fp16/bf16 read directly, fp32 math (fp64 for fp64).
 #include <ATen/ATen.h>
 #include <ATen/Dispatch.h>
 #include <ATen/OpMathType.h>
@@ -15,6 +15,7 @@
 #include <torch/library.h>
 
 #include <algorithm>
+#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -27,6 +28,10 @@
 
 #include "cpu/clones.h"
 
+#if defined(__linux__)
+#include <sys/mman.h>
+#endif
+
 #define ALWAYS_INLINE __attribute__((always_inline)) inline
 
 namespace grace_fast::cpu {
@@ -38,6 +43,7 @@ namespace {
 constexpr int64_t DT = 16;       // features per tile
 constexpr int64_t TILES = 4;     // scratch tiles per thread
 constexpr int64_t GROUP = 4096;  // tokens per group of clips (at least one clip)
+constexpr int64_t SCALE_ROWS = 64;  // tokens per work item of X_out = X m
 
 // Vec: one AVX2 register of A, a GCC vector aligned like A (unaligned access)
 template <typename A>
@@ -301,7 +307,8 @@ GRACE_FAST_CLONES void chunk_gradient(const T* X, const T* grad_out, const A* w,
                                       bool spatial, A beta, const A* inv_count, Row<A>* delta, Row<A>* rows,
                                       Row<A>* G_cur, Row<A>* G_next) {
   const int64_t S = f.tokens(), D = f.D, n = std::min(DT, D - d0);
-  const auto gradient = [&](int64_t t, Row<A>* buffer) {
+  // always_inline: a lambda does not inherit its function's target, and without it this hot loop ran as SSE2
+  const auto gradient = [&](int64_t t, Row<A>* buffer) __attribute__((always_inline)) {
     return frame_gradient(X, a, c, scale, F, t, d0, n, f, spatial, inv_count, delta, rows, buffer);
   };
   const Row<A>* next = a ? gradient(t1, G_next) : nullptr;
@@ -336,6 +343,35 @@ GRACE_FAST_CLONES void scale_row(const T* x, A m, T* out, int64_t D) {
 // Items per thread for at::parallel_for when one item touches `elements` values: tiny problems run inline.
 int64_t grain(int64_t elements) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, elements));
+}
+
+// run(item) for every item in [0, items), each touching `elements` values, handed out one at a time to the threads:
+// on a shared machine a thread that loses its core takes fewer items instead of holding the others at the join.
+// Tiny problems run inline.
+template <typename Fn>
+void for_each_item(int64_t items, int64_t elements, const Fn& run) {
+  if (items == 1 || items * elements <= at::internal::GRAIN_SIZE || at::in_parallel_region()) {
+    for (int64_t item = 0; item < items; ++item) run(item);
+    return;
+  }
+  std::atomic<int64_t> next{0};
+  at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
+    for (int64_t item = next++; item < items; item = next++) run(item);
+  });
+}
+
+// An uninitialised tensor like X whose pages the kernel backs with huge pages where it can: a fresh output of
+// 154 MB otherwise takes a page fault per 4 KB, which on a virtual machine costs more than writing it (X * 1.5 into
+// a fresh [32, 8, 14, 14, 768] float32 tensor: 240-300 ms, 56-62 ms with huge pages, 2-core EPYC VM).
+at::Tensor empty_output(const at::Tensor& X) {
+  at::Tensor out = at::empty_like(X);
+#if defined(__linux__) && defined(MADV_HUGEPAGE)
+  constexpr uintptr_t huge = uintptr_t(2) << 20;
+  const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr()), end = begin + out.nbytes();
+  const uintptr_t first = (begin + huge - 1) & ~(huge - 1), last = end & ~(huge - 1);
+  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint: failure is fine
+#endif
+  return out;
 }
 
 struct Params {
@@ -412,24 +448,22 @@ void group_scores(const T* X, const T* grad_out, const A* grad_w, A beta, int64_
                   bool spatial, const A* inv_count, const Scratch<A>& scratch, A* tau, A* sigma, A* gw) {
   const int64_t S = f.tokens(), D = f.D;
   const bool dots = gw && grad_out && beta != 0;
-  at::parallel_for(0, G * F, grain(S * D), [&](int64_t begin, int64_t end) {
-    for (int64_t frame = begin; frame < end; ++frame) {
-      const int64_t first = frame * S;
-      const T* x_t = X + first * D;
-      const T* x_prev = frame % F > 0 ? x_t - S * D : nullptr;
-      const auto scores = [&](const T* grad_out_t, A scale) {
-        frame_scores(x_t, x_prev, grad_out_t, f, spatial, scale, inv_count, scratch.tile(0), scratch.tile(1),
-                     reinterpret_cast<Vec<A>*>(scratch.tile(2)), tau + first, sigma + first,
-                     grad_out_t ? gw + first : nullptr);
-      };
-      if (x_prev || dots) scores(dots ? grad_out + first * D : nullptr, A(1));
-      if (x_prev && lost_range(tau + first, sigma + first, S)) {
-        const A top = std::max(max_abs(x_t, S * D), max_abs(x_prev, S * D));
-        if (top > 0) scores(nullptr, power_of_two_below(1 / top));
-      }
-      for (int64_t i = first; gw && i < first + S; ++i) {
-        gw[i] = (grad_w ? grad_w[i] : A(0)) + (dots ? beta * gw[i] : A(0));
-      }
+  for_each_item(G * F, S * D, [&](int64_t frame) {
+    const int64_t first = frame * S;
+    const T* x_t = X + first * D;
+    const T* x_prev = frame % F > 0 ? x_t - S * D : nullptr;
+    const auto scores = [&](const T* grad_out_t, A scale) {
+      frame_scores(x_t, x_prev, grad_out_t, f, spatial, scale, inv_count, scratch.tile(0), scratch.tile(1),
+                   reinterpret_cast<Vec<A>*>(scratch.tile(2)), tau + first, sigma + first,
+                   grad_out_t ? gw + first : nullptr);
+    };
+    if (x_prev || dots) scores(dots ? grad_out + first * D : nullptr, A(1));
+    if (x_prev && lost_range(tau + first, sigma + first, S)) {
+      const A top = std::max(max_abs(x_t, S * D), max_abs(x_prev, S * D));
+      if (top > 0) scores(nullptr, power_of_two_below(1 / top));
+    }
+    for (int64_t i = first; gw && i < first + S; ++i) {
+      gw[i] = (grad_w ? grad_w[i] : A(0)) + (dots ? beta * gw[i] : A(0));
     }
   });
 }
@@ -461,17 +495,35 @@ void clip_weights(A* tau, A* sigma, A* w, int64_t N, int64_t S, const Params& p)
   for (int64_t i = 0; i < N; ++i) w[i] *= scale;
 }
 
-// Group by group, so that X_out is written while the group's X is still in cache.
+// run(b0, clips, work, stride) over groups of the B clips of N tokens, each with `rows` rows of `stride` >= clips N
+// accumulator values of work: whole clips as work items in one parallel region when the clips are at least the
+// threads (on a shared machine every join waits for a thread that may have lost its core, and this has one, where
+// groups of clips spread over the threads have several per group), else group by group. The work is per thread, or
+// per group: never sized by the batch.
+template <typename A, typename Fn>
+void for_each_group(int64_t B, int64_t N, int64_t rows, int64_t elements, const at::TensorOptions& acc, const Fn& run) {
+  const int64_t threads = at::get_num_threads();
+  if (B >= threads) {
+    const at::Tensor work = at::empty({std::min(B, threads), rows * N}, acc);
+    for_each_item(B, elements, [&](int64_t b) { run(b, 1, work.data_ptr<A>() + at::get_thread_num() * rows * N, N); });
+    return;
+  }
+  const int64_t G = group_size(B, N);
+  const at::Tensor work = at::empty({rows * G * N}, acc);
+  for (int64_t b0 = 0; b0 < B; b0 += G) run(b0, std::min(G, B - b0), work.data_ptr<A>(), G * N);
+}
+
+// Clips in groups, so that X_out is written while the group's X is still in cache.
 template <typename T, typename A>
 void forward_kernel(const T* X, T* X_out, A* w, int64_t B, int64_t F, const Frame& f, const Params& p,
                     const at::TensorOptions& acc) {
-  const int64_t S = f.tokens(), D = f.D, N = F * S, G = group_size(B, N);
-  const at::Tensor inv_count = inverse_counts<A>(f, acc), work = at::empty({2, F > 1 ? G * N : 0}, acc);
+  const int64_t S = f.tokens(), D = f.D, N = F * S;
+  const at::Tensor inv_count = inverse_counts<A>(f, acc);
   const Scratch<A> scratch(f, acc);
-  A *tau = work.data_ptr<A>(), *sigma = tau + work.size(1);
   const A beta = static_cast<A>(p.beta);
-  for (int64_t b0 = 0; b0 < B; b0 += G) {
-    const int64_t clips = std::min(G, B - b0), first = b0 * N;
+  for_each_group<A>(B, N, 2, 2 * N * D, acc, [&](int64_t b0, int64_t clips, A* tau, int64_t stride) {
+    A* sigma = tau + stride;
+    const int64_t first = b0 * N;
     if (F == 1) {
       std::fill(w + first, w + first + clips * N, A(1));
     } else {
@@ -481,10 +533,13 @@ void forward_kernel(const T* X, T* X_out, A* w, int64_t B, int64_t F, const Fram
         for (int64_t b = begin; b < end; ++b) clip_weights(tau + b * N, sigma + b * N, w + first + b * N, N, S, p);
       });
     }
-    at::parallel_for(first, first + clips * N, grain(D), [&](int64_t begin, int64_t end) {
-      for (int64_t row = begin; row < end; ++row) scale_row(X + row * D, 1 + beta * (w[row] - 1), X_out + row * D, D);
+    const int64_t rows = clips * N, block = std::min<int64_t>(rows, SCALE_ROWS);
+    for_each_item((rows + block - 1) / block, block * D, [&](int64_t item) {
+      for (int64_t row = first + item * block; row < first + std::min(rows, (item + 1) * block); ++row) {
+        scale_row(X + row * D, 1 + beta * (w[row] - 1), X_out + row * D, D);
+      }
     });
-  }
+  });
 }
 
 // Gradient of the loss with respect to r = alpha tau_hat + (1 - alpha) sigma_hat of one clip, reduced to the per-token
@@ -529,28 +584,25 @@ void group_gradient(const T* grad_out, const T* X, const A* w, const A* a, const
   const int64_t S = f.tokens(), D = f.D, N = F * S, tiles = (D + DT - 1) / DT;
   const int64_t chunks = std::clamp<int64_t>((4 * at::get_num_threads() + G * tiles - 1) / (G * tiles), 1, F);
   const int64_t len = (F + chunks - 1) / chunks, count = (F + len - 1) / len;
-  at::parallel_for(0, G * tiles * count, grain(len * S * DT), [&](int64_t begin, int64_t end) {
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / (tiles * count), d0 = (item / count) % tiles * DT;
-      const int64_t t0 = item % count * len, t1 = std::min(F, t0 + len);
-      chunk_gradient(X + b * N * D, grad_out ? grad_out + b * N * D : nullptr, w + b * N, a ? a + b * N : nullptr,
-                     c ? c + b * N : nullptr, k ? k[b] : A(1), dX + b * N * D, F, t0, t1, d0, f, p.spatial(),
-                     static_cast<A>(p.beta),
-                     inv_count, scratch.tile(0), scratch.tile(1), scratch.tile(2), scratch.tile(3));
-    }
+  for_each_item(G * tiles * count, len * S * DT, [&](int64_t item) {
+    const int64_t b = item / (tiles * count), d0 = (item / count) % tiles * DT;
+    const int64_t t0 = item % count * len, t1 = std::min(F, t0 + len);
+    chunk_gradient(X + b * N * D, grad_out ? grad_out + b * N * D : nullptr, w + b * N, a ? a + b * N : nullptr,
+                   c ? c + b * N : nullptr, k ? k[b] : A(1), dX + b * N * D, F, t0, t1, d0, f, p.spatial(),
+                   static_cast<A>(p.beta), inv_count, scratch.tile(0), scratch.tile(1), scratch.tile(2), scratch.tile(3));
   });
 }
 
 template <typename T, typename A>
 void backward_kernel(const T* grad_out, const A* grad_w, const T* X, const A* w, T* dX, int64_t B, int64_t F,
                      const Frame& f, const Params& p, const at::TensorOptions& acc) {
-  const int64_t S = f.tokens(), D = f.D, N = F * S, G = group_size(B, N);
-  const at::Tensor inv_count = inverse_counts<A>(f, acc), work = at::empty({3, F > 1 ? G * N : 0}, acc);
+  const int64_t S = f.tokens(), D = f.D, N = F * S;
+  const at::Tensor inv_count = inverse_counts<A>(f, acc);
   const Scratch<A> scratch(f, acc);
-  A *a = work.data_ptr<A>(), *c = a + work.size(1), *gw = c + work.size(1);
-  std::vector<A> k(G, A(1));
-  for (int64_t b0 = 0; b0 < B; b0 += G) {
-    const int64_t clips = std::min(G, B - b0), first = b0 * N;
+  for_each_group<A>(B, N, 3, 4 * N * D, acc, [&](int64_t b0, int64_t clips, A* a, int64_t stride) {
+    A *c = a + stride, *gw = c + stride;
+    std::vector<A> k(clips, A(1));
+    const int64_t first = b0 * N;
     const T* grad_out_b = grad_out ? grad_out + first * D : nullptr;
     if (F > 1) {
       group_scores<T, A>(X + first * D, grad_out_b, grad_w ? grad_w + first : nullptr, static_cast<A>(p.beta), clips,
@@ -563,7 +615,7 @@ void backward_kernel(const T* grad_out, const A* grad_w, const T* X, const A* w,
     }
     group_gradient<T, A>(grad_out_b, X + first * D, w + first, F > 1 ? a : nullptr, F > 1 ? c : nullptr,
                          F > 1 ? k.data() : nullptr, dX + first * D, clips, F, f, p, inv_count.data_ptr<A>(), scratch);
-  }
+  });
 }
 
 at::TensorOptions acc_options(const at::Tensor& X) {
@@ -584,7 +636,7 @@ std::tuple<at::Tensor, at::Tensor> motion_weights_forward(const at::Tensor& X_, 
   const at::Tensor X = X_.contiguous();
   const int64_t B = X.size(0), F = X.size(1);
   const auto acc = acc_options(X);
-  at::Tensor X_out = at::empty_like(X), w = at::empty({B, F, f.H, f.W}, acc);
+  at::Tensor X_out = empty_output(X), w = at::empty({B, F, f.H, f.W}, acc);
   const Params p{alpha, temperature, beta, eps};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "motion_weights_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -610,7 +662,7 @@ at::Tensor motion_weights_backward(const c10::optional<at::Tensor>& grad_out_, c
               X.sizes(), ", got ", grad_out.sizes());
   TORCH_CHECK(!grad_w.defined() || grad_w.sizes() == w.sizes(), "motion_weights_backward: grad_w must be ",
               w.sizes(), ", got ", grad_w.sizes());
-  at::Tensor dX = at::empty_like(X);
+  at::Tensor dX = empty_output(X);
   const Params p{alpha, temperature, beta, eps};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "motion_weights_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;

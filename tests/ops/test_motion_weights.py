@@ -276,7 +276,8 @@ def test_backward_keeps_no_per_token_buffer_besides_the_weights(backend):
 @pytest.mark.parametrize("backend", CPU)
 def test_forward_backward_peak_memory_is_two_inputs_at_the_benchmark_shape(backend):
     """X [8, 32, 14, 14, 768] bfloat16 (bench_motion's 64 frames, where w and the scratch weigh most) on 2 threads: the
-    peak is X_out and dX plus less than 0.5 % of X (peak_over_X 2.00)."""
+    peak is X_out and dX plus less than 0.6 % of X (peak_over_X 2.01): w, and per thread a tile scratch and the
+    backward's 3 values per token of one clip."""
     threads = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -284,7 +285,26 @@ def test_forward_backward_peak_memory_is_two_inputs_at_the_benchmark_shape(backe
         peak = _full_peak_mb(X, backend) * 2**20 / (X.numel() * X.element_size())
     finally:
         torch.set_num_threads(threads)
-    assert peak < 2.005, peak
+    assert peak < 2.006, peak
+
+
+@pytest.mark.parametrize("backend", CPU)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16], ids=str)
+def test_results_do_not_depend_on_the_number_of_threads(backend, dtype):
+    """X_out, w and dX are bitwise the same on 1 and 2 threads: the threads take work items as they come free, so
+    which thread computes an item changes from run to run, and nothing of that may reach the results."""
+    X = torch.randn(SHAPES["B3-of-groups-of-2"], dtype=dtype)
+    grad_out, grad_w = torch.randn(X.shape, dtype=torch.float64), torch.randn(X.shape[:-1], dtype=torch.float64)
+    threads = torch.get_num_threads()
+    runs = []
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            runs.append(_with_grads(lambda x: motion_weights(x, backend=backend), X, grad_out, grad_w))
+    finally:
+        torch.set_num_threads(threads)
+    for name, one, two in zip(("X_out", "w", "dX"), *runs, strict=True):
+        assert torch.equal(one, two), name
 
 
 def _slow_under_interpreter(backend: str) -> bool:
