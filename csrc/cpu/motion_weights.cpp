@@ -28,10 +28,6 @@
 
 #include "cpu/clones.h"
 
-#if defined(__linux__)
-#include <sys/mman.h>
-#endif
-
 #define ALWAYS_INLINE __attribute__((always_inline)) inline
 
 namespace grace_fast::cpu {
@@ -360,20 +356,6 @@ void for_each_item(int64_t items, int64_t elements, const Fn& run) {
   });
 }
 
-// An uninitialised tensor like X whose pages the kernel backs with huge pages where it can: a fresh output of
-// 154 MB otherwise takes a page fault per 4 KB, which on a virtual machine costs more than writing it (X * 1.5 into
-// a fresh [32, 8, 14, 14, 768] float32 tensor: 240-300 ms, 56-62 ms with huge pages, 2-core EPYC VM).
-at::Tensor empty_output(const at::Tensor& X) {
-  at::Tensor out = at::empty_like(X);
-#if defined(__linux__) && defined(MADV_HUGEPAGE)
-  constexpr uintptr_t huge = uintptr_t(2) << 20;
-  const auto begin = reinterpret_cast<uintptr_t>(out.data_ptr()), end = begin + out.nbytes();
-  const uintptr_t first = (begin + huge - 1) & ~(huge - 1), last = end & ~(huge - 1);
-  if (last > first) madvise(reinterpret_cast<void*>(first), last - first, MADV_HUGEPAGE);  // a hint: failure is fine
-#endif
-  return out;
-}
-
 struct Params {
   double alpha, temperature, beta, eps;
   bool spatial() const { return alpha != 1.0; }
@@ -636,7 +618,7 @@ std::tuple<at::Tensor, at::Tensor> motion_weights_forward(const at::Tensor& X_, 
   const at::Tensor X = X_.contiguous();
   const int64_t B = X.size(0), F = X.size(1);
   const auto acc = acc_options(X);
-  at::Tensor X_out = empty_output(X), w = at::empty({B, F, f.H, f.W}, acc);
+  at::Tensor X_out = at::empty_like(X), w = at::empty({B, F, f.H, f.W}, acc);
   const Params p{alpha, temperature, beta, eps};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "motion_weights_forward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
@@ -662,7 +644,7 @@ at::Tensor motion_weights_backward(const c10::optional<at::Tensor>& grad_out_, c
               X.sizes(), ", got ", grad_out.sizes());
   TORCH_CHECK(!grad_w.defined() || grad_w.sizes() == w.sizes(), "motion_weights_backward: grad_w must be ",
               w.sizes(), ", got ", grad_w.sizes());
-  at::Tensor dX = empty_output(X);
+  at::Tensor dX = at::empty_like(X);
   const Params p{alpha, temperature, beta, eps};
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kHalf, at::kBFloat16, X.scalar_type(), "motion_weights_backward", [&] {
     using acc_t = at::opmath_type<scalar_t>;
