@@ -23,10 +23,11 @@ from grace_fast.model.io import CONFIG_NAME
 
 GRACE_FIELDS = frozenset(f.name for f in dataclasses.fields(GraceConfig))
 # keyword arguments AutoModel.from_pretrained passes on (it resolves a revision even for a local folder); they
-# concern the hub, and a GRACE folder is always local
+# concern the hub, and a GRACE folder is always local. Its private flags (_from_auto, _commit_hash, ...; more with
+# each release: 5.25 added _from_auto) are left out by their leading underscore; subfolder is honoured.
 AUTO_ARGUMENTS = frozenset(
     {"trust_remote_code", "adapter_kwargs", "code_revision", "revision", "cache_dir", "force_download"}
-    | {"local_files_only", "proxies", "token"}
+    | {"local_files_only", "proxies", "token", "subfolder"}
 )
 
 
@@ -58,9 +59,10 @@ class GraceAutoModel:
 
         if args:
             raise TypeError(f"GRACE models take no positional model arguments, got {len(args)}")
-        unknown = sorted(set(kwargs) - GRACE_FIELDS - AUTO_ARGUMENTS)
+        unknown = sorted(k for k in set(kwargs) - GRACE_FIELDS - AUTO_ARGUMENTS if not k.startswith("_"))
         if unknown:
             raise TypeError(f"unknown arguments {unknown} for a GRACE checkpoint; GraceConfig fields override")
+        folder = Path(folder) / (kwargs.get("subfolder") or "")
         overrides = {k: v for k, v in kwargs.items() if k in GRACE_FIELDS}
         if config is not None:
             saved = GraceConfig.load(Path(folder) / CONFIG_NAME)

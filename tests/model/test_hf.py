@@ -11,7 +11,7 @@ from transformers import AutoConfig, AutoModel, VideoMAEImageProcessor
 from grace_fast.data.transforms import PROCESSOR_CONFIG, Normalization
 from grace_fast.errors import UserError
 from grace_fast.model import GraceConfig
-from grace_fast.model.hf import GraceHFConfig, register
+from grace_fast.model.hf import GraceAutoModel, GraceHFConfig, register
 from grace_fast.model.io import CARD_NAME, write_model_card
 from grace_fast.predict import Predictor
 from tests.model.conftest import clips
@@ -48,6 +48,9 @@ def test_auto_classes_load_a_grace_folder_once_registered(saved):
     assert AutoModel.from_pretrained(folder, frames=8).config.frames == 8
     with pytest.raises(TypeError, match="unknown arguments"):
         AutoModel.from_pretrained(folder, not_a_field=1)
+    # what transformers' auto factory passes on (5.25: _from_auto and subfolder), as a direct call
+    direct = GraceAutoModel.from_pretrained(folder.parent, subfolder=folder.name, _from_auto=True, _commit_hash=None)
+    torch.testing.assert_close(direct(x).logits, model(x).logits)
 
 
 def test_auto_model_from_config_builds_a_new_model(saved):
