@@ -6,6 +6,7 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
 from benchmarks.bench_scaling import growth_exponents
 from benchmarks.report import headline, table, write_report
@@ -99,3 +100,20 @@ def test_ratio_against_a_baseline_row_of_the_same_shape():
     ]
     add_ratio_vs(rows, "speedup_vs_fp32", {"dtype": "fp32"}, ("shape",))
     assert [r["speedup_vs_fp32"] for r in rows] == [1.0, 2.5, None]
+
+
+@pytest.mark.parametrize("mode", ["forward", "full"])
+def test_cost_roofline_counts_the_flops_of_the_references_products(mode):
+    """bench_cost_matrix's gflops column divides by gemm_flops: the matmul FLOPs torch counts in the reference."""
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from benchmarks.bench_cost_matrix import gemm_flops
+    from grace_fast.ops.reference import cost_matrix_reference
+
+    shape = (3, 5, 7, 16)
+    U, V = (torch.randn(3, n, 16, requires_grad=True) for n in shape[1:3])
+    with FlopCounterMode(display=False) as counter:
+        C = cost_matrix_reference(U, V)
+        if mode == "full":
+            C.backward(torch.ones_like(C))
+    assert gemm_flops(shape, mode) == counter.get_total_flops()
