@@ -16,6 +16,7 @@
 #include "checks.h"
 #include "cpu/clones.h"
 #include "cpu/gemm.h"
+#include "cpu/work_queue.h"
 
 namespace grace_fast::cpu {
 namespace {
@@ -233,41 +234,69 @@ void unit_gradient(const double* x, const double* a, double r, double* unit, dou
   unit_gradient_body(x, a, r, unit, out, D);
 }
 
-// For each batch b and row i of X [R, D]: acc_i = sum_k G(i, k) s_k Y_k over the K rows of Y [K, D], with
-// G(i, k) = g[b * g_batch + i * gs_i + k * gs_k] and scales s [K] (1 / the norms of Y's rows: the s_k Y_k are unit
-// vectors); then dX_i = r_i (<acc_i, x_i> x_i - acc_i) with the unit vector x_i = X_i / ||X_i|| (taken as X_i scale /
-// ||X_i scale||, which is exact for D = 1), the gradient through X_i -> X_i / ||X_i||: no power of r_i (around 1e22
-// for entries around 1e-22) can overflow. r_i = 0 (a zero or padded row) gives dX_i = 0.
+// One of the backward's two gradients: for each batch b and row i of X [R, D], acc_i = sum_k G(i, k) s_k Y_k over the
+// K rows of Y [K, D], with G(i, k) = g[b * g_batch + i * gs_i + k * gs_k] and scales s [K] (1 / the norms of Y's rows:
+// the s_k Y_k are unit vectors); then dX_i = r_i (<acc_i, x_i> x_i - acc_i) with the unit vector x_i = X_i / ||X_i||
+// (taken as X_i scale / ||X_i scale||, which is exact for D = 1), the gradient through X_i -> X_i / ||X_i||: no power
+// of r_i (around 1e22 for entries around 1e-22) can overflow. r_i = 0 (a zero or padded row) gives dX_i = 0.
 template <typename T, typename Acc>
-void backward_rows(const Acc* G, int64_t g_batch, int64_t gs_i, int64_t gs_k, const T* X, const Acc* r, const T* Y,
-                   const Acc* s, T* dX, int64_t B, int64_t R, int64_t K, int64_t D) {
-  const int64_t row_blocks = (R + MB - 1) / MB;
-  at::parallel_for(0, B * row_blocks, 1, [&](int64_t begin, int64_t end) {
-    std::vector<Acc> a_pack(MB * KC), b_pack(KC * ((D + NR - 1) / NR) * NR), acc(MB * D, Acc(0)), unit(D);
-    for (int64_t item = begin; item < end; ++item) {
-      const int64_t b = item / row_blocks, i0 = (item % row_blocks) * MB;
-      const int mb = static_cast<int>(std::min(MB, R - i0));
-      const Mat<Acc> A{G + b * g_batch, gs_i, gs_k};
-      const Mat<T> Yb{Y + b * K * D, D, 1};
-      for (int64_t k0 = 0; k0 < K; k0 += KC) {
-        const int kc = static_cast<int>(std::min<int64_t>(KC, K - k0));
-        pack_a(A, i0, mb, k0, kc, static_cast<const Acc*>(nullptr), a_pack.data());
-        pack_b(Yb, k0, kc, 0, static_cast<int>(D), s + b * K, static_cast<const Acc*>(nullptr), b_pack.data());
-        gemm_packed(mb, static_cast<int>(D), kc, a_pack.data(), b_pack.data(), acc.data(), D, k0 > 0);
-      }
-      for (int i = 0; i < mb; ++i) {
-        const int64_t row = b * R + i0 + i;
-        const T* x = X + row * D;
-        const Acc* a = acc.data() + static_cast<int64_t>(i) * D;
-        const Acc ri = r[row];
-        T* out = dX + row * D;
-        if (ri == 0) {
-          std::fill(out, out + D, static_cast<T>(0));
-          continue;
-        }
-        unit_gradient(x, a, ri, unit.data(), out, D);
-      }
+struct RowGradient {
+  const Acc* g;
+  int64_t g_batch, gs_i, gs_k;
+  const T* X;
+  const Acc* r;
+  const T* Y;
+  const Acc* s;
+  T* dX;
+  int64_t R, K;
+
+  int64_t blocks() const { return (R + MB - 1) / MB; }
+};
+
+// A thread's buffers for row_gradient: packed panels of G and Y, acc [MB, D] and one unit row [D].
+template <typename Acc>
+struct RowBuffers {
+  std::vector<Acc> a_pack, b_pack, acc, unit;
+  explicit RowBuffers(int64_t D)
+      : a_pack(MB * KC), b_pack(KC * ((D + NR - 1) / NR) * NR), acc(MB * D), unit(D) {}
+};
+
+// Rows [i0, i0 + MB) of batch b of one gradient.
+template <typename T, typename Acc>
+void row_gradient(const RowGradient<T, Acc>& p, int64_t b, int64_t i0, int64_t D, RowBuffers<Acc>& buf) {
+  const int mb = static_cast<int>(std::min(MB, p.R - i0));
+  const Mat<Acc> A{p.g + b * p.g_batch, p.gs_i, p.gs_k};
+  const Mat<T> Yb{p.Y + b * p.K * D, D, 1};
+  for (int64_t k0 = 0; k0 < p.K; k0 += KC) {
+    const int kc = static_cast<int>(std::min<int64_t>(KC, p.K - k0));
+    pack_a(A, i0, mb, k0, kc, static_cast<const Acc*>(nullptr), buf.a_pack.data());
+    pack_b(Yb, k0, kc, 0, static_cast<int>(D), p.s + b * p.K, static_cast<const Acc*>(nullptr), buf.b_pack.data());
+    gemm_packed(mb, static_cast<int>(D), kc, buf.a_pack.data(), buf.b_pack.data(), buf.acc.data(), D, k0 > 0);
+  }
+  for (int i = 0; i < mb; ++i) {
+    const int64_t row = b * p.R + i0 + i;
+    const Acc ri = p.r[row];
+    T* out = p.dX + row * D;
+    if (ri == 0) {
+      std::fill(out, out + D, static_cast<T>(0));
+      continue;
     }
+    unit_gradient(p.X + row * D, buf.acc.data() + static_cast<int64_t>(i) * D, ri, buf.unit.data(), out, D);
+  }
+}
+
+// Both gradients in one work queue, the items (gradient, batch, MB rows) of dU first: at B = 1, dU's 77 text rows
+// are one item, deep in the M visual rows, which one thread takes while the other takes dV's items one by one.
+template <typename T, typename Acc>
+void backward_kernel(const RowGradient<T, Acc>& dU, const RowGradient<T, Acc>& dV, int64_t B, int64_t D) {
+  std::vector<RowBuffers<Acc>> buffers;
+  for (int t = 0; t < at::get_num_threads(); ++t) buffers.emplace_back(D);
+  const int64_t u_items = B * dU.blocks(), items = u_items + B * dV.blocks();
+  for_each_item(items, MB * D * KC, [&](int64_t item) {
+    const bool on_u = item < u_items;
+    const RowGradient<T, Acc>& p = on_u ? dU : dV;
+    const int64_t local = on_u ? item : item - u_items;
+    row_gradient(p, local / p.blocks(), local % p.blocks() * MB, D, buffers[at::get_thread_num()]);
   });
 }
 
@@ -307,10 +336,11 @@ std::tuple<at::Tensor, at::Tensor> cost_matrix_backward(const at::Tensor& grad_C
     const at::Tensor ru = ru_.to(acc).contiguous(), rv = rv_.to(acc).contiguous();
     const acc_t* g = G.data_ptr<acc_t>();
     // dU from G [N, M] against V; dV from G^T [M, N] against U.
-    backward_rows<scalar_t, acc_t>(g, N * M, M, 1, U.data_ptr<scalar_t>(), ru.data_ptr<acc_t>(),
-                                   V.data_ptr<scalar_t>(), rv.data_ptr<acc_t>(), dU.data_ptr<scalar_t>(), B, N, M, D);
-    backward_rows<scalar_t, acc_t>(g, N * M, 1, M, V.data_ptr<scalar_t>(), rv.data_ptr<acc_t>(),
-                                   U.data_ptr<scalar_t>(), ru.data_ptr<acc_t>(), dV.data_ptr<scalar_t>(), B, M, N, D);
+    const RowGradient<scalar_t, acc_t> du{g, N * M, M, 1, U.data_ptr<scalar_t>(), ru.data_ptr<acc_t>(),
+                                          V.data_ptr<scalar_t>(), rv.data_ptr<acc_t>(), dU.data_ptr<scalar_t>(), N, M};
+    const RowGradient<scalar_t, acc_t> dv{g, N * M, 1, M, V.data_ptr<scalar_t>(), rv.data_ptr<acc_t>(),
+                                          U.data_ptr<scalar_t>(), ru.data_ptr<acc_t>(), dV.data_ptr<scalar_t>(), M, N};
+    backward_kernel(du, dv, B, D);
   });
   return {dU, dV};
 }

@@ -15,7 +15,6 @@
 #include <torch/library.h>
 
 #include <algorithm>
-#include <atomic>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
@@ -27,6 +26,7 @@
 #include <c10/util/Half.h>
 
 #include "cpu/clones.h"
+#include "cpu/work_queue.h"
 
 #define ALWAYS_INLINE __attribute__((always_inline)) inline
 
@@ -339,21 +339,6 @@ GRACE_FAST_CLONES void scale_row(const T* x, A m, T* out, int64_t D) {
 // Items per thread for at::parallel_for when one item touches `elements` values: tiny problems run inline.
 int64_t grain(int64_t elements) {
   return std::max<int64_t>(1, at::internal::GRAIN_SIZE / std::max<int64_t>(1, elements));
-}
-
-// run(item) for every item in [0, items), each touching `elements` values, handed out one at a time to the threads:
-// on a shared machine a thread that loses its core takes fewer items instead of holding the others at the join.
-// Tiny problems run inline.
-template <typename Fn>
-void for_each_item(int64_t items, int64_t elements, const Fn& run) {
-  if (items == 1 || items * elements <= at::internal::GRAIN_SIZE || at::in_parallel_region()) {
-    for (int64_t item = 0; item < items; ++item) run(item);
-    return;
-  }
-  std::atomic<int64_t> next{0};
-  at::parallel_for(0, std::min<int64_t>(items, at::get_num_threads()), 1, [&](int64_t, int64_t) {
-    for (int64_t item = next++; item < items; item = next++) run(item);
-  });
 }
 
 struct Params {
