@@ -69,9 +69,30 @@ void pack_a(Mat<T> A, int64_t i0, int mc, int64_t k0, int kc, const Acc* rscale,
 }
 
 // Packs depth [k0, k0 + kc) x columns [j0, j0 + nc) of B into NR-column panels: out[p][k][c], each depth
-// row scaled by kscale[k0 + k] and each column by cscale[j0 + c] when they are given.
+// row scaled by kscale[k0 + k] and each column by cscale[j0 + c] when they are given. A B with unit column stride (a
+// row-major matrix, as in the cost backward) is read row by row, each row once; else panel by panel down the depth.
 template <typename T, typename Acc>
 void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale, const Acc* cscale, Acc* out) {
+  if (B.cs == 1) {
+    for (int k = 0; k < kc; ++k) {
+      const T* row = B.data + (k0 + k) * B.rs + j0;
+      const Acc s = kscale ? kscale[k0 + k] : Acc(1);
+      for (int p = 0; p < nc; p += NR) {
+        Acc* o = out + static_cast<int64_t>(p) * kc + static_cast<int64_t>(k) * NR;
+        const int n = std::min(NR, nc - p);
+        if (n == NR) {  // a fixed trip count, which the compiler vectorises
+          for (int c = 0; c < NR; ++c) o[c] = static_cast<Acc>(row[p + c]) * s;
+        } else {
+          for (int c = 0; c < n; ++c) o[c] = static_cast<Acc>(row[p + c]) * s;
+          std::fill(o + n, o + NR, Acc(0));
+        }
+        if (cscale) {
+          for (int c = 0; c < n; ++c) o[c] *= cscale[j0 + p + c];
+        }
+      }
+    }
+    return;
+  }
   for (int p = 0; p < nc; p += NR, out += static_cast<int64_t>(kc) * NR) {
     pack_panel<NR>(B.data + k0 * B.rs + (j0 + p) * B.cs, B.cs, B.rs, std::min(NR, nc - p), kc,
                    cscale ? cscale + j0 + p : nullptr, kscale ? kscale + k0 : nullptr, out);
