@@ -8,7 +8,8 @@ matrix, Sinkhorn, v_txt and s_ot), class-prompt OT (every class prompt against e
 call), heads (fusion MLP and auxiliary head). `step` is the whole step; the stages' sum falls
 short of it by the projections, the loss and the optimizer. Provider `auto` runs the fast op backends, `torch`
 the op references (op_backends="torch") on the stages that use the ops (and the tiny step), so the ratio shows
-what the fast ops buy. ViT-B rows are 2 runs without warm-up (a 64-frame step takes minutes on 2 cores).
+what the fast ops buy. ViT-B step and backbone rows are 2 runs without warm-up (a 64-frame step takes a minute on 2
+cores); the other stages get the usual warm-up and repeats at every size.
 dtype bf16 is the step under bf16 autocast (amp bf16, what amp auto runs on a GPU or a CPU with AMX or AVX512-BF16),
 backward outside it, with the fast op backends; `speedup_vs_fp32` is the fp32 step's median over its.
 """
@@ -29,6 +30,7 @@ SHAPES = {  # name -> (size, frames, batch)
     "vit-b-64f": ("vit-b", 64, 1),
 }
 OP_NAMES = ("cost_matrix", "sinkhorn", "motion_weights")
+SLOW_STAGES, SLOW_REPS = ("step", "backbone"), {"reps": 2, "warmup": 0, "min_seconds": 0.0}  # seconds per ViT-B run
 
 
 def build_model(size: str, frames: int, tokenizer: str, ops_backend: str = "auto") -> GraceModel:
@@ -112,7 +114,6 @@ def run(shapes=SHAPES, device="cpu") -> list[dict]:
                 pixels = torch.randn(batch, frames, 3, side, side, device=device)
                 texts = [CORPUS[i % len(CORPUS)] for i in range(batch)]
                 labels = torch.arange(batch, device=device) % model.config.num_classes
-                reps = {"reps": 2, "warmup": 0, "min_seconds": 0.0} if size == "vit-b" else {"reps": 5}
                 fns = {"step": step_fn(model, pixels, texts, labels), **stage_fns(model, pixels, texts)}
                 if provider == "torch":  # only these depend on the op backends; a ViT-B step is backbone-bound
                     keep = ("motion+selection", "cost+OT", "class-prompt OT")
@@ -123,6 +124,7 @@ def run(shapes=SHAPES, device="cpu") -> list[dict]:
                 if provider == "auto":
                     runs.append(("step", "bf16", step_fn(model, pixels, texts, labels, autocast=torch.bfloat16)))
                 for stage, dtype, fn in runs:
+                    reps = SLOW_REPS if size == "vit-b" and stage in SLOW_STAGES else {"reps": 5}
                     row = {"op": "model", "provider": provider, "mode": "train step", "shape": name, "stage": stage}
                     row |= {"dtype": dtype, "frames": frames, "batch": batch}
                     rows.append(row | measure(fn, device=device, **reps))

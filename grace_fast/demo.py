@@ -446,9 +446,13 @@ def _train_variant(key: tuple[str, str, int], config: TrainConfig, on_step=None)
 
 
 def _plot(summary: dict, path: Path) -> None:
-    """Bars of each (variant, mode)'s mean test UAR and WAR over its seeds, one point per seed, the verdicts in the
-    labels."""
-    fig, ax = plt.subplots(figsize=(max(7, 1.1 * len(summary["variants"])), 3.8))
+    """Top: bars of each (variant, mode)'s mean test UAR and WAR over its seeds, one point per seed, the verdicts in
+    the labels. Bottom: the mechanism metrics of the first seed's GRACE, each against its reference: the motion mass
+    on action-unit and nuisance tokens per weighting against those tokens' share, and the pointing game's hits per
+    alignment and text against chance."""
+    fig = plt.figure(figsize=(max(7, 1.1 * len(summary["variants"])), 7.6))
+    grid = fig.add_gridspec(2, 2, height_ratios=(1, 0.8))
+    ax = fig.add_subplot(grid[0, :])
     verdicts = {(c["name"], c["mode"]): c["verdict"] for c in summary["comparisons"]}
     for offset, metric, label in ((-0.2, "uar", "UAR"), (0.2, "war", "WAR")):
         x = [i + offset for i in range(len(summary["variants"]))]
@@ -466,8 +470,48 @@ def _plot(summary: dict, path: Path) -> None:
     title = f"GRACE, its ablations and text modes on the synthetic set, seeds {seeds}"
     ax.set(ylabel="% on the test fold", title=title)
     ax.legend(fontsize=7)
+    motion, pointing = summary["mechanism"]["motion"], summary["mechanism"]["pointing"]
+    cases = [(alignment, text) for alignment, texts in pointing.items() for text in texts]
+
+    def weighting(key):
+        return [m[key] for m in motion.values()]
+
+    def hits(key):
+        return [pointing[alignment][text][key] for alignment, text in cases]
+
+    mass = {"mass on action-unit tokens": ("au", "au_area"), "mass on nuisance tokens": ("nuisance", "nuisance_area")}
+    measured = f"seed {summary['seeds'][0]}'s GRACE, {summary['mechanism']['measured']} test clips"
+    _bars_against(
+        fig.add_subplot(grid[1, 0]),
+        list(motion),
+        {name: (weighting(value), weighting(share)) for name, (value, share) in mass.items()},
+        "the tokens' share",
+        f"motion weighting ({measured})",
+    )
+    _bars_against(
+        fig.add_subplot(grid[1, 1]),
+        [f"{alignment}\n{text}" for alignment, text in cases],
+        {"word hits": (hits("rows"), hits("rows_chance")), "q hits": (hits("q"), hits("q_chance"))},
+        "chance",
+        f"OT pointing game: plan mass of action-unit words on their region ({measured})",
+    )
     fig.tight_layout()
     write_figure(fig, path)
+
+
+def _bars_against(ax, labels: list[str], series: dict[str, tuple[list, list]], reference: str, title: str) -> None:
+    """Grouped bars of each series' values (fractions, drawn in %) at each label, a black dash at the value it is
+    read against (None: not measured, left out)."""
+    width = 0.8 / len(series)
+    for k, (name, (values, references)) in enumerate(series.items()):
+        x = [i + (k - (len(series) - 1) / 2) * width for i in range(len(labels))]
+        ax.bar(x, [math.nan if v is None else 100 * v for v in values], width=width, label=name)
+        dashes = [math.nan if r is None else 100 * r for r in references]
+        ax.scatter(x, dashes, marker="_", s=200, color="black", zorder=3, label=reference if k == 0 else None)
+    ax.set_xticks(range(len(labels)), labels, fontsize=7)
+    ax.set(ylabel="%", title=title)
+    ax.title.set_fontsize(9)
+    ax.legend(fontsize=7)
 
 
 def _percent(value: float | None) -> str:

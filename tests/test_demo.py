@@ -244,3 +244,25 @@ def test_the_demo_measures_graces_mechanism_on_every_test_clip(demo_run):
     out, summary = demo_run
     assert summary["mechanism"]["measured"] == 14
     assert sorted(summary["mechanism"]["pointing"]) == ["ot", "ot_balanced"]
+
+
+def test_demo_png_draws_the_scores_and_each_mechanism_metric_against_its_reference(demo_run, monkeypatch):
+    """The bottom panels of demo.png: one bar per weighting / alignment and text at the metric (in %), one dash at the
+    reference it is read against."""
+    from grace_fast import demo as module
+
+    _, summary = demo_run
+    figures = []
+    monkeypatch.setattr(module, "write_figure", lambda fig, path: figures.append(fig))
+    module._plot(summary, Path("unused.png"))
+    scores, motion, pointing = figures[0].axes
+    mechanism = summary["mechanism"]
+    assert len(scores.patches) == 2 * len(summary["variants"])
+    weights = mechanism["motion"].values()
+    bars = [p.get_height() for p in motion.patches]
+    assert bars == pytest.approx([100 * w[key] for key in ("au", "nuisance") for w in weights], nan_ok=True)
+    dashes = [y for points in motion.collections for _, y in points.get_offsets()]
+    assert dashes == pytest.approx([100 * w[key] for key in ("au_area", "nuisance_area") for w in weights])
+    cases = [texts[text] for texts in mechanism["pointing"].values() for text in texts]
+    bars = [p.get_height() for p in pointing.patches]
+    assert bars == pytest.approx([100 * c[key] for key in ("rows", "q") for c in cases], nan_ok=True)
