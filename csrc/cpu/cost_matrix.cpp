@@ -293,7 +293,7 @@ void backward_kernel(const RowGradient<T, Acc>& dU, const RowGradient<T, Acc>& d
   std::vector<RowBuffers<Acc>> buffers;
   for (int t = 0; t < at::get_num_threads(); ++t) buffers.emplace_back(D);
   const int64_t u_items = dU.blocks(), per_batch = u_items + dV.blocks();
-  for_each_item(B * per_batch, MB * D * KC, [&](int64_t item) {
+  for_each_item(B * per_batch, (dU.K + dV.K) * D, [&](int64_t item) {  // an item reads a Y of K rows
     const int64_t b = item / per_batch, j = item % per_batch;
     const bool on_u = j < u_items;
     row_gradient(on_u ? dU : dV, b, (on_u ? j : j - u_items) * MB, D, buffers[at::get_thread_num()]);
