@@ -80,12 +80,8 @@ void pack_b(Mat<T> B, int64_t k0, int kc, int64_t j0, int nc, const Acc* kscale,
       for (int p = 0; p < nc; p += NR) {
         Acc* o = out + static_cast<int64_t>(p) * kc + static_cast<int64_t>(k) * NR;
         const int n = std::min(NR, nc - p);
-        if (n == NR) {  // a fixed trip count, which the compiler vectorises
-          for (int c = 0; c < NR; ++c) o[c] = static_cast<Acc>(row[p + c]) * s;
-        } else {
-          for (int c = 0; c < n; ++c) o[c] = static_cast<Acc>(row[p + c]) * s;
-          std::fill(o + n, o + NR, Acc(0));
-        }
+        for (int c = 0; c < n; ++c) o[c] = static_cast<Acc>(row[p + c]) * s;
+        std::fill(o + n, o + NR, Acc(0));
         if (cscale) {
           for (int c = 0; c < n; ++c) o[c] *= cscale[j0 + p + c];
         }

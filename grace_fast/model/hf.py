@@ -65,7 +65,7 @@ class GraceAutoModel:
         folder = Path(folder) / (kwargs.get("subfolder") or "")
         overrides = {k: v for k, v in kwargs.items() if k in GRACE_FIELDS}
         if config is not None:
-            saved = GraceConfig.load(Path(folder) / CONFIG_NAME)
+            saved = GraceConfig.load(folder / CONFIG_NAME)
             changed = saved.diff(config.to_grace())
             overrides = {name: theirs for name, (_, theirs) in changed.items() if name != "tokenizer"} | overrides
         return GraceModel.from_pretrained(folder, **overrides)
